@@ -1,0 +1,59 @@
+/// Encodes the server's transmission replies. READ replies are laid out so
+/// the data can be read from storage straight into the buffer after the
+/// header: `readReplyHeaderLength(structured:)` bytes of header, then data.
+public enum ReplyEncoder {
+    /// Bytes in front of READ data: a simple reply, or a structured
+    /// NBD_REPLY_TYPE_OFFSET_DATA header plus its 8-byte offset.
+    public static func readReplyHeaderLength(structured: Bool) -> Int {
+        structured ? NBDMessageSize.structuredReplyHeader + 8 : NBDMessageSize.simpleReply
+    }
+
+    /// Writes the header of a successful READ reply carrying `length` bytes.
+    public static func encodeReadReplyHeader(
+        into buffer: UnsafeMutableRawBufferPointer, cookie: UInt64, offset: UInt64, length: UInt32, structured: Bool
+    ) {
+        if structured {
+            buffer.storeBigEndian(NBDMagic.structuredReply, at: 0)
+            buffer.storeBigEndian(ReplyFlags.done.rawValue, at: 4)
+            buffer.storeBigEndian(StructuredReplyType.offsetData.rawValue, at: 6)
+            buffer.storeBigEndian(cookie, at: 8)
+            buffer.storeBigEndian(length + 8, at: 16)
+            buffer.storeBigEndian(offset, at: 20)
+        } else {
+            buffer.storeBigEndian(NBDMagic.simpleReply, at: 0)
+            buffer.storeBigEndian(UInt32(0), at: 4)
+            buffer.storeBigEndian(cookie, at: 8)
+        }
+    }
+
+    /// A reply without data: success or an error. Under structured replies,
+    /// a READ must get a structured reply even for an error; errors then
+    /// travel as NBD_REPLY_TYPE_ERROR with a message for a human.
+    public static func completion(
+        cookie: UInt64, error: NBDErrorCode?, message: String = "", command: Command, structured: Bool
+    ) -> [UInt8] {
+        var bytes: [UInt8] = []
+        guard structured, error != nil || command == .read else {
+            bytes.appendBigEndian(NBDMagic.simpleReply)
+            bytes.appendBigEndian(error?.rawValue ?? 0)
+            bytes.appendBigEndian(cookie)
+            return bytes
+        }
+        let text = Array(message.utf8.prefix(NBDLimits.maxStringLength))
+        bytes.appendBigEndian(NBDMagic.structuredReply)
+        bytes.appendBigEndian(ReplyFlags.done.rawValue)
+        if let error {
+            bytes.appendBigEndian(StructuredReplyType.error.rawValue)
+            bytes.appendBigEndian(cookie)
+            bytes.appendBigEndian(UInt32(6 + text.count))
+            bytes.appendBigEndian(error.rawValue)
+            bytes.appendBigEndian(UInt16(text.count))
+            bytes.append(contentsOf: text)
+        } else {
+            bytes.appendBigEndian(StructuredReplyType.none.rawValue)
+            bytes.appendBigEndian(cookie)
+            bytes.appendBigEndian(UInt32(0))
+        }
+        return bytes
+    }
+}

@@ -1,0 +1,116 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Starts a detached system thread running `body`. Bulkhead's request
+/// paths block in system calls (socket reads, pread, fdatasync), so they run
+/// on their own threads rather than on Swift's cooperative pool.
+public func startThread(_ body: @escaping @Sendable () -> Void) {
+    final class Box: Sendable {
+        let body: @Sendable () -> Void
+        init(body: @escaping @Sendable () -> Void) {
+            self.body = body
+        }
+    }
+    let box = Unmanaged.passRetained(Box(body: body)).toOpaque()
+    var attributes = pthread_attr_t()
+    pthread_attr_init(&attributes)
+    defer { pthread_attr_destroy(&attributes) }
+    pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+    var thread = pthread_t()
+    let result = pthread_create(&thread, &attributes, { raw in
+        let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+        box.body()
+        return nil
+    }, box)
+    precondition(result == 0, "pthread_create failed: \(result)")
+}
+
+/// A value guarded by a mutex, with a condition variable to wait for it to
+/// change: the one synchronisation primitive the blocking code paths need.
+public final class Guarded<Value>: @unchecked Sendable {
+    // SAFETY: `value` is only touched with `mutex` held; the pthread objects
+    // live in stable heap memory allocated here and freed in deinit.
+    private var value: Value
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let condition: UnsafeMutablePointer<pthread_cond_t>
+
+    public init(_ value: Value) {
+        self.value = value
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+        condition = .allocate(capacity: 1)
+        condition.initialize(to: pthread_cond_t())
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(condition, &attributes)
+        pthread_condattr_destroy(&attributes)
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        condition.deallocate()
+        mutex.deallocate()
+    }
+
+    /// Runs `body` with the lock held.
+    public func withLock<T, E: Error>(_ body: (inout Value) throws(E) -> T) throws(E) -> T {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body(&value)
+    }
+
+    /// Runs `body` with the lock held and wakes every waiter afterwards.
+    public func update<T, E: Error>(_ body: (inout Value) throws(E) -> T) throws(E) -> T {
+        pthread_mutex_lock(mutex)
+        defer {
+            pthread_cond_broadcast(condition)
+            pthread_mutex_unlock(mutex)
+        }
+        return try body(&value)
+    }
+
+    /// Waits until `ready` holds (checked with the lock held), then runs
+    /// `body` with the lock still held. With a `timeout` in seconds, returns
+    /// nil if `ready` still fails when it expires.
+    public func wait<T>(
+        until ready: (Value) -> Bool, timeout: Double? = nil, then body: (inout Value) -> T
+    ) -> T? {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        let deadline = timeout.map { monotonicDeadline(after: $0) }
+        while !ready(value) {
+            if var deadline {
+                if pthread_cond_timedwait(condition, mutex, &deadline) == ETIMEDOUT, !ready(value) { return nil }
+            } else {
+                pthread_cond_wait(condition, mutex)
+            }
+        }
+        return body(&value)
+    }
+}
+
+/// Seconds since an arbitrary fixed point, from CLOCK_MONOTONIC.
+public func monotonicSeconds() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+}
+
+private func monotonicDeadline(after seconds: Double) -> timespec {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    let whole = Int(seconds)
+    var nanoseconds = now.tv_nsec + Int((seconds - Double(whole)) * 1e9)
+    var secondsPart = now.tv_sec + whole
+    if nanoseconds >= 1_000_000_000 {
+        secondsPart += 1
+        nanoseconds -= 1_000_000_000
+    }
+    return timespec(tv_sec: secondsPart, tv_nsec: nanoseconds)
+}
