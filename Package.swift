@@ -27,6 +27,8 @@ let package = Package(
         .target(name: "BlockDevice", swiftSettings: strict),
         // POSIX sockets: addresses, listeners, connected streams.
         .target(name: "Sockets", swiftSettings: strict),
+        // The version string shared by every executable.
+        .target(name: "BulkheadVersion", swiftSettings: strict),
         // System threads and a mutex-with-condition for the blocking request paths.
         .target(name: "Threads", swiftSettings: strict),
         .target(
@@ -46,7 +48,7 @@ let package = Package(
         .executableTarget(
             name: "bulkhead-storaged",
             dependencies: [
-                "NBDServer", "BlockDevice", "Sockets",
+                "NBDServer", "BlockDevice", "Sockets", "BulkheadVersion",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -54,6 +56,7 @@ let package = Package(
         .executableTarget(
             name: "bulkhead",
             dependencies: [
+                "BulkheadVersion",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
