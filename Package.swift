@@ -29,6 +29,9 @@ let package = Package(
         .target(name: "Sockets", swiftSettings: strict),
         // The version string shared by every executable.
         .target(name: "BulkheadVersion", swiftSettings: strict),
+        // The pool's on-disk structures (docs/format.md): layouts, encoding
+        // and validation, no I/O and no cryptography.
+        .target(name: "PoolFormat", swiftSettings: strict),
         // System threads and a mutex-with-condition for the blocking request paths.
         .target(name: "Threads", swiftSettings: strict),
         .target(
@@ -61,6 +64,7 @@ let package = Package(
             ],
             swiftSettings: strict),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
+        .testTarget(name: "PoolFormatTests", dependencies: ["PoolFormat"]),
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"]),
         .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
         .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
