@@ -17,6 +17,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
     ],
     targets: [
         // The NBD wire format: constants, messages, handshake and transmission
@@ -32,6 +33,18 @@ let package = Package(
         // The pool's on-disk structures (docs/format.md): layouts, encoding
         // and validation, no I/O and no cryptography.
         .target(name: "PoolFormat", swiftSettings: strict),
+        // Key material: locked secret memory, key derivation, block sealing
+        // (AES-256-GCM), passphrase KDF, recovery keys, keyslot wrapping.
+        // C shims for Linux calls Swift cannot make directly (prctl, getrandom).
+        .target(name: "CSystemShims"),
+        .target(
+            name: "Keys",
+            dependencies: [
+                "PoolFormat", "CSystemShims",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
+            ],
+            swiftSettings: strict),
         // System threads and a mutex-with-condition for the blocking request paths.
         .target(name: "Threads", swiftSettings: strict),
         .target(
@@ -65,6 +78,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
         .testTarget(name: "PoolFormatTests", dependencies: ["PoolFormat"]),
+        .testTarget(name: "KeysTests", dependencies: ["Keys", "PoolFormat"]),
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"]),
         .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
         .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),

@@ -1,0 +1,48 @@
+import Crypto
+import PoolFormat
+
+/// The pool master key: 32 random bytes that exist in the clear only in
+/// the crypt domain. Every other key derives from it.
+public struct MasterKey: Sendable {
+    public let secret: SecretBytes
+    public static let length = 32
+
+    public init(secret: SecretBytes) {
+        precondition(secret.count == Self.length)
+        self.secret = secret
+    }
+
+    public static func generate() -> MasterKey { MasterKey(secret: .random(count: length)) }
+
+    var symmetricKey: SymmetricKey { secret.withUnsafeBytes { SymmetricKey(data: $0) } }
+}
+
+/// A volume's data key: 32 random bytes kept in the sealed volume table.
+public struct VolumeKey: Sendable {
+    public let secret: SecretBytes
+    public static let length = 32
+
+    public init(secret: SecretBytes) {
+        precondition(secret.count == Self.length)
+        self.secret = secret
+    }
+
+    public static func generate() -> VolumeKey { VolumeKey(secret: .random(count: length)) }
+}
+
+/// A session's random salt (docs/format.md, section 4). Not secret: it is
+/// stored in the pool. What matters is that it is new at every open.
+public struct SessionSalt: Sendable, Hashable {
+    public let bytes: [UInt8]
+    public static let length = 32
+
+    public init(bytes: [UInt8]) {
+        precondition(bytes.count == Self.length)
+        self.bytes = bytes
+    }
+
+    public static func generate() -> SessionSalt {
+        var generator = SystemRandomNumberGenerator()
+        return SessionSalt(bytes: (0..<length).map { _ in generator.next() })
+    }
+}
