@@ -45,6 +45,17 @@ let package = Package(
                 .product(name: "CryptoExtras", package: "swift-crypto"),
             ],
             swiftSettings: strict),
+        // The crypt domain's pool engine (docs/format.md): sealed copy-on-write
+        // trees, the metadata log, commits, checkpoints, trust anchors, and
+        // volumes as block devices over the untrusted storage device.
+        .target(
+            name: "CryptPool",
+            dependencies: [
+                "PoolFormat", "Keys", "BlockDevice", "Threads",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
         // System threads and a mutex-with-condition for the blocking request paths.
         .target(name: "Threads", swiftSettings: strict),
         .target(
@@ -79,6 +90,7 @@ let package = Package(
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
         .testTarget(name: "PoolFormatTests", dependencies: ["PoolFormat"]),
         .testTarget(name: "KeysTests", dependencies: ["Keys", "PoolFormat"]),
+        .testTarget(name: "CryptPoolTests", dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice"]),
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"]),
         .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
         .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),

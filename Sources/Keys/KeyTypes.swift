@@ -29,20 +29,3 @@ public struct VolumeKey: Sendable {
 
     public static func generate() -> VolumeKey { VolumeKey(secret: .random(count: length)) }
 }
-
-/// A session's random salt (docs/format.md, section 4). Not secret: it is
-/// stored in the pool. What matters is that it is new at every open.
-public struct SessionSalt: Sendable, Hashable {
-    public let bytes: [UInt8]
-    public static let length = 32
-
-    public init(bytes: [UInt8]) {
-        precondition(bytes.count == Self.length)
-        self.bytes = bytes
-    }
-
-    public static func generate() -> SessionSalt {
-        var generator = SystemRandomNumberGenerator()
-        return SessionSalt(bytes: (0..<length).map { _ in generator.next() })
-    }
-}

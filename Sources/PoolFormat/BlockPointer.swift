@@ -3,17 +3,19 @@
 /// in the parent, so a block cannot be replaced by another or an older one.
 public struct BlockPointer: Sendable, Hashable {
     public var block: PhysicalBlock
-    public var session: SessionIndex
+    /// The salt of the session that sealed the block; with the pool's keys
+    /// it determines the sealing key.
+    public var salt: SessionSalt
     public var counter: NonceCounter
     /// The commit generation that wrote the block.
     public var generation: UInt64
     /// The 16-byte AES-GCM tag of the block.
     public var tag: [UInt8]
 
-    public init(block: PhysicalBlock, session: SessionIndex, counter: NonceCounter, generation: UInt64, tag: [UInt8]) {
+    public init(block: PhysicalBlock, salt: SessionSalt, counter: NonceCounter, generation: UInt64, tag: [UInt8]) {
         precondition(tag.count == 16)
         self.block = block
-        self.session = session
+        self.salt = salt
         self.counter = counter
         self.generation = generation
         self.tag = tag
@@ -21,7 +23,7 @@ public struct BlockPointer: Sendable, Hashable {
 
     /// Nothing written: reads as zeroes.
     public static let null = BlockPointer(
-        block: 0, session: SessionIndex(rawValue: 0), counter: NonceCounter(rawValue: 0), generation: 0,
+        block: 0, salt: .zero, counter: NonceCounter(rawValue: 0), generation: 0,
         tag: [UInt8](repeating: 0, count: 16))
 
     public var isNull: Bool { block == 0 }
@@ -35,10 +37,10 @@ public struct BlockPointer: Sendable, Hashable {
 
     func encode(into writer: inout ByteWriter, at offset: Int) {
         writer.put(block, at: offset)
-        writer.put(session.rawValue, at: offset + 8)
-        writer.put(counter.rawValue, at: offset + 16)
-        writer.put(generation, at: offset + 24)
-        writer.put(tag, at: offset + 32)
+        writer.put(salt.bytes, at: offset + 8)
+        writer.put(counter.rawValue, at: offset + 24)
+        writer.put(generation, at: offset + 32)
+        writer.put(tag, at: offset + 40)
     }
 
     /// Decodes a pointer; a null pointer must be all zeroes and reserved
@@ -52,17 +54,15 @@ public struct BlockPointer: Sendable, Hashable {
 
     init(reader: ByteReader, at offset: Int) throws(FormatError) {
         block = reader.get(UInt64.self, at: offset)
-        session = SessionIndex(rawValue: reader.get(UInt32.self, at: offset + 8))
-        let flags = reader.get(UInt32.self, at: offset + 12)
-        counter = NonceCounter(rawValue: reader.get(UInt64.self, at: offset + 16))
-        generation = reader.get(UInt64.self, at: offset + 24)
-        tag = reader.slice(offset + 32, 16)
-        guard flags == 0 else { throw .nonZeroReserved(structure: "block pointer", offset: offset + 12) }
-        for index in (offset + 48)..<(offset + 64) where reader.bytes[index] != 0 {
+        salt = SessionSalt(bytes: reader.slice(offset + 8, SessionSalt.length))
+        counter = NonceCounter(rawValue: reader.get(UInt64.self, at: offset + 24))
+        generation = reader.get(UInt64.self, at: offset + 32)
+        tag = reader.slice(offset + 40, 16)
+        for index in (offset + 56)..<(offset + 64) where reader.bytes[index] != 0 {
             throw .nonZeroReserved(structure: "block pointer", offset: index)
         }
         if block == 0 {
-            for index in offset..<(offset + 48) where reader.bytes[index] != 0 {
+            for index in offset..<(offset + 56) where reader.bytes[index] != 0 {
                 throw .nonZeroReserved(structure: "null block pointer", offset: index)
             }
         }

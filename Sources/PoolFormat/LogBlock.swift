@@ -4,13 +4,10 @@ public enum LogRecord: Sendable, Hashable {
     case map(volume: VolumeID, block: LogicalBlock, pointer: BlockPointer)
     /// `count` logical blocks from `start` are unwritten again (TRIM, WRITE_ZEROES).
     case unmap(volume: VolumeID, start: LogicalBlock, count: UInt64)
-    /// Session `index` uses salt `salt` (32 bytes).
-    case session(index: SessionIndex, salt: [UInt8])
 
     static let size = 80
     static let mapType: UInt16 = 1
     static let unmapType: UInt16 = 2
-    static let sessionType: UInt16 = 3
 
     func encode(into writer: inout ByteWriter, at offset: Int) {
         switch self {
@@ -24,10 +21,6 @@ public enum LogRecord: Sendable, Hashable {
             writer.put(volume.rawValue, at: offset + 4)
             writer.put(start.rawValue, at: offset + 8)
             writer.put(count, at: offset + 16)
-        case .session(let index, let salt):
-            writer.put(Self.sessionType, at: offset)
-            writer.put(index.rawValue, at: offset + 4)
-            writer.put(salt, at: offset + 16)
         }
     }
 
@@ -50,10 +43,6 @@ public enum LogRecord: Sendable, Hashable {
             guard count > 0 else { throw .fieldOutOfRange(structure: "log record", field: "unmap count", value: 0) }
             try requireZero(from: 24)
             self = .unmap(volume: VolumeID(rawValue: id), start: LogicalBlock(reader.get(UInt64.self, at: offset + 8)), count: count)
-        case Self.sessionType:
-            guard reader.get(UInt64.self, at: offset + 8) == 0 else { throw .nonZeroReserved(structure: "log record", offset: offset + 8) }
-            try requireZero(from: 48)
-            self = .session(index: SessionIndex(rawValue: id), salt: reader.slice(offset + 16, 32))
         default:
             throw .fieldOutOfRange(structure: "log record", field: "type", value: UInt64(type))
         }

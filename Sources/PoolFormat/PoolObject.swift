@@ -1,5 +1,5 @@
 /// The root of a checkpoint (docs/format.md, section 8.1): where the space
-/// map, the session table and the volume table are.
+/// map and the volume table are.
 public struct PoolObject: Sendable, Hashable {
     public static let magicValue = magic("BULKPOOL")
     static let tableOffset = 256
@@ -9,26 +9,19 @@ public struct PoolObject: Sendable, Hashable {
     /// Depth of the space map tree.
     public var spaceMapDepth: UInt16
     public var spaceMapRoot: BlockPointer
-    /// Depth of the session table tree and number of sessions in it.
-    public var sessionTableDepth: UInt16
-    public var sessionCount: UInt32
-    public var sessionTableRoot: BlockPointer
     /// Volume table blocks, in order; at most `PoolLayout.maxVolumeTableBlocks`.
     public var volumeTable: [BlockPointer]
     /// The next volume ID to hand out; IDs are never reused.
     public var nextVolumeID: VolumeID
 
     public init(
-        blockCount: UInt64, spaceMapDepth: UInt16, spaceMapRoot: BlockPointer, sessionTableDepth: UInt16,
-        sessionCount: UInt32, sessionTableRoot: BlockPointer, volumeTable: [BlockPointer], nextVolumeID: VolumeID
+        blockCount: UInt64, spaceMapDepth: UInt16, spaceMapRoot: BlockPointer, volumeTable: [BlockPointer],
+        nextVolumeID: VolumeID
     ) {
         precondition(volumeTable.count <= PoolLayout.maxVolumeTableBlocks)
         self.blockCount = blockCount
         self.spaceMapDepth = spaceMapDepth
         self.spaceMapRoot = spaceMapRoot
-        self.sessionTableDepth = sessionTableDepth
-        self.sessionCount = sessionCount
-        self.sessionTableRoot = sessionTableRoot
         self.volumeTable = volumeTable
         self.nextVolumeID = nextVolumeID
     }
@@ -41,10 +34,7 @@ public struct PoolObject: Sendable, Hashable {
         writer.put(nextVolumeID.rawValue, at: 12)
         writer.put(blockCount, at: 16)
         writer.put(spaceMapDepth, at: 24)
-        writer.put(sessionTableDepth, at: 26)
-        writer.put(sessionCount, at: 28)
         spaceMapRoot.encode(into: &writer, at: 64)
-        sessionTableRoot.encode(into: &writer, at: 128)
         for (index, pointer) in volumeTable.enumerated() {
             pointer.encode(into: &writer, at: Self.tableOffset + index * PoolLayout.pointerSize)
         }
@@ -65,17 +55,13 @@ public struct PoolObject: Sendable, Hashable {
             throw .fieldOutOfRange(structure: "pool object", field: "volume table blocks", value: UInt64(tableCount))
         }
         let spaceMapDepth = reader.get(UInt16.self, at: 24)
-        let sessionTableDepth = reader.get(UInt16.self, at: 26)
-        guard spaceMapDepth <= PoolLayout.maxTreeDepth, sessionTableDepth <= PoolLayout.maxTreeDepth else {
-            throw .fieldOutOfRange(structure: "pool object", field: "tree depth", value: UInt64(max(spaceMapDepth, sessionTableDepth)))
+        guard spaceMapDepth >= 1, spaceMapDepth <= PoolLayout.maxTreeDepth else {
+            throw .fieldOutOfRange(structure: "pool object", field: "space map depth", value: UInt64(spaceMapDepth))
         }
         nextVolumeID = VolumeID(rawValue: reader.get(UInt32.self, at: 12))
         blockCount = reader.get(UInt64.self, at: 16)
         self.spaceMapDepth = spaceMapDepth
-        self.sessionTableDepth = sessionTableDepth
-        sessionCount = reader.get(UInt32.self, at: 28)
         spaceMapRoot = try BlockPointer(reader: reader, at: 64)
-        sessionTableRoot = try BlockPointer(reader: reader, at: 128)
         var table: [BlockPointer] = []
         for index in 0..<tableCount {
             table.append(try BlockPointer(reader: reader, at: Self.tableOffset + index * PoolLayout.pointerSize))

@@ -12,11 +12,12 @@ public struct Superblock: Sendable, Hashable {
     public var checkpointRoot: BlockPointer
     public var logHead: BlockPointer
     public var logRecordCount: UInt64
-    public var nextSession: SessionIndex
+    /// Log blocks in the chain; the newest has sequence `logBlockCount - 1`.
+    public var logBlockCount: UInt64
 
     public init(
         poolID: [UInt8], generation: UInt64, anchorEpoch: UInt64, checkpointRoot: BlockPointer, logHead: BlockPointer,
-        logRecordCount: UInt64, nextSession: SessionIndex
+        logRecordCount: UInt64, logBlockCount: UInt64
     ) {
         precondition(poolID.count == 16)
         self.poolID = poolID
@@ -25,7 +26,7 @@ public struct Superblock: Sendable, Hashable {
         self.checkpointRoot = checkpointRoot
         self.logHead = logHead
         self.logRecordCount = logRecordCount
-        self.nextSession = nextSession
+        self.logBlockCount = logBlockCount
     }
 
     /// The authenticated bytes, without the HMAC.
@@ -39,7 +40,7 @@ public struct Superblock: Sendable, Hashable {
         checkpointRoot.encode(into: &writer, at: 48)
         logHead.encode(into: &writer, at: 112)
         writer.put(logRecordCount, at: 176)
-        writer.put(nextSession.rawValue, at: 184)
+        writer.put(logBlockCount, at: 184)
         return writer.bytes
     }
 
@@ -69,7 +70,7 @@ public struct Superblock: Sendable, Hashable {
             anchorEpoch: reader.get(UInt64.self, at: 40),
             checkpointRoot: try BlockPointer(reader: reader, at: 48), logHead: try BlockPointer(reader: reader, at: 112),
             logRecordCount: reader.get(UInt64.self, at: 176),
-            nextSession: SessionIndex(rawValue: reader.get(UInt32.self, at: 184)))
+            logBlockCount: reader.get(UInt64.self, at: 184))
         return (superblock, reader.slice(0, authenticatedLength), reader.slice(authenticatedLength, 32))
     }
 }

@@ -81,31 +81,3 @@ public struct VolumeTableBlock: Sendable, Hashable {
         self.volumes = volumes
     }
 }
-
-/// A block of the session table: up to 128 salts of 32 bytes.
-public struct SessionTableBlock: Sendable, Hashable {
-    public var salts: [[UInt8]]
-
-    public init(salts: [[UInt8]]) {
-        precondition(salts.count <= PoolLayout.sessionsPerBlock && salts.allSatisfy { $0.count == 32 })
-        self.salts = salts
-    }
-
-    public func encoded() -> [UInt8] {
-        var writer = ByteWriter(size: PoolLayout.blockSize)
-        for (index, salt) in salts.enumerated() { writer.put(salt, at: index * 32) }
-        return writer.bytes
-    }
-
-    /// Decodes the first `count` salts of a block.
-    public init(decoding block: [UInt8], count: Int) throws(FormatError) {
-        guard block.count == PoolLayout.blockSize else {
-            throw .wrongSize(structure: "session table", expected: PoolLayout.blockSize, found: block.count)
-        }
-        guard count >= 0, count <= PoolLayout.sessionsPerBlock else {
-            throw .fieldOutOfRange(structure: "session table", field: "count", value: UInt64(max(count, 0)))
-        }
-        let reader = ByteReader(bytes: block)
-        salts = (0..<count).map { reader.slice($0 * 32, 32) }
-    }
-}
