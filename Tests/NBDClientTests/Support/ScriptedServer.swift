@@ -179,3 +179,25 @@ enum Wire {
         return chunk(cookie: cookie, type: .error, done: done, payload: payload)
     }
 }
+
+extension ScriptedSession {
+    /// Answers like an honest server whose every byte is `fill`.
+    func answer(_ request: IncomingRequest, fill: UInt8 = 0) {
+        let header = request.header
+        if header.command == .read, structured {
+            send(Wire.offsetData(cookie: header.cookie, offset: header.offset, data: [UInt8](repeating: fill, count: Int(header.length)), done: true))
+        } else if header.command == .read {
+            send(Wire.simpleReply(cookie: header.cookie) + [UInt8](repeating: fill, count: Int(header.length)))
+        } else {
+            send(ReplyEncoder.completion(cookie: header.cookie, error: nil, command: header.command, structured: structured))
+        }
+    }
+
+    /// Answers every request honestly until the client hangs up.
+    func serveHonestly(fill: UInt8 = 0) {
+        while let request = nextRequest() {
+            if request.header.command == .disconnect { return }
+            answer(request, fill: fill)
+        }
+    }
+}
