@@ -26,13 +26,16 @@ struct ExportIdentity: Sendable {
 }
 
 /// Keeps one usable connection to a restartable server. When the current
-/// one dies, the threads that need a connection take turns reconnecting,
-/// with exponential backoff between attempts; each caller gives up once its
-/// own deadline (the retry window) has passed.
+/// one dies, the threads that need a connection take turns reconnecting;
+/// each caller gives up once its own deadline (the retry window) has
+/// passed. Consecutive failures, whether a connection dying or a reconnect
+/// failing, back off exponentially, and only an answered request resets
+/// the count: a server that accepts connections and then fails every
+/// request is not hammered in a tight loop.
 final class ConnectionSupervisor: Sendable {
     private enum Link {
         case connected(NBDConnection)
-        case reconnecting(attempt: Int, nextAttempt: Double, inProgress: Bool, lastError: NBDClientError)
+        case reconnecting(nextAttempt: Double, inProgress: Bool, lastError: NBDClientError)
         /// The export changed: no request may be resent, ever.
         case broken(NBDClientError)
         case closed
@@ -42,12 +45,22 @@ final class ConnectionSupervisor: Sendable {
         var link: Link
         /// Bumped on every change, so waiters can wait for "something happened".
         var version = 0
+        /// Failures since a request last got an answer.
+        var failureStreak = 0
+
+        /// Replaces a dead connection: the first failure reconnects at
+        /// once, later ones wait longer and longer.
+        mutating func lose(_ error: NBDClientError, backoff: (Int) -> Double) {
+            failureStreak += 1
+            link = .reconnecting(nextAttempt: monotonicSeconds() + backoff(failureStreak), inProgress: false, lastError: error)
+            version += 1
+        }
     }
 
     private enum Step {
         case use(NBDConnection)
         case fail(NBDClientError)
-        case attempt(Int)
+        case attempt
         case wait(version: Int, until: Double)
     }
 
@@ -71,6 +84,12 @@ final class ConnectionSupervisor: Sendable {
         }
     }
 
+    /// Seconds to wait before the next attempt after `streak` failures in a row.
+    private func backoff(_ streak: Int) -> Double {
+        guard streak > 1 else { return 0 }
+        return min(options.initialBackoff * Double(1 << min(streak - 2, 30)), options.maxBackoff)
+    }
+
     /// A usable connection. While there is none, waits for (or makes) a
     /// reconnect; `deadline` is set to now plus the retry window on the
     /// first wait, and once it passes this throws `.retryWindowExpired`.
@@ -78,15 +97,12 @@ final class ConnectionSupervisor: Sendable {
         while true {
             var stale: NBDConnection?
             let step = state.update { state -> Step in
-                let now = monotonicSeconds()
                 if case .connected(let connection) = state.link {
                     if connection.isUsable { return .use(connection) }
                     stale = connection
-                    state.link = .reconnecting(
-                        attempt: 0, nextAttempt: now, inProgress: false,
-                        lastError: connection.failure ?? .server(.shutdown, message: "the server is shutting down"))
-                    state.version += 1
+                    state.lose(connection.failure ?? .server(.shutdown, message: "the server is shutting down"), backoff: backoff)
                 }
+                let now = monotonicSeconds()
                 switch state.link {
                 case .connected(let connection):
                     return .use(connection)
@@ -94,14 +110,14 @@ final class ConnectionSupervisor: Sendable {
                     return .fail(error)
                 case .closed:
                     return .fail(.closed)
-                case .reconnecting(let attempt, let nextAttempt, let inProgress, let lastError):
+                case .reconnecting(let nextAttempt, let inProgress, let lastError):
                     let limit = deadline ?? now + options.retryWindow
                     deadline = limit
                     if now >= limit { return .fail(.retryWindowExpired(seconds: options.retryWindow, lastError: lastError)) }
                     if !inProgress, now >= nextAttempt {
-                        state.link = .reconnecting(attempt: attempt, nextAttempt: nextAttempt, inProgress: true, lastError: lastError)
+                        state.link = .reconnecting(nextAttempt: nextAttempt, inProgress: true, lastError: lastError)
                         state.version += 1
-                        return .attempt(attempt)
+                        return .attempt
                     }
                     return .wait(version: state.version, until: inProgress ? limit : min(nextAttempt, limit))
                 }
@@ -112,12 +128,17 @@ final class ConnectionSupervisor: Sendable {
                 return connection
             case .fail(let error):
                 throw error
-            case .attempt(let attempt):
-                reconnect(attempt: attempt, deadline: deadline ?? monotonicSeconds())
+            case .attempt:
+                reconnect(deadline: deadline ?? monotonicSeconds())
             case .wait(let version, let until):
                 _ = state.wait(until: { $0.version != version }, timeout: max(0, until - monotonicSeconds())) { _ in () }
             }
         }
+    }
+
+    /// Reports that a request got an answer: the server works again.
+    func requestAnswered() {
+        state.withLock { $0.failureStreak = 0 }
     }
 
     /// Reports that `connection` failed a request with `error`; if it is
@@ -125,8 +146,7 @@ final class ConnectionSupervisor: Sendable {
     func connectionFailed(_ connection: NBDConnection, _ error: NBDClientError) {
         let stale = state.update { state -> NBDConnection? in
             guard case .connected(let current) = state.link, current === connection else { return nil }
-            state.link = .reconnecting(attempt: 0, nextAttempt: monotonicSeconds(), inProgress: false, lastError: error)
-            state.version += 1
+            state.lose(error, backoff: backoff)
             return current
         }
         if let stale {
@@ -139,38 +159,41 @@ final class ConnectionSupervisor: Sendable {
         }
     }
 
-    private func reconnect(attempt: Int, deadline: Double) {
+    private func reconnect(deadline: Double) {
         var connectionOptions = options.connection
         connectionOptions.handshakeTimeout = min(connectionOptions.handshakeTimeout, max(deadline - monotonicSeconds(), 0.05))
         let logger = options.connection.logger
-        let next: Link
-        var unwanted: NBDConnection?
+        let outcome: Result<NBDConnection, NBDClientError>
         do throws(NBDClientError) {
-            let connection = try NBDConnection.connect(to: address, export: export, options: connectionOptions)
-            if let why = identity.mismatch(connection) {
-                logger.error("NBD export \"\(export)\" at \(address) changed; refusing to resend requests: \(why)")
-                unwanted = connection
-                next = .broken(.exportChanged(why))
-            } else {
-                logger.notice("reconnected to NBD export \"\(export)\" at \(address) after \(attempt + 1) attempt(s)")
-                next = .connected(connection)
-            }
+            outcome = .success(try NBDConnection.connect(to: address, export: export, options: connectionOptions))
         } catch {
-            let delay = min(options.initialBackoff * Double(1 << min(attempt, 30)), options.maxBackoff)
-            if case .handshake = error {
-                logger.warning("reconnecting to \(address) failed (attempt \(attempt + 1)): \(error)")
-            } else {
-                logger.info("reconnecting to \(address) failed (attempt \(attempt + 1)): \(error)")
-            }
-            next = .reconnecting(attempt: attempt + 1, nextAttempt: monotonicSeconds() + delay, inProgress: false, lastError: error)
+            outcome = .failure(error)
         }
+        var unwanted: NBDConnection?
         state.update { state in
             if case .closed = state.link {
-                if case .connected(let connection) = next { unwanted = connection }
+                if case .success(let connection) = outcome { unwanted = connection }
                 return
             }
-            state.link = next
-            state.version += 1
+            switch outcome {
+            case .success(let connection):
+                if let why = identity.mismatch(connection) {
+                    logger.error("NBD export \"\(export)\" at \(address) changed; refusing to resend requests: \(why)")
+                    unwanted = connection
+                    state.link = .broken(.exportChanged(why))
+                } else {
+                    logger.notice("reconnected to NBD export \"\(export)\" at \(address)")
+                    state.link = .connected(connection)
+                }
+                state.version += 1
+            case .failure(let error):
+                if case .handshake = error {
+                    logger.warning("reconnecting to \(address) failed: \(error)")
+                } else {
+                    logger.info("reconnecting to \(address) failed: \(error)")
+                }
+                state.lose(error, backoff: backoff)
+            }
         }
         unwanted?.close()
     }

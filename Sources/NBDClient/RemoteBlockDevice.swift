@@ -187,14 +187,20 @@ public final class RemoteBlockDevice: BlockDevice {
             }
             var retry: [Int] = []
             var lastFailure: NBDClientError?
+            var answered = false
             for (position, result) in connection.perform(remaining.map { pieces[$0] }).enumerated() {
                 if case .failure(let error) = result, shouldResend(error) {
                     retry.append(remaining[position])
                     lastFailure = error
                 } else {
                     results[remaining[position]] = result
+                    switch result {
+                    case .success, .failure(.server): answered = true
+                    case .failure: break
+                    }
                 }
             }
+            if answered { supervisor.requestAnswered() }
             remaining = retry
             guard let lastFailure else { break }
             supervisor.connectionFailed(connection, lastFailure)
