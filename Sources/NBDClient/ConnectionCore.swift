@@ -1,0 +1,204 @@
+import Logging
+import NBDProtocol
+import Sockets
+import Threads
+
+/// The shared heart of one NBD connection: the socket, the table of
+/// requests in flight, the sending side and the waiting side. The reader
+/// thread (ReplyReader.swift) holds it too, so it lives until that thread
+/// has finished even if the `NBDConnection` is gone.
+final class ConnectionCore: Sendable {
+    let socket: Socket
+    let session: ClientSession
+    let maxPayload: UInt32
+    let requestTimeout: Double?
+    let logger: Logger
+    let state = Guarded(ConnectionState())
+    /// Held while writing to the socket, so each request goes out whole.
+    private let sendLock = Guarded(())
+
+    /// WRITE payloads up to this size are copied behind their header, so a
+    /// batch of small requests leaves in few `send` calls; larger ones are
+    /// sent from the caller's buffer directly.
+    static let inlinePayloadLimit = 64 * 1024
+    /// Buffered request bytes are sent once they reach this size.
+    static let sendBufferTarget = 256 * 1024
+
+    init(socket: Socket, session: ClientSession, requestTimeout: Double?, logger: Logger) {
+        self.socket = socket
+        self.session = session
+        self.maxPayload = min(session.blockSize?.maximum ?? NBDLimits.maxPayload, NBDLimits.maxPayload)
+        self.requestTimeout = requestTimeout
+        self.logger = logger
+    }
+
+    /// What became of one operation of a batch while sending it.
+    private enum Slot {
+        case sent(cookie: UInt64)
+        case finished(Result<Void, NBDClientError>)
+    }
+
+    /// Sends every operation back to back, then waits for all replies.
+    func perform(_ operations: [NBDOperation]) -> [Result<Void, NBDClientError>] {
+        let slots = submit(operations)
+        let cookies = slots.compactMap { slot -> UInt64? in
+            if case .sent(let cookie) = slot { cookie } else { nil }
+        }
+        let outcomes = cookies.isEmpty ? [:] : waitForReplies(cookies)
+        return slots.map { slot in
+            switch slot {
+            case .finished(let result): result
+            case .sent(let cookie): outcomes[cookie] ?? .failure(.closed)
+            }
+        }
+    }
+
+    // MARK: Sending
+
+    private func submit(_ operations: [NBDOperation]) -> [Slot] {
+        sendLock.withLock { _ in
+            var slots: [Slot] = []
+            slots.reserveCapacity(operations.count)
+            var output: [UInt8] = []
+            for operation in operations {
+                if let problem = operation.problem(for: session, maxPayload: maxPayload) {
+                    slots.append(.finished(.failure(.invalidRequest(problem))))
+                    continue
+                }
+                let header: RequestHeader
+                switch register(operation) {
+                case .failure(let error):
+                    slots.append(.finished(.failure(error)))
+                    continue
+                case .success(let registered):
+                    header = registered
+                }
+                slots.append(.sent(cookie: header.cookie))
+                header.encode(into: &output)
+                if case .write(_, let payload, _) = operation {
+                    if payload.count <= Self.inlinePayloadLimit {
+                        output.append(contentsOf: payload)
+                    } else {
+                        flush(&output)
+                        send(payload)
+                    }
+                }
+                if output.count >= Self.sendBufferTarget { flush(&output) }
+            }
+            flush(&output)
+            return slots
+        }
+    }
+
+    /// Gives the operation a fresh cookie and records it as in flight,
+    /// before any of its bytes leave, so its reply can never arrive first.
+    private func register(_ operation: NBDOperation) -> Result<RequestHeader, NBDClientError> {
+        state.withLock { state in
+            if let failure = state.failure { return .failure(failure) }
+            if state.serverShuttingDown {
+                return .failure(.server(.shutdown, message: "the server is shutting down"))
+            }
+            let header = RequestHeader(
+                flags: operation.flags, command: operation.command, cookie: state.nextCookie,
+                offset: operation.offset, length: operation.length ?? 0)
+            state.nextCookie += 1
+            var buffer: UnsafeMutableRawBufferPointer?
+            if case .read(_, let target) = operation { buffer = target }
+            state.requests[header.cookie] = PendingRequest(
+                command: header.command, buffer: buffer, deadline: requestTimeout.map { monotonicSeconds() + $0 },
+                outcome: nil)
+            state.newlySent.append(header)
+            return .success(header)
+        }
+    }
+
+    private func flush(_ output: inout [UInt8]) {
+        output.withUnsafeBytes { send($0) }
+        output.removeAll(keepingCapacity: true)
+    }
+
+    private func send(_ bytes: UnsafeRawBufferPointer) {
+        guard !bytes.isEmpty, !state.withLock({ $0.socketShutDown }) else { return }
+        do throws(SocketError) {
+            try socket.writeAll(bytes)
+        } catch .timedOut {
+            fail(.timedOut(.send))
+        } catch {
+            fail(.connectionLost(error))
+        }
+    }
+
+    // MARK: Waiting
+
+    /// Waits until every cookie has its outcome and the reader is not
+    /// writing into any of their buffers, then takes them out of the table.
+    /// The oldest unanswered request's deadline bounds each wait; when it
+    /// passes, the connection is declared dead.
+    private func waitForReplies(_ cookies: [UInt64]) -> [UInt64: Result<Void, NBDClientError>] {
+        let waiting = Set(cookies)
+        // Outcomes never revert, so the scan only moves forward.
+        var answered = 0
+        func ready(_ state: ConnectionState) -> Bool {
+            while answered < cookies.count, state.requests[cookies[answered]]?.outcome != nil { answered += 1 }
+            if let copying = state.copyingCookie, waiting.contains(copying) { return false }
+            return answered == cookies.count
+        }
+        while true {
+            // Cookies were registered in order, so the first unanswered one
+            // has the earliest deadline.
+            let deadline: Double? = state.withLock { state in
+                _ = ready(state)
+                return answered < cookies.count ? state.requests[cookies[answered]]?.deadline : nil
+            }
+            let timeout = deadline.map { max(0, $0 - monotonicSeconds()) }
+            let outcomes = state.wait(until: ready, timeout: timeout) { state in
+                var outcomes: [UInt64: Result<Void, NBDClientError>] = [:]
+                for cookie in cookies {
+                    outcomes[cookie] = state.requests.removeValue(forKey: cookie)?.outcome ?? .failure(.closed)
+                }
+                return outcomes
+            }
+            if let outcomes { return outcomes }
+            fail(.timedOut(.reply))
+        }
+    }
+
+    // MARK: Ending
+
+    /// Kills the connection: every waiting request fails with `error`, the
+    /// socket is shut down and the reader thread exits.
+    func fail(_ error: NBDClientError) {
+        guard state.update({ $0.fail(error) }) else { return }
+        switch error {
+        case .closed:
+            logger.debug("NBD connection closed")
+        default:
+            logger.warning("NBD connection failed: \(error)")
+        }
+        shutDownSocket()
+    }
+
+    /// Ends the connection from this side: waiting requests fail with
+    /// `.closed`, then NBD_CMD_DISC is sent (after any batch being sent,
+    /// bounded by the send timeout) and the socket is shut down.
+    func close() {
+        guard state.update({ $0.fail(.closed) }) else { return }
+        logger.debug("closing NBD connection")
+        sendLock.withLock { _ in
+            guard !state.withLock({ $0.socketShutDown }) else { return }
+            var bytes: [UInt8] = []
+            let cookie = state.withLock { state in
+                defer { state.nextCookie += 1 }
+                return state.nextCookie
+            }
+            RequestHeader(command: .disconnect, cookie: cookie, offset: 0, length: 0).encode(into: &bytes)
+            try? socket.writeAll(bytes)
+        }
+        shutDownSocket()
+    }
+
+    private func shutDownSocket() {
+        state.update { $0.socketShutDown = true }
+        socket.shutdown()
+    }
+}
