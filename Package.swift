@@ -8,6 +8,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "bulkhead-storaged", targets: ["bulkhead-storaged"]),
+        .executable(name: "bulkhead-cryptd", targets: ["bulkhead-cryptd"]),
         .executable(name: "bulkhead", targets: ["bulkhead"]),
         .library(name: "NBDProtocol", targets: ["NBDProtocol"]),
         .library(name: "NBDServer", targets: ["NBDServer"]),
@@ -56,6 +57,15 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
+        // What the daemons and the CLI share: signals, one-line errors,
+        // secret input, storage locations.
+        .target(
+            name: "DaemonSupport",
+            dependencies: [
+                "Keys", "BlockDevice", "NBDClient", "Sockets",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
         // System threads and a mutex-with-condition for the blocking request paths.
         .target(name: "Threads", swiftSettings: strict),
         .target(
@@ -81,9 +91,17 @@ let package = Package(
             ],
             swiftSettings: strict),
         .executableTarget(
+            name: "bulkhead-cryptd",
+            dependencies: [
+                "CryptPool", "Keys", "NBDServer", "BlockDevice", "Sockets", "DaemonSupport", "BulkheadVersion",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .executableTarget(
             name: "bulkhead",
             dependencies: [
-                "BulkheadVersion",
+                "BulkheadVersion", "CryptPool", "Keys", "PoolFormat", "BlockDevice", "DaemonSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),

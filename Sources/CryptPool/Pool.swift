@@ -38,6 +38,15 @@ public final class Pool: Sendable {
     let ranges = RangeLocks()
     let commits = Guarded(CommitTickets())
     let nodeCache: NodeCache
+    /// The master key, kept to seal new keyslots; locked memory.
+    let master: MasterKey
+    /// The keyslots of the newest header area and its update counter.
+    let header: Guarded<HeaderImage>
+
+    struct HeaderImage {
+        var slots: [KeyslotBlock]
+        var updateCounter: UInt64
+    }
 
     struct CommitTickets {
         var issued: UInt64 = 0
@@ -46,10 +55,12 @@ public final class Pool: Sendable {
     }
 
     init(
-        storage: any BlockDevice, keys: PoolKeys, anchor: (any TrustAnchor)?, blockCount: UInt64,
-        configuration: PoolConfiguration, state: PoolState
+        storage: any BlockDevice, master: MasterKey, keys: PoolKeys, anchor: (any TrustAnchor)?, blockCount: UInt64,
+        configuration: PoolConfiguration, state: PoolState, header: HeaderImage
     ) {
         self.storage = storage
+        self.master = master
+        self.header = Guarded(header)
         self.keys = keys
         self.anchor = anchor
         self.poolID = keys.poolID

@@ -43,7 +43,8 @@ extension Pool {
             nextVolumeID: VolumeID(rawValue: 1), poolObject: .null, volumeTable: [], spaceMapRegion: 1,
             regions: [SpaceMapRegionImage(geometry: geometry), SpaceMapRegionImage(geometry: geometry)])
         let pool = Pool(
-            storage: storage, keys: keys, anchor: anchor, blockCount: blockCount, configuration: configuration, state: state)
+            storage: storage, master: master, keys: keys, anchor: anchor, blockCount: blockCount, configuration: configuration,
+            state: state, header: HeaderImage(slots: slots, updateCounter: 1))
         try pool.writeHeaderAreas(slots: slots, updateCounter: 1)
         try pool.writeBlocks(PoolLayout.superblockSlots[0], [UInt8](repeating: 0, count: 4 * PoolLayout.blockSize))
         try pool.gate.withExclusive { () throws(PoolError) in try pool.checkpoint() }
@@ -73,7 +74,7 @@ extension Pool {
         storage: any BlockDevice, secret: KeyslotSecret, anchor: (any TrustAnchor)?,
         configuration: PoolConfiguration = PoolConfiguration()
     ) throws(PoolError) -> Pool {
-        let (keys, header, _) = try unlock(storage: storage, secret: secret)
+        let (master, keys, header, slots) = try unlock(storage: storage, secret: secret)
         guard header.blockCount * UInt64(PoolLayout.blockSize) <= storage.size else {
             throw .notAPool("the header says \(header.blockCount) blocks but the device holds \(storage.size / 4096) (truncated?)")
         }
@@ -83,15 +84,18 @@ extension Pool {
             nextVolumeID: VolumeID(rawValue: 1), poolObject: .null, volumeTable: [], spaceMapRegion: 0,
             regions: [SpaceMapRegionImage(geometry: geometry), SpaceMapRegionImage(geometry: geometry)])
         let pool = Pool(
-            storage: storage, keys: keys, anchor: anchor, blockCount: header.blockCount, configuration: configuration,
-            state: placeholder)
+            storage: storage, master: master, keys: keys, anchor: anchor, blockCount: header.blockCount,
+            configuration: configuration, state: placeholder,
+            header: HeaderImage(slots: slots, updateCounter: header.updateCounter))
         try pool.recover()
         return pool
     }
 
     /// Finds a keyslot that opens with `secret` in the newer header area
     /// whose HMAC then verifies, falling back to the other area.
-    static func unlock(storage: any BlockDevice, secret: KeyslotSecret) throws(PoolError) -> (PoolKeys, PoolHeader, [KeyslotBlock]) {
+    static func unlock(storage: any BlockDevice, secret: KeyslotSecret) throws(PoolError) -> (
+        MasterKey, PoolKeys, PoolHeader, [KeyslotBlock]
+    ) {
         guard storage.size >= UInt64(PoolLayout.headerAreaBlocks * 2 * PoolLayout.blockSize) else {
             throw .notAPool("the device is only \(storage.size) bytes")
         }
@@ -144,7 +148,7 @@ extension Pool {
                     continue
                 }
                 let slots = slotBlocks.compactMap { try? KeyslotBlock.decode($0) }
-                return (keys, header, slots)
+                return (master, keys, header, slots)
             }
         }
         throw .unlockFailed(reasons)

@@ -118,6 +118,32 @@ public final class Volume: BlockDevice {
 
     // MARK: - Internals
 
+    /// A read reporting the pool's own error, for verification.
+    func readChecked(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(PoolError) {
+        let blocks = Self.blockRange(offset, UInt64(buffer.count))
+        try pool.gate.withShared { () throws(PoolError) in
+            try pool.ranges.withLock(key: id.rawValue, range: blocks) { () throws(PoolError) in
+                let plain = try readPlain(blocks)
+                let skip = Int(offset - blocks.lowerBound * Self.blockSize)
+                plain.withUnsafeBytes { source in
+                    buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[skip..<(skip + buffer.count)]))
+                }
+            }
+        }
+    }
+
+    /// Reads each block of a byte range alone and returns every failure.
+    func scanBlocks(_ range: Range<UInt64>) -> [PoolError] {
+        var failures: [PoolError] = []
+        var scratch = [UInt8](repeating: 0, count: Int(Self.blockSize))
+        for block in Self.blockRange(range.lowerBound, UInt64(range.count)) {
+            scratch.withUnsafeMutableBytes { raw in
+                do throws(PoolError) { try readChecked(at: block * Self.blockSize, into: raw) } catch { failures.append(error) }
+            }
+        }
+        return failures
+    }
+
     private func writeZeroBytes(at offset: UInt64, count: Int) throws(BlockDeviceError) {
         let zeroes = [UInt8](repeating: 0, count: count)
         var failure: BlockDeviceError?

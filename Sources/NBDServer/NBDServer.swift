@@ -121,6 +121,10 @@ public final class NBDServer: Sendable {
                 usleep(100_000)
                 continue
             }
+            if let acceptPeer = configuration.acceptPeer, !acceptPeer(socket) {
+                logger.warning("refusing connection: peer not allowed", metadata: ["peer": "\(peerDescription(of: socket))"])
+                continue
+            }
             let id = state.withLock { state -> UInt64? in
                 guard !state.stopping, state.connections.count < configuration.maxConnections else { return nil }
                 let id = state.nextConnectionID

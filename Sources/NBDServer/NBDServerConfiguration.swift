@@ -1,3 +1,5 @@
+import Sockets
+
 /// Limits and tuning of an `NBDServer`. Every resource a client can tie up
 /// is bounded by one of these.
 public struct NBDServerConfiguration: Sendable {
@@ -26,6 +28,9 @@ public struct NBDServerConfiguration: Sendable {
     public var workersPerConnection: Int
     public var readChunkSize: Int
     public var shutdownTimeout: Double
+    /// Decides whether an accepted peer may talk to the server at all, e.g.
+    /// from its SO_PEERCRED credentials; nil admits everyone.
+    public var acceptPeer: (@Sendable (Socket) -> Bool)?
 
     public init(
         maxConnections: Int = defaultMaxConnections,
