@@ -112,7 +112,9 @@ let package = Package(
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"]),
         .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
         .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
-        .testTarget(name: "InteropTests", dependencies: []),
+        .testTarget(name: "InteropTests", dependencies: ["Sockets"]),
+        // The whole chain as real processes: storage domain, crypt domain, clients.
+        .testTarget(name: "ChainTests", dependencies: ["Sockets"]),
     ],
     swiftLanguageModes: [.v6]
 )
