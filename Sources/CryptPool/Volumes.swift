@@ -78,3 +78,11 @@ extension Pool {
         return Volume(pool: self, info: info)
     }
 }
+
+extension Pool {
+    /// Commits everything and folds the log into the trees, so the next open
+    /// replays nothing (a clean close).
+    public func close() throws(PoolError) {
+        try exclusiveCommit { _, _ in }
+    }
+}

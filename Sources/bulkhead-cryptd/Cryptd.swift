@@ -126,6 +126,6 @@ struct Cryptd: ParsableCommand {
         let signal = waitForTerminationSignal()
         logger.info("shutting down", metadata: ["signal": "\(signal)"])
         servers.forEach { _ = $0.shutdown() }
-        do { try pool.flush() } catch { logger.error("final commit failed: \(error)") }
+        do { try pool.close() } catch { logger.error("final checkpoint failed: \(error)") }
     }
 }
