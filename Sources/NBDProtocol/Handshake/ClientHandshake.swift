@@ -144,6 +144,9 @@ public struct ClientHandshake: Sendable {
             state = .awaitingReplies(.go)
             return true
         case (.list, .server):
+            guard listed.count < NBDLimits.maxListedExports else {
+                return fail(&events, .malformedOptionReply(option, type, "more than \(NBDLimits.maxListedExports) exports"))
+            }
             guard data.count >= 4 else { return fail(&events, .malformedOptionReply(option, type, "too short")) }
             let nameLength = Int(data.bigEndian(UInt32.self, at: 0))
             guard nameLength <= data.count - 4 else {

@@ -104,8 +104,19 @@ public struct ServerHandshake: Sendable {
             if length > NBDLimits.maxOptionLength {
                 input.skip(upTo: NBDMessageSize.optionHeader)
                 guard countOption() else { return finish(&events, .tooManyOptions(limit: NBDLimits.maxOptions)) }
-                state = .discardingOption(option, remaining: UInt64(length))
-                return true
+                switch option {
+                case .exportName:
+                    // It has no option reply, so NBD_REP_ERR_TOO_BIG would be
+                    // read as the export size; no export has so long a name.
+                    return finish(&events, .unknownExport("(\(length)-byte name)"))
+                case .abort:
+                    // The server MUST reply NBD_REP_ACK and SHOULD ignore the data.
+                    events.append(.send(Self.optionReply(option, .ack)))
+                    return finish(&events, .clientAborted)
+                default:
+                    state = .discardingOption(option, remaining: UInt64(length))
+                    return true
+                }
             }
             guard input.count >= NBDMessageSize.optionHeader + Int(length) else { return nil }
             input.skip(upTo: NBDMessageSize.optionHeader)

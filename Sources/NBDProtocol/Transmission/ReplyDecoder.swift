@@ -20,8 +20,8 @@ public struct ReplyDecoder: Sendable {
         var command: Command
         var offset: UInt64
         var length: UInt32
-        /// Request-relative byte ranges already delivered (structured READ).
-        var covered: [Range<UInt64>] = []
+        /// Request-relative bytes already delivered (structured READ).
+        var covered = ReadCoverage()
         var error: NBDErrorCode?
         var message = ""
     }
@@ -101,12 +101,15 @@ public struct ReplyDecoder: Sendable {
         let cookie = input.peek(UInt64.self, at: 8)
         let length = input.peek(UInt32.self, at: 16)
         guard structuredReplies else { throw .unexpectedStructuredReply(cookie: cookie) }
-        guard var request = inFlight[cookie] else { throw .unknownCookie(cookie) }
+        guard inFlight[cookie] != nil else { throw .unknownCookie(cookie) }
         let limit = maxPayload + NBDLimits.maxChunkOverhead
         guard length <= limit else { throw .chunkTooLong(cookie: cookie, length: length, limit: limit) }
         guard input.count >= NBDMessageSize.structuredReplyHeader + Int(length) else { return false }
         input.skip(upTo: NBDMessageSize.structuredReplyHeader)
         let body = input.take(Int(length))
+        // Taken out while it is updated, so its coverage is changed in place
+        // rather than copied; put back below unless this chunk is the last.
+        var request = inFlight.removeValue(forKey: cookie)!
 
         switch type {
         case .none:
@@ -122,10 +125,9 @@ public struct ReplyDecoder: Sendable {
             let offset = body.bigEndian(UInt64.self, at: 0)
             let extent = isData ? UInt64(body.count - 8) : UInt64(body.bigEndian(UInt32.self, at: 8))
             let range = try relativeRange(offset, extent, in: request, cookie: cookie)
-            guard !request.covered.contains(where: { $0.overlaps(range) }) else {
+            guard request.covered.insert(range, requestLength: UInt64(request.length)) else {
                 throw .overlappingReadChunks(cookie: cookie, offset: offset)
             }
-            request.covered.append(range)
             queued.append(
                 isData
                     ? .data(cookie: cookie, offset: Int(range.lowerBound), bytes: Array(body[8...]))
@@ -154,9 +156,8 @@ public struct ReplyDecoder: Sendable {
             inFlight[cookie] = request
             return true
         }
-        inFlight[cookie] = nil
         if request.error == nil, request.command == .read {
-            let received = request.covered.reduce(UInt64(0)) { $0 + UInt64($1.count) }
+            let received = request.covered.count
             guard received == UInt64(request.length) else {
                 throw .incompleteRead(cookie: cookie, received: received, expected: UInt64(request.length))
             }

@@ -7,23 +7,26 @@
 public func validate(_ request: RequestHeader, payloadDiscarded: Bool = false, session: NegotiatedSession) -> NBDErrorCode? {
     let export = session.export
     let flags = session.flags
+    // NBD_CMD_FLAG_FUA "is valid for all commands, provided NBD_FLAG_SEND_FUA
+    // has been negotiated, in which case the server MUST accept all commands
+    // with this bit set"; clients are known to set it on reads and flushes.
+    let fua: CommandFlags = flags.contains(.sendFUA) ? [.fua] : []
     let allowedFlags: CommandFlags
     switch request.command {
     case .read:
-        allowedFlags = []
+        allowedFlags = fua
     case .write:
-        allowedFlags = flags.contains(.sendFUA) ? [.fua] : []
+        allowedFlags = fua
     case .flush:
         guard flags.contains(.sendFlush) else { return .invalid }
         guard request.offset == 0, request.length == 0 else { return .invalid }
-        allowedFlags = []
+        allowedFlags = fua
     case .trim:
         guard flags.contains(.sendTrim) else { return .invalid }
-        allowedFlags = flags.contains(.sendFUA) ? [.fua] : []
+        allowedFlags = fua
     case .writeZeroes:
         guard flags.contains(.sendWriteZeroes) else { return .invalid }
-        var allowed: CommandFlags = [.noHole]
-        if flags.contains(.sendFUA) { allowed.insert(.fua) }
+        var allowed: CommandFlags = fua.union(.noHole)
         if flags.contains(.sendFastZero) { allowed.insert(.fastZero) }
         allowedFlags = allowed
     case .disconnect:

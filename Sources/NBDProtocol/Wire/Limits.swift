@@ -16,6 +16,11 @@ public enum NBDLimits {
     /// name plus an optional description, each at most `maxStringLength`.
     public static let maxOptionReplyLength = 2 * maxStringLength + 64
 
+    /// NBD_REP_SERVER entries a client accepts in reply to NBD_OPT_LIST. The
+    /// entries are kept until NBD_REP_ACK, so a server that never ends its
+    /// list would otherwise grow the client without bound.
+    public static let maxListedExports = 1024
+
     /// Information requests in one NBD_OPT_INFO/GO. Only four info types
     /// exist; 64 leaves room for repeats and future types.
     public static let maxInfoRequests = 64

@@ -1,0 +1,118 @@
+import NBDProtocol
+import Testing
+
+// Drivers that feed each state machine as a real connection would, through
+// `feedThreeWays`, and collect what it did.
+
+/// What a state machine made of its input: its events in order, the error
+/// that stopped it, and the bytes left after it finished.
+struct Decoded<Event: Equatable>: Equatable {
+    var events: [Event] = []
+    var error: NBDProtocolError?
+    /// Handshakes: bytes after the final message (their `takeLeftover()`
+    /// plus whatever the driver had not fed yet).
+    var leftover: [UInt8] = []
+}
+
+extension ServerHandshakeEvent {
+    var endsHandshake: Bool {
+        if case .send = self { return false }
+        return true
+    }
+}
+
+extension ClientHandshakeEvent {
+    var endsHandshake: Bool {
+        if case .send = self { return false }
+        return true
+    }
+}
+
+/// Feeds the client's byte stream to a fresh `ServerHandshake`.
+func runServer(
+    _ catalog: ExportCatalog, _ input: [UInt8], sourceLocation: SourceLocation = #_sourceLocation
+) -> Decoded<ServerHandshakeEvent> {
+    feedThreeWays(input, sourceLocation: sourceLocation) { chunks in
+        var handshake = ServerHandshake(catalog: catalog)
+        var outcome = Decoded<ServerHandshakeEvent>()
+        var ended = false
+        for chunk in chunks {
+            if ended {
+                outcome.leftover += chunk
+                continue
+            }
+            let events = handshake.receive(chunk)
+            outcome.events += events
+            if events.contains(where: \.endsHandshake) {
+                ended = true
+                outcome.leftover = handshake.takeLeftover()
+            }
+        }
+        return outcome
+    }
+}
+
+/// Feeds the server's byte stream to a fresh `ClientHandshake`.
+func runClient(
+    _ goal: ClientHandshake.Goal, _ input: [UInt8], sourceLocation: SourceLocation = #_sourceLocation
+) -> Decoded<ClientHandshakeEvent> {
+    feedThreeWays(input, sourceLocation: sourceLocation) { chunks in
+        var handshake = ClientHandshake(goal: goal)
+        var outcome = Decoded<ClientHandshakeEvent>()
+        var ended = false
+        for chunk in chunks {
+            if ended {
+                outcome.leftover += chunk
+                continue
+            }
+            let events = handshake.receive(chunk)
+            outcome.events += events
+            if events.contains(where: \.endsHandshake) {
+                ended = true
+                outcome.leftover = handshake.takeLeftover()
+            }
+        }
+        return outcome
+    }
+}
+
+/// Feeds a request stream to a fresh `RequestDecoder`, draining `next()`
+/// after every read as the server's connection loop does.
+func decodeRequests(
+    _ input: [UInt8], maxPayload: UInt32 = NBDLimits.maxPayload, sourceLocation: SourceLocation = #_sourceLocation
+) -> Decoded<IncomingRequest> {
+    feedThreeWays(input, sourceLocation: sourceLocation) { chunks in
+        var decoder = RequestDecoder(maxPayload: maxPayload)
+        var outcome = Decoded<IncomingRequest>()
+        do throws(NBDProtocolError) {
+            for chunk in chunks {
+                decoder.receive(chunk)
+                while let request = try decoder.next() { outcome.events.append(request) }
+            }
+        } catch {
+            outcome.error = error
+        }
+        return outcome
+    }
+}
+
+/// Feeds a reply stream to a fresh `ReplyDecoder` that expects `requests`.
+func decodeReplies(
+    _ input: [UInt8], structured: Bool, expecting requests: [RequestHeader],
+    maxPayload: UInt32 = NBDLimits.maxPayload, sourceLocation: SourceLocation = #_sourceLocation
+) -> Decoded<ReplyEvent> {
+    feedThreeWays(input, sourceLocation: sourceLocation) { chunks in
+        var decoder = ReplyDecoder(structuredReplies: structured, maxPayload: maxPayload)
+        for request in requests { decoder.expect(request) }
+        var outcome = Decoded<ReplyEvent>()
+        do throws(NBDProtocolError) {
+            for chunk in chunks {
+                decoder.receive(chunk)
+                while let event = try decoder.next() { outcome.events.append(event) }
+            }
+        } catch {
+            outcome.error = error
+        }
+        return outcome
+    }
+}
