@@ -115,6 +115,10 @@ let package = Package(
         .testTarget(name: "InteropTests", dependencies: ["Sockets"]),
         // The whole chain as real processes: storage domain, crypt domain, clients.
         .testTarget(name: "ChainTests", dependencies: ["Sockets"]),
+        // A hostile storage domain, crash-point replay (issue 4).
+        .testTarget(
+            name: "AdversarialTests",
+            dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "NBDServer", "NBDClient", "NBDProtocol", "Sockets", "Threads"]),
     ],
     swiftLanguageModes: [.v6]
 )
