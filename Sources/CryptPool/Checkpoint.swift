@@ -13,6 +13,7 @@ extension Pool {
     func checkpoint(
         volumeTableChange: (inout [VolumeID: VolumeState], inout [PhysicalBlock]) throws(PoolError) -> Void = { _, _ in }
     ) throws(PoolError) {
+        try checkNotPoisoned()
         let (taken, releasedEarlier, generation) = state.withLock { state in
             // A rollover in the middle would be harmless but is avoided so
             // one checkpoint seals under one session key.
@@ -24,6 +25,7 @@ extension Pool {
         }
         var releases = releasedEarlier
         var writes: [(PhysicalBlock, [UInt8])] = []
+        var superblockStarted = false
         do throws(PoolError) {
             var volumes = state.withLock { $0.volumes }
             try volumeTableChange(&volumes, &releases)
@@ -95,12 +97,19 @@ extension Pool {
                 state.logRecordCount = 0
                 state.spaceMapRegion = region
             }
+            superblockStarted = true
             try writeSuperblock(superblock)
             state.withLock { state in for block in releases { state.space.release(block) } }
         } catch {
             state.withLock { state in
-                state.pending.insert(contentsOf: taken, at: 0)
-                state.releaseAfterCommit.insert(contentsOf: releasedEarlier, at: 0)
+                if superblockStarted {
+                    state.poisoned = "checkpoint \(generation) failed while writing its superblock: \(error)"
+                } else {
+                    state.pending.insert(contentsOf: taken, at: 0)
+                    state.releaseAfterCommit.insert(contentsOf: releasedEarlier, at: 0)
+                    // What the unused region holds is unknown now: rewrite it whole next time.
+                    state.regions[1 - state.spaceMapRegion] = SpaceMapRegionImage(geometry: geometry)
+                }
             }
             throw error
         }

@@ -28,6 +28,7 @@ extension Pool {
     /// Appends the records since the last commit to the log and writes the
     /// next superblock (docs/format.md, section 7). Callers serialise commits.
     func commit() throws(PoolError) {
+        try checkNotPoisoned()
         let (records, releases, generation, previous, logSequence) = state.withLock { state in
             let taken = (state.pending, state.releaseAfterCommit, state.generation + 1, state.logHead, UInt64(state.logBlocks.count))
             state.pending = []
@@ -82,6 +83,10 @@ extension Pool {
         }
         try writeSuperblock(superblock)
         state.withLock { state in for block in releases { state.space.release(block) } }
+    }
+
+    func checkNotPoisoned() throws(PoolError) {
+        if let reason = state.withLock({ $0.poisoned }) { throw .storage(.unavailable(reason + "; reopen the pool")) }
     }
 
     private func restore(_ records: [LogRecord], _ releases: [PhysicalBlock]) {

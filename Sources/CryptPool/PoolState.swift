@@ -113,6 +113,10 @@ struct PoolState: Sendable {
     var volumeTable: [BlockPointer]
     var spaceMapRegion: Int
     var regions: [SpaceMapRegionImage]
+    /// Set when a checkpoint's superblock write failed: what is durable is
+    /// then unknown, and writing on could overwrite the live space map
+    /// region, so every later change is refused until the pool is reopened.
+    var poisoned: String?
 }
 
 struct VolumeSessionKey: Hashable, Sendable {
