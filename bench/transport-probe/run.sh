@@ -73,6 +73,7 @@ WORKLOADS=(
 TICKS=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "rep,workload,server,iops,mbps,cpu_s,wall_s,clat_mean_us,clat_p99_us" >"$RESULTS"
 count=${#SERVERS[@]}
 for rep in $(seq "$REPS"); do
@@ -107,23 +108,6 @@ PY
     done
 done
 
-python3 - "$RESULTS" "${SERVERS[@]%%|*}" <<'PY'
-import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-servers = sys.argv[2:]
-workloads = list(dict.fromkeys(row["workload"] for row in rows))
-groups = {}
-for row in sorted(rows, key=lambda r: (workloads.index(r["workload"]), servers.index(r["server"]))):
-    groups.setdefault((row["workload"], row["server"]), []).append(row)
-print("| workload | server | IOPS | MB/s | server CPU (cores) | CPU µs/IO | clat mean µs | clat p99 µs |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
-for (workload, server), group in groups.items():
-    med = lambda key: statistics.median(float(r[key]) for r in group)
-    # CPU is taken over the whole fio run (ramp included), so per-I/O cost
-    # is cores used divided by the steady IOPS.
-    cores = statistics.median(float(r["cpu_s"]) / float(r["wall_s"]) for r in group)
-    per_io = statistics.median(float(r["cpu_s"]) / float(r["wall_s"]) / float(r["iops"]) * 1e6 for r in group)
-    print(f"| {workload} | {server} | {med('iops'):.0f} | {med('mbps'):.0f} | {cores:.2f} | {per_io:.1f} "
-          f"| {med('clat_mean_us'):.0f} | {med('clat_p99_us'):.0f} |")
-print(f"\n{len(rows)} runs; medians of {max(len(g) for g in groups.values())} interleaved repetitions.")
-PY
+echo "Load average (1/5/15 min) before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores."
+echo
+SERVER_ORDER="$(printf '%s,' "${SERVERS[@]%%|*}")" python3 summarize.py "$RESULTS"
