@@ -61,7 +61,7 @@ let package = Package(
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"]),
         .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
         .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
-        .testTarget(name: "InteropTests", dependencies: []),
+        .testTarget(name: "InteropTests", dependencies: ["Sockets"]),
     ],
     swiftLanguageModes: [.v6]
 )
