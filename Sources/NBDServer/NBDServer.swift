@@ -1,0 +1,147 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import BlockDevice
+import Logging
+import NBDProtocol
+import Sockets
+import Threads
+
+/// An NBD server (proto.md, fixed newstyle negotiation and the transmission
+/// phase) serving named exports on any number of listeners. Each listener
+/// has an accept thread; each connection a thread for its handshake, then
+/// a small pool of worker threads for its requests. Everything on the wire
+/// is parsed and encoded by the NBDProtocol state machines; nothing a client
+/// sends can affect another connection.
+public final class NBDServer: Sendable {
+    private struct State {
+        var stopping = false
+        var listeners: [Listener] = []
+        var acceptThreads = 0
+        var nextConnectionID: UInt64 = 1
+        /// Open connections by id: their sockets, so `shutdown()` can wake them.
+        var connections: [UInt64: Socket] = [:]
+    }
+
+    let configuration: NBDServerConfiguration
+    let logger: Logger
+    let catalog: ExportCatalog
+    let exports: [String: NBDExport]
+    private let state = Guarded(State())
+
+    /// Checks the exports (names unique and at most NBD_MAX_STRING bytes,
+    /// valid block sizes). A client asking for the empty name gets
+    /// `defaultExport`, if given.
+    public init(
+        exports: [NBDExport], defaultExport: String? = nil,
+        configuration: NBDServerConfiguration = NBDServerConfiguration(),
+        logger: Logger = Logger(label: "bulkhead.nbd-server")
+    ) throws(NBDServerError) {
+        guard !exports.isEmpty else { throw .noExports }
+        var byName: [String: NBDExport] = [:]
+        for export in exports {
+            guard byName[export.name] == nil else { throw .duplicateExport(export.name) }
+            guard export.name.utf8.count <= NBDLimits.maxStringLength else {
+                throw .badExportName(export.name, "longer than \(NBDLimits.maxStringLength) bytes")
+            }
+            guard export.description.utf8.count <= NBDLimits.maxStringLength else {
+                throw .badExportDescription(export.name, "longer than \(NBDLimits.maxStringLength) bytes")
+            }
+            guard export.blockSize.isValid else {
+                throw .badBlockSize(export: export.name, minimum: export.device.minimumBlockSize)
+            }
+            byName[export.name] = export
+        }
+        if let defaultExport, byName[defaultExport] == nil { throw .unknownDefaultExport(defaultExport) }
+        self.exports = byName
+        self.catalog = ExportCatalog(exports: exports.map(\.exportDescription), defaultExportName: defaultExport)
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Starts accepting connections on `listeners`. The server owns them
+    /// from now on and closes them in `shutdown()`.
+    public func start(_ listeners: [Listener]) {
+        let accepted = state.withLock { state -> Bool in
+            guard !state.stopping else { return false }
+            state.listeners.append(contentsOf: listeners)
+            state.acceptThreads += listeners.count
+            return true
+        }
+        guard accepted else {
+            listeners.forEach { $0.close() }
+            return
+        }
+        for listener in listeners {
+            var address = listener.address
+            if case .tcp(let host, _) = address, let port = listener.boundPort { address = .tcp(host: host, port: port) }
+            logger.info("listening", metadata: ["address": "\(address)"])
+            startThread { self.acceptLoop(listener) }
+        }
+    }
+
+    /// Connections currently open.
+    public var connectionCount: Int { state.withLock { $0.connections.count } }
+
+    /// Stops accepting, closes the listeners (removing Unix socket files),
+    /// shuts every connection down and waits, at most
+    /// `configuration.shutdownTimeout` seconds, for their threads. Returns
+    /// false if some thread was still busy (such as in a hung device call).
+    @discardableResult
+    public func shutdown() -> Bool {
+        let (listeners, sockets) = state.update { state in
+            state.stopping = true
+            let listeners = state.listeners
+            state.listeners = []
+            return (listeners, Array(state.connections.values))
+        }
+        for listener in listeners { listener.close() }
+        for socket in sockets { socket.shutdown() }
+        let finished = state.wait(
+            until: { $0.acceptThreads == 0 && $0.connections.isEmpty }, timeout: configuration.shutdownTimeout
+        ) { _ in true }
+        if finished == nil {
+            logger.warning("shutdown timed out with connections still busy")
+            return false
+        }
+        return true
+    }
+
+    private func acceptLoop(_ listener: Listener) {
+        defer { state.update { $0.acceptThreads -= 1 } }
+        while true {
+            let socket: Socket
+            do {
+                socket = try listener.accept()
+            } catch {
+                if state.withLock({ $0.stopping }) { return }
+                logger.error("accept failed", metadata: ["address": "\(listener.address)", "error": "\(error)"])
+                usleep(100_000)
+                continue
+            }
+            let id = state.withLock { state -> UInt64? in
+                guard !state.stopping, state.connections.count < configuration.maxConnections else { return nil }
+                let id = state.nextConnectionID
+                state.nextConnectionID += 1
+                state.connections[id] = socket
+                return id
+            }
+            guard let id else {
+                // Dropping the socket closes it.
+                logger.warning(
+                    "refusing connection: limit reached",
+                    metadata: ["address": "\(listener.address)", "limit": "\(configuration.maxConnections)"])
+                continue
+            }
+            let connection = Connection(id: id, socket: socket, listener: listener.address, server: self)
+            startThread { connection.run() }
+        }
+    }
+
+    /// Called once per connection when its last thread is done with it.
+    func connectionEnded(_ id: UInt64) {
+        state.update { _ = $0.connections.removeValue(forKey: id) }
+    }
+}

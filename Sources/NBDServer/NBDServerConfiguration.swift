@@ -1,0 +1,45 @@
+/// Limits and tuning of an `NBDServer`. Every resource a client can tie up
+/// is bounded by one of these.
+public struct NBDServerConfiguration: Sendable {
+    /// Connections open at once, handshaking or transmitting; more are
+    /// closed as soon as they are accepted.
+    public static let defaultMaxConnections = 256
+    /// Seconds a client has to finish the handshake before it is dropped,
+    /// so that a silent client cannot hold a connection slot forever.
+    public static let defaultHandshakeTimeout = 30.0
+    /// Seconds a reply may wait for the client to make room for it (a
+    /// client that stops reading replies is dropped).
+    public static let defaultReplyTimeout = 60.0
+    /// Threads serving requests of one connection. Each reads requests in
+    /// turn, then executes its request and sends the reply while the next
+    /// thread reads, so replies may go out of order.
+    public static let defaultWorkersPerConnection = 8
+    /// Bytes read from a socket at once in the transmission phase; large,
+    /// so that one system call picks up many pipelined requests.
+    public static let defaultReadChunkSize = 256 * 1024
+    /// Seconds `shutdown()` waits for connection threads to finish.
+    public static let defaultShutdownTimeout = 5.0
+
+    public var maxConnections: Int
+    public var handshakeTimeout: Double
+    public var replyTimeout: Double
+    public var workersPerConnection: Int
+    public var readChunkSize: Int
+    public var shutdownTimeout: Double
+
+    public init(
+        maxConnections: Int = defaultMaxConnections,
+        handshakeTimeout: Double = defaultHandshakeTimeout,
+        replyTimeout: Double = defaultReplyTimeout,
+        workersPerConnection: Int = defaultWorkersPerConnection,
+        readChunkSize: Int = defaultReadChunkSize,
+        shutdownTimeout: Double = defaultShutdownTimeout
+    ) {
+        self.maxConnections = max(1, maxConnections)
+        self.handshakeTimeout = handshakeTimeout
+        self.replyTimeout = replyTimeout
+        self.workersPerConnection = max(1, workersPerConnection)
+        self.readChunkSize = max(4096, readChunkSize)
+        self.shutdownTimeout = shutdownTimeout
+    }
+}

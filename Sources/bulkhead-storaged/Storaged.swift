@@ -1,0 +1,162 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import ArgumentParser
+import BlockDevice
+import Logging
+import NBDServer
+import Sockets
+
+/// `bulkhead-storaged`: serves disks and image files over NBD.
+struct Storaged: ParsableCommand {
+    static let version = "0.1.0"
+
+    /// Exit status for malformed arguments (EX_USAGE).
+    static let usageExitCode: Int32 = 64
+    /// Exit status when an export or a listener cannot be set up.
+    static let setupExitCode: Int32 = 1
+
+    static let configuration = CommandConfiguration(
+        commandName: "bulkhead-storaged",
+        abstract: "Serve block devices and image files over NBD (the Bulkhead storage domain).",
+        discussion: """
+            Every export is offered on every listener. The first export also answers the \
+            empty export name "", for clients that do not name one. The daemon exits with \
+            status 0 on SIGTERM or SIGINT after closing its listeners (removing Unix socket \
+            files); with status \(usageExitCode) for malformed arguments, and \(setupExitCode) \
+            when an export cannot be opened or an address cannot be listened on.
+            """,
+        version: version)
+
+    @Option(
+        name: .customLong("listen"),
+        help: ArgumentHelp(
+            "Address to listen on: unix:PATH or tcp:HOST:PORT. Repeatable; at least one.", valueName: "address"))
+    var listen: [String] = []
+
+    @Option(
+        name: .customLong("export"),
+        help: ArgumentHelp(
+            "Export a file or block device as NAME=PATH, read-only with NAME=PATH:ro. Repeatable; at least one. "
+                + "The first export also answers the empty name \"\".",
+            valueName: "name=path[:ro]"))
+    var export: [String] = []
+
+    @Flag(name: .customLong("direct"), help: "Open exports with O_DIRECT, bypassing the page cache.")
+    var direct = false
+
+    @Option(
+        name: .customLong("log-level"),
+        help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
+    var logLevel = "info"
+
+    mutating func run() throws {
+        let plan = try checkArguments()
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = plan.level
+            return handler
+        }
+        let logger = Logger(label: "bulkhead-storaged")
+        let exports = try openExports(plan.exports)
+        let listeners = try bind(plan.addresses)
+        let server: NBDServer
+        do {
+            server = try NBDServer(exports: exports, defaultExport: exports[0].name, logger: logger)
+        } catch {
+            listeners.forEach { $0.close() }
+            throw fail("\(error)", status: Self.setupExitCode)
+        }
+        server.start(listeners)
+        logger.info(
+            "serving",
+            metadata: [
+                "exports": "\(exports.map(\.name).joined(separator: ","))", "version": "\(Self.version)",
+            ])
+        let signal = waitForTerminationSignal()
+        logger.info("shutting down", metadata: ["signal": "\(signal)"])
+        server.shutdown()
+    }
+
+    private struct Plan {
+        var addresses: [SocketAddress]
+        var exports: [ExportSpecification]
+        var level: Logger.Level
+    }
+
+    /// Checks the syntax of every argument before anything is opened.
+    private func checkArguments() throws -> Plan {
+        guard !listen.isEmpty else { throw fail("at least one --listen address is required", status: Self.usageExitCode) }
+        guard !export.isEmpty else { throw fail("at least one --export is required", status: Self.usageExitCode) }
+        var addresses: [SocketAddress] = []
+        for text in listen {
+            do throws(SocketError) {
+                addresses.append(try SocketAddress(parsing: text))
+            } catch {
+                throw fail("bad --listen: \(error)", status: Self.usageExitCode)
+            }
+        }
+        var exports: [ExportSpecification] = []
+        for text in export {
+            let specification: ExportSpecification
+            do throws(ExportSpecification.SyntaxError) {
+                specification = try ExportSpecification(parsing: text)
+            } catch {
+                throw fail("\(error)", status: Self.usageExitCode)
+            }
+            guard !exports.contains(where: { $0.name == specification.name }) else {
+                throw fail("duplicate export name \"\(specification.name)\"", status: Self.usageExitCode)
+            }
+            exports.append(specification)
+        }
+        guard let level = Logger.Level(rawValue: logLevel) else {
+            throw fail(
+                "bad --log-level \"\(logLevel)\": expected trace, debug, info, notice, warning, error or critical",
+                status: Self.usageExitCode)
+        }
+        return Plan(addresses: addresses, exports: exports, level: level)
+    }
+
+    private func openExports(_ specifications: [ExportSpecification]) throws -> [NBDExport] {
+        var exports: [NBDExport] = []
+        for specification in specifications {
+            do throws(BlockDeviceError) {
+                let device = try FileBlockDevice(path: specification.path, readOnly: specification.readOnly, direct: direct)
+                exports.append(NBDExport(name: specification.name, device: device, readOnly: specification.readOnly))
+            } catch {
+                let reason: String
+                if case .io(_, let code) = error {
+                    reason = String(cString: strerror(code))
+                } else {
+                    reason = "\(error)"
+                }
+                throw fail("cannot open export \(specification.name): \(specification.path): \(reason)", status: Self.setupExitCode)
+            }
+        }
+        return exports
+    }
+
+    /// Binds every address, or none: on failure the ones already bound are closed.
+    private func bind(_ addresses: [SocketAddress]) throws -> [Listener] {
+        var listeners: [Listener] = []
+        for address in addresses {
+            do throws(SocketError) {
+                listeners.append(try Listener(binding: address))
+            } catch {
+                listeners.forEach { $0.close() }
+                let message = error == .addressInUse(address.description) ? "\(error)" : "cannot listen on \(address): \(error)"
+                throw fail(message, status: Self.setupExitCode)
+            }
+        }
+        return listeners
+    }
+
+    /// Prints a one-line error to stderr and returns the exit to take.
+    private func fail(_ message: String, status: Int32) -> ExitCode {
+        let line = "bulkhead-storaged: \(message)\n"
+        _ = line.utf8CString.withUnsafeBufferPointer { write(STDERR_FILENO, $0.baseAddress, $0.count - 1) }
+        return ExitCode(status)
+    }
+}
