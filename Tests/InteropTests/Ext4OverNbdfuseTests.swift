@@ -20,7 +20,7 @@ import Testing
         let mountPoint = try scratch.folder("mnt")
         var mounted = false
         defer {
-            if mounted { unmount(mountPoint) }
+            if mounted, (try? unmount(mountPoint, server)) == nil { _ = try? run(["umount", "-l", mountPoint]) }
             fuse.unmount()
         }
 
@@ -37,8 +37,8 @@ import Testing
             try writeFile(mountPoint + path, data)
             files[path] = data
         }
+        try unmount(mountPoint, server)
         mounted = false
-        server.expectSuccess(try run(["umount", mountPoint]))
         let check = try run(["e2fsck", "-n", "-f", fuse.file], timeout: 180)
         server.expectSuccess(check)
         #expect(!check.output.contains("FILE SYSTEM WAS MODIFIED"), "\(check)")
@@ -49,8 +49,8 @@ import Testing
             let readBack = try readFile(mountPoint + path)
             #expect(firstDifference(readBack, data) == nil, "\(path) differs after remount")
         }
+        try unmount(mountPoint, server)
         mounted = false
-        server.expectSuccess(try run(["umount", mountPoint]))
         fuse.unmount()
         #expect(fuse.exitStatus == 0, "nbdfuse exit status; its log:\n\(tail(fuse.process.log))")
 
@@ -66,8 +66,16 @@ import Testing
         }
     }
 
-    private func unmount(_ mountPoint: String) {
-        if (try? run(["umount", mountPoint]))?.status != 0 { _ = try? run(["umount", "-l", mountPoint]) }
+    /// Unmounts `mountPoint`, retrying for a while if it is busy.
+    private func unmount(_ mountPoint: String, _ server: StorageServer) throws {
+        var result = try run(["umount", mountPoint])
+        for _ in 0..<50 where result.status != 0 && result.stderr.contains("busy") {
+            usleep(100_000)
+            result = try run(["umount", mountPoint])
+        }
+        guard result.status == 0 else {
+            throw InteropError.setupFailed("unmount failed: \(result)\n--- server log ---\n\(tail(server.log, limit: 2000))")
+        }
     }
 
     /// The test needs root (mount), FUSE and loop devices; without them it

@@ -33,6 +33,12 @@ final class ChildProcess: @unchecked Sendable {
         } else {
             posix_spawn_file_actions_addopen(&actions, 2, errorPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         }
+        // Tests run in parallel in one process: without this a child would
+        // inherit whatever descriptors other tests hold open at that moment
+        // (a file on a loop-mounted ext4 keeps that mount busy).
+        guard closeFrom(3, in: &actions) else {
+            throw InteropError.setupFailed("posix_spawn_file_actions_addclosefrom_np is missing (needs glibc 2.34)")
+        }
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -96,4 +102,16 @@ final class ChildProcess: @unchecked Sendable {
         kill(pid, SIGKILL)
         return (waitForExit(seconds: 10) ?? 128 + SIGKILL, true)
     }
+}
+
+/// posix_spawn_file_actions_addclosefrom_np (glibc 2.34): closes every
+/// descriptor from `lowest` up in the child. Looked up at run time because
+/// Swift's Glibc module does not declare the GNU extensions of spawn.h.
+private func closeFrom(_ lowest: Int32, in actions: inout posix_spawn_file_actions_t) -> Bool {
+    typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else {
+        return false
+    }
+    let addCloseFrom = unsafeBitCast(symbol, to: AddCloseFrom.self)
+    return addCloseFrom(&actions, lowest) == 0
 }

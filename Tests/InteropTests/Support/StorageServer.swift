@@ -26,7 +26,7 @@ final class StorageServer {
     init(exports: [Export], in scratch: Scratch, extraArguments: [String] = []) throws {
         socketPath = scratch.file("nbd.sock")
         self.exports = exports
-        let command = try Self.command(socket: socketPath, exports: exports, scratch: scratch) + extraArguments
+        let command = try Self.command(socket: socketPath, exports: exports) + extraArguments
         let logPath = scratch.file("server.log")
         process = try ChildProcess(command, outputPath: logPath, errorPath: logPath)
         do {
@@ -38,23 +38,7 @@ final class StorageServer {
     }
 
     /// The command line that serves `exports` on `socket`.
-    static func command(socket: String, exports: [Export], scratch: Scratch) throws -> [String] {
-        try nbdkitStandInCommand(socket: socket, exports: exports, scratch: scratch)
-    }
-
-    /// Temporary stand-in until bulkhead-storaged serves: nbdkit's file
-    /// plugin over a folder of symlinks named after the exports. It cannot
-    /// make a single export read-only.
-    static func nbdkitStandInCommand(socket: String, exports: [Export], scratch: Scratch) throws -> [String] {
-        let folder = try scratch.folder("exports")
-        for export in exports {
-            try FileManager.default.createSymbolicLink(atPath: folder + "/" + export.name, withDestinationPath: export.path)
-        }
-        return ["nbdkit", "-f", "-U", socket, "--filter=exportname", "file", "dir=" + folder,
-                "default-export=" + (exports.first?.name ?? "")]
-    }
-
-    static func storagedCommand(socket: String, exports: [Export]) throws -> [String] {
+    static func command(socket: String, exports: [Export]) throws -> [String] {
         [try storagedPath(), "--listen", "unix:" + socket] + exports.flatMap { ["--export", $0.argument] }
     }
 
