@@ -17,6 +17,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
     ],
     targets: [
         // The NBD wire format: constants, messages, handshake and transmission
@@ -27,6 +28,34 @@ let package = Package(
         .target(name: "BlockDevice", swiftSettings: strict),
         // POSIX sockets: addresses, listeners, connected streams.
         .target(name: "Sockets", swiftSettings: strict),
+        // The version string shared by every executable.
+        .target(name: "BulkheadVersion", swiftSettings: strict),
+        // The pool's on-disk structures (docs/format.md): layouts, encoding
+        // and validation, no I/O and no cryptography.
+        .target(name: "PoolFormat", swiftSettings: strict),
+        // Key material: locked secret memory, key derivation, block sealing
+        // (AES-256-GCM), passphrase KDF, recovery keys, keyslot wrapping.
+        // C shims for Linux calls Swift cannot make directly (prctl, getrandom).
+        .target(name: "CSystemShims"),
+        .target(
+            name: "Keys",
+            dependencies: [
+                "PoolFormat", "CSystemShims",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
+            ],
+            swiftSettings: strict),
+        // The crypt domain's pool engine (docs/format.md): sealed copy-on-write
+        // trees, the metadata log, commits, checkpoints, trust anchors, and
+        // volumes as block devices over the untrusted storage device.
+        .target(
+            name: "CryptPool",
+            dependencies: [
+                "PoolFormat", "Keys", "BlockDevice", "Threads",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
         // System threads and a mutex-with-condition for the blocking request paths.
         .target(name: "Threads", swiftSettings: strict),
         .target(
@@ -46,7 +75,7 @@ let package = Package(
         .executableTarget(
             name: "bulkhead-storaged",
             dependencies: [
-                "NBDServer", "BlockDevice", "Sockets",
+                "NBDServer", "BlockDevice", "Sockets", "BulkheadVersion",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -54,10 +83,14 @@ let package = Package(
         .executableTarget(
             name: "bulkhead",
             dependencies: [
+                "BulkheadVersion",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
+        .testTarget(name: "PoolFormatTests", dependencies: ["PoolFormat"]),
+        .testTarget(name: "KeysTests", dependencies: ["Keys", "PoolFormat"]),
+        .testTarget(name: "CryptPoolTests", dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice"]),
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"]),
         .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
         .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),

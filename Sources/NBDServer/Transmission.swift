@@ -97,7 +97,7 @@ final class Transmission: Sendable {
                 do throws(SocketError) {
                     let count = try socket.read(into: state.chunk)
                     guard count > 0 else {
-                        logger.debug("closed by the client")
+                        logger.debug("end of the request stream")
                         state.stopped = true
                         return nil
                     }

@@ -1,0 +1,15 @@
+// Thin shims for Linux calls that Swift cannot reach directly: variadic
+// functions (prctl) and declarations hidden behind _GNU_SOURCE.
+#ifndef BULKHEAD_C_SYSTEM_SHIMS_H
+#define BULKHEAD_C_SYSTEM_SHIMS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/// prctl(PR_SET_DUMPABLE, 0): no core dumps, no ptrace by other users.
+int bulkhead_set_not_dumpable(void);
+
+/// getrandom(2) with flags 0: blocks until the pool is initialised.
+ssize_t bulkhead_getrandom(void *buffer, size_t length);
+
+#endif

@@ -1,0 +1,163 @@
+import Keys
+#if canImport(Glibc)
+import Glibc
+#endif
+import PoolFormat
+
+extension Pool {
+    /// Folds every change since the last checkpoint into the trees and
+    /// writes a new checkpoint: volume trees, volume table and pool object
+    /// to new blocks, the space map into the region the durable checkpoint
+    /// does not use, then the superblock (docs/format.md, section 7).
+    /// Callers hold the gate exclusively and serialise commits.
+    func checkpoint(
+        volumeTableChange: (inout [VolumeID: VolumeState], inout [PhysicalBlock]) throws(PoolError) -> Void = { _, _ in }
+    ) throws(PoolError) {
+        let (taken, releasedEarlier, generation) = state.withLock { state in
+            // A rollover in the middle would be harmless but is avoided so
+            // one checkpoint seals under one session key.
+            if state.metadataCounter > maxSealsPerSessionKey - (1 << 24) { startSession(in: &state) }
+            let taken = (state.pending, state.releaseAfterCommit, state.generation + 1)
+            state.pending = []
+            state.releaseAfterCommit = []
+            return taken
+        }
+        var releases = releasedEarlier
+        var writes: [(PhysicalBlock, [UInt8])] = []
+        do throws(PoolError) {
+            var volumes = state.withLock { $0.volumes }
+            try volumeTableChange(&volumes, &releases)
+
+            // Volume trees.
+            for (id, volume) in volumes where !volume.overlay.isEmpty {
+                let changes = TreeChanges(
+                    assigned: ArraySlice(volume.overlay.mapped.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }),
+                    cleared: volume.overlay.unmapped)
+                let tree = TreeIdentity(kind: .volumeTreeNode, object: id.rawValue, depth: volume.depth, volumeName: volume.name)
+                volumes[id]!.root = try rebuild(
+                    volume.root, tree: tree, level: volume.depth, firstIndex: 0, changes: changes, generation: generation,
+                    writes: &writes, releases: &releases)
+                volumes[id]!.overlay = Overlay()
+            }
+
+            // Volume table and pool object locations.
+            let records = volumes.values.sorted { $0.id < $1.id }
+            let tableBlocks = stride(from: 0, to: records.count, by: PoolLayout.volumesPerTableBlock).map {
+                Array(records[$0..<min($0 + PoolLayout.volumesPerTableBlock, records.count)])
+            }
+            let (oldTable, oldObject, oldLog, nextVolumeID, region) = state.withLock {
+                ($0.volumeTable, $0.poolObject, $0.logBlocks, $0.nextVolumeID, 1 - $0.spaceMapRegion)
+            }
+            guard let locations = state.withLock({ $0.space.allocate(tableBlocks.count + 1) }) else { throw .noSpace }
+            releases += oldTable.map(\.block) + oldLog
+            if !oldObject.isNull { releases.append(oldObject.block) }
+            var tablePointers: [BlockPointer] = []
+            for (index, group) in tableBlocks.enumerated() {
+                var entries: [VolumeRecord] = []
+                for volume in group {
+                    let key = volume.key.secret.withUnsafeBytes { Array($0) }
+                    entries.append(
+                        VolumeRecord(id: volume.id, name: volume.name, size: volume.size, depth: UInt16(volume.depth), root: volume.root, key: key))
+                }
+                var plain = VolumeTableBlock(volumes: entries).encoded()
+                let sealed = try sealMetadata(
+                    plain, kind: .volumeTable, object: 0, level: 0, firstIndex: UInt64(index), at: locations[index], generation: generation)
+                plain.withUnsafeMutableBytes { zeroize($0) }
+                writes.append((locations[index], sealed.ciphertext))
+                tablePointers.append(sealed.pointer)
+            }
+            let objectBlock = locations[tableBlocks.count]
+
+            // Space map: the state after this checkpoint is everything in use
+            // now except what this checkpoint frees.
+            let spaceMapRoot = try writeSpaceMap(region: region, excluding: Set(releases), generation: generation, writes: &writes)
+
+            let object = PoolObject(
+                blockCount: blockCount, spaceMapDepth: UInt16(geometry.depth), spaceMapRoot: spaceMapRoot, volumeTable: tablePointers,
+                nextVolumeID: nextVolumeID)
+            let sealedObject = try sealMetadata(
+                object.encoded(), kind: .poolObject, object: 0, level: 0, firstIndex: 0, at: objectBlock, generation: generation)
+            writes.append((objectBlock, sealedObject.ciphertext))
+
+            try writeScattered(writes)
+            try flushStorage()
+
+            let superblock = Superblock(
+                poolID: poolID, generation: generation, anchorEpoch: 0, checkpointRoot: sealedObject.pointer, logHead: .null,
+                logRecordCount: 0, logBlockCount: 0)
+            state.withLock { state in
+                state.generation = generation
+                state.volumes = volumes
+                state.volumeTable = tablePointers
+                state.poolObject = sealedObject.pointer
+                state.logHead = .null
+                state.logBlocks = []
+                state.logRecordCount = 0
+                state.spaceMapRegion = region
+            }
+            try writeSuperblock(superblock)
+            state.withLock { state in for block in releases { state.space.release(block) } }
+        } catch {
+            state.withLock { state in
+                state.pending.insert(contentsOf: taken, at: 0)
+                state.releaseAfterCommit.insert(contentsOf: releasedEarlier, at: 0)
+            }
+            throw error
+        }
+    }
+
+    /// Writes the bitmap blocks and tree nodes of `region` that differ from
+    /// what the region last held, at their fixed places. Returns the root.
+    private func writeSpaceMap(
+        region: Int, excluding: Set<PhysicalBlock>, generation: UInt64, writes: inout [(PhysicalBlock, [UInt8])]
+    ) throws(PoolError) -> BlockPointer {
+        var image = state.withLock { $0.regions[region] }
+        let space = state.withLock { $0.space }
+        var changed = Set<Int>()
+        for index in 0..<geometry.leafCount {
+            let content = space.bitmapBlock(index, excluding: excluding)
+            guard image.leaves[index] != content || image.leafPointers[index] == nil else { continue }
+            let block = geometry.leaf(index, region: region)
+            let sealed = try sealMetadata(
+                content, kind: .spaceMapBitmap, object: UInt32(region), level: 0, firstIndex: UInt64(index), at: block,
+                generation: generation)
+            writes.append((block, sealed.ciphertext))
+            image.leaves[index] = content
+            image.leafPointers[index] = sealed.pointer
+            changed.insert(index)
+        }
+        let tree = TreeIdentity(kind: .spaceMapNode, object: UInt32(region), depth: geometry.depth)
+        for level in 1...geometry.depth {
+            var changedHere = Set<Int>()
+            let childCount = level == 1 ? geometry.leafCount : geometry.nodesPerLevel[level - 2]
+            for index in 0..<geometry.nodesPerLevel[level - 1] {
+                let children = (index * PoolLayout.fanOut)..<min((index + 1) * PoolLayout.fanOut, childCount)
+                guard image.nodePointers[level - 1][index] == nil || children.contains(where: changed.contains) else { continue }
+                var node = TreeNode()
+                for child in children {
+                    let pointer = level == 1 ? image.leafPointers[child] : image.nodePointers[level - 2][child]
+                    node.children[child - children.lowerBound] = pointer ?? .null
+                }
+                let block = geometry.node(level: level, index: index, region: region)
+                let firstIndex = UInt64(index) * childSpan(level: level) * UInt64(PoolLayout.fanOut)
+                let sealed = try sealMetadata(
+                    node.encoded(), kind: tree.kind, object: tree.object, level: level, firstIndex: firstIndex, at: block,
+                    generation: generation)
+                writes.append((block, sealed.ciphertext))
+                image.nodes[level - 1][index] = node
+                image.nodePointers[level - 1][index] = sealed.pointer
+                nodeCache.put(sealed.pointer, node)
+                changedHere.insert(index)
+            }
+            changed = changedHere
+        }
+        state.withLock { $0.regions[region] = image }
+        return image.nodePointers[geometry.depth - 1][0]!
+    }
+}
+
+/// Overwrites secret bytes before their memory is released.
+func zeroize(_ buffer: UnsafeMutableRawBufferPointer) {
+    guard let base = buffer.baseAddress else { return }
+    explicit_bzero(base, buffer.count)
+}

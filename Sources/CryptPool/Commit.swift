@@ -1,0 +1,102 @@
+import Keys
+import PoolFormat
+
+extension Pool {
+    /// Makes every write completed before this call durable and fresh
+    /// (NBD_CMD_FLUSH): a commit, shared with concurrent callers (group
+    /// commit), plus a checkpoint when the log has grown past its bound.
+    public func flush() throws(PoolError) {
+        let ticket = commits.update { tickets -> UInt64 in
+            tickets.issued += 1
+            return tickets.issued
+        }
+        // Wait until no commit runs; if one that started after our ticket
+        // finished meanwhile, our writes are already durable.
+        let mine = commits.wait(until: { !$0.running || $0.completed >= ticket }) { tickets -> UInt64? in
+            if tickets.completed >= ticket { return nil }
+            tickets.running = true
+            return tickets.issued
+        }
+        guard let covering = mine ?? nil else { return }
+        defer { commits.update { $0.running = false } }
+        try gate.withShared { () throws(PoolError) in try commit() }
+        let needsCheckpoint = state.withLock { $0.logRecordCount >= UInt64(configuration.checkpointRecords) }
+        if needsCheckpoint { try gate.withExclusive { () throws(PoolError) in try checkpoint() } }
+        commits.update { $0.completed = max($0.completed, covering) }
+    }
+
+    /// Appends the records since the last commit to the log and writes the
+    /// next superblock (docs/format.md, section 7). Callers serialise commits.
+    func commit() throws(PoolError) {
+        let (records, releases, generation, previous, logSequence) = state.withLock { state in
+            let taken = (state.pending, state.releaseAfterCommit, state.generation + 1, state.logHead, UInt64(state.logBlocks.count))
+            state.pending = []
+            state.releaseAfterCommit = []
+            return taken
+        }
+        guard !records.isEmpty else {
+            // Nothing changed since the last commit, but data blocks may still
+            // sit in the storage side's cache: they belong to no commit yet,
+            // so there is nothing to make durable.
+            state.withLock { $0.releaseAfterCommit.insert(contentsOf: releases, at: 0) }
+            return
+        }
+        let chunks = stride(from: 0, to: records.count, by: PoolLayout.logRecordsPerBlock).map {
+            Array(records[$0..<min($0 + PoolLayout.logRecordsPerBlock, records.count)])
+        }
+        guard let locations = state.withLock({ $0.space.allocate(chunks.count) }) else {
+            restore(records, releases)
+            throw .noSpace
+        }
+        var writes: [(PhysicalBlock, [UInt8])] = []
+        var head = previous
+        do throws(PoolError) {
+            for (index, chunk) in chunks.enumerated() {
+                let block = LogBlock(sequence: logSequence + UInt64(index), previous: head, records: chunk)
+                let sealed = try sealMetadata(
+                    block.encoded(), kind: .log, object: 0, level: 0, firstIndex: block.sequence, at: locations[index],
+                    generation: generation)
+                writes.append((locations[index], sealed.ciphertext))
+                head = sealed.pointer
+            }
+            try writeScattered(writes)
+            try flushStorage()
+        } catch {
+            state.withLock { state in for block in locations { state.space.release(block) } }
+            restore(records, releases)
+            throw error
+        }
+        let superblock = state.withLock { state in
+            Superblock(
+                poolID: poolID, generation: generation, anchorEpoch: 0, checkpointRoot: state.poolObject, logHead: head,
+                logRecordCount: state.logRecordCount + UInt64(records.count),
+                logBlockCount: UInt64(state.logBlocks.count + chunks.count))
+        }
+        // From here the new superblock may be durable whatever happens, so
+        // the state moves forward even if the write reports an error.
+        state.withLock { state in
+            state.generation = generation
+            state.logHead = head
+            state.logBlocks += locations
+            state.logRecordCount += UInt64(records.count)
+        }
+        try writeSuperblock(superblock)
+        state.withLock { state in for block in releases { state.space.release(block) } }
+    }
+
+    private func restore(_ records: [LogRecord], _ releases: [PhysicalBlock]) {
+        state.withLock { state in
+            state.pending.insert(contentsOf: records, at: 0)
+            state.releaseAfterCommit.insert(contentsOf: releases, at: 0)
+        }
+    }
+
+    /// Writes a superblock into its slot, makes it durable, and records its
+    /// generation in the trust anchor.
+    func writeSuperblock(_ superblock: Superblock) throws(PoolError) {
+        let slot = PoolLayout.superblockSlots[Int(superblock.generation % UInt64(PoolLayout.superblockSlots.count))]
+        try writeBlocks(slot, superblock.block(mac: keys.mac(superblock.authenticatedBytes())))
+        try flushStorage()
+        try anchor?.record(pool: poolID, generation: superblock.generation)
+    }
+}

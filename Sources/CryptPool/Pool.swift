@@ -1,0 +1,83 @@
+import BlockDevice
+import Crypto
+import Keys
+import PoolFormat
+import Threads
+
+/// Tunables of an open pool.
+public struct PoolConfiguration: Sendable {
+    /// Log records after which a commit also checkpoints the trees. Bounds
+    /// the in-memory overlay (about 128 bytes per record) and open time.
+    public var checkpointRecords: Int = 65_536
+    /// Decoded tree nodes kept in memory (about 6 KiB each).
+    public var nodeCacheCapacity: Int = 8192
+
+    public init(checkpointRecords: Int = 65_536, nodeCacheCapacity: Int = 8192) {
+        self.checkpointRecords = checkpointRecords
+        self.nodeCacheCapacity = nodeCacheCapacity
+    }
+}
+
+/// An open pool: the crypt domain's view of a raw device served by an
+/// untrusted storage domain, holding encrypted, authenticated,
+/// rollback-protected volumes (docs/format.md).
+public final class Pool: Sendable {
+    let storage: any BlockDevice
+    let keys: PoolKeys
+    let anchor: (any TrustAnchor)?
+    public let poolID: [UInt8]
+    public let blockCount: UInt64
+    let geometry: SpaceMapGeometry
+    let configuration: PoolConfiguration
+    let state: Guarded<PoolState>
+    /// Shared by every data operation; held exclusively by a checkpoint,
+    /// which rewrites the trees that lookups walk.
+    let gate = ReadWriteGate()
+    /// Per-volume locks on logical block ranges: a read or a
+    /// read-modify-write excludes writes to the same blocks.
+    let ranges = RangeLocks()
+    let commits = Guarded(CommitTickets())
+    let nodeCache: NodeCache
+
+    struct CommitTickets {
+        var issued: UInt64 = 0
+        var completed: UInt64 = 0
+        var running = false
+    }
+
+    init(
+        storage: any BlockDevice, keys: PoolKeys, anchor: (any TrustAnchor)?, blockCount: UInt64,
+        configuration: PoolConfiguration, state: PoolState
+    ) {
+        self.storage = storage
+        self.keys = keys
+        self.anchor = anchor
+        self.poolID = keys.poolID
+        self.blockCount = blockCount
+        self.geometry = SpaceMapGeometry(blockCount: blockCount)
+        self.configuration = configuration
+        self.state = Guarded(state)
+        self.nodeCache = NodeCache(capacity: configuration.nodeCacheCapacity)
+    }
+
+    /// The newest committed generation.
+    public var generation: UInt64 { state.withLock { $0.generation } }
+
+    /// Free blocks (4 KiB each) the allocator can hand out now.
+    public var freeBlocks: UInt64 { state.withLock { $0.space.freeCount } }
+}
+
+/// A volume's name, size and identity, as listed.
+public struct VolumeInfo: Sendable, Equatable {
+    public var id: VolumeID
+    public var name: String
+    public var size: UInt64
+}
+
+extension Pool {
+    public var volumes: [VolumeInfo] {
+        state.withLock { state in
+            state.volumes.values.map { VolumeInfo(id: $0.id, name: $0.name, size: $0.size) }.sorted { $0.id < $1.id }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+import BlockDevice
+import Crypto
+import Keys
+import PoolFormat
+
+/// Reading and writing whole blocks of the pool device, and sealing and
+/// opening metadata blocks.
+extension Pool {
+    static let blockSize = PoolLayout.blockSize
+
+    func readBlocks(_ first: PhysicalBlock, count: Int) throws(PoolError) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count * Self.blockSize)
+        var failure: BlockDeviceError?
+        bytes.withUnsafeMutableBytes { buffer in
+            do throws(BlockDeviceError) {
+                try storage.read(at: first * UInt64(Self.blockSize), into: buffer)
+            } catch { failure = error }
+        }
+        if let failure { throw .storage(failure) }
+        return bytes
+    }
+
+    func writeBlocks(_ first: PhysicalBlock, _ bytes: [UInt8]) throws(PoolError) {
+        precondition(bytes.count % Self.blockSize == 0)
+        var failure: BlockDeviceError?
+        bytes.withUnsafeBytes { buffer in
+            do throws(BlockDeviceError) {
+                try storage.write(at: first * UInt64(Self.blockSize), from: buffer, fua: false)
+            } catch { failure = error }
+        }
+        if let failure { throw .storage(failure) }
+    }
+
+    /// Writes sealed blocks, one request per run of consecutive blocks.
+    func writeScattered(_ blocks: [(PhysicalBlock, [UInt8])]) throws(PoolError) {
+        let sorted = blocks.sorted { $0.0 < $1.0 }
+        for run in contiguousRuns(sorted.map(\.0)) {
+            var bytes: [UInt8] = []
+            bytes.reserveCapacity(run.count * Self.blockSize)
+            for index in run.start..<(run.start + run.count) { bytes += sorted[index].1 }
+            try writeBlocks(sorted[run.start].0, bytes)
+        }
+    }
+
+    func flushStorage() throws(PoolError) {
+        do { try storage.flush() } catch { throw .storage(error) }
+    }
+
+    /// Checks that a pointer read from authenticated metadata points into
+    /// the allocatable part of the pool.
+    func checkPlacement(_ pointer: BlockPointer, what: String) throws(PoolError) {
+        guard pointer.block >= geometry.firstAllocatable || geometry.region(of: pointer.block) != nil,
+            pointer.block < blockCount
+        else { throw .malformed("\(what) points at physical block \(pointer.block), outside the pool's allocatable blocks") }
+    }
+
+    func metadataSealer(_ salt: SessionSalt, in state: inout PoolState) -> BlockSealer {
+        if let sealer = state.metadataSealers[salt] { return sealer }
+        let sealer = keys.metadataKey(salt: salt)
+        state.metadataSealers[salt] = sealer
+        return sealer
+    }
+
+    func dataSealer(_ volume: VolumeID, _ salt: SessionSalt, in state: inout PoolState) throws(PoolError) -> BlockSealer {
+        let key = VolumeSessionKey(volume: volume, salt: salt)
+        if let sealer = state.dataSealers[key] { return sealer }
+        guard let volumeState = state.volumes[volume] else { throw .malformed("data of unknown volume \(volume)") }
+        let sealer = keys.dataKey(volume: volume, volumeKey: volumeState.key, salt: salt)
+        state.dataSealers[key] = sealer
+        return sealer
+    }
+
+    /// Reserves `count` consecutive counters under the session's metadata
+    /// key, rolling the session over first if it would pass the bound.
+    func reserveMetadataCounters(_ count: Int, in state: inout PoolState) -> (SessionSalt, UInt64) {
+        if state.metadataCounter + UInt64(count) > maxSealsPerSessionKey { startSession(in: &state) }
+        let first = state.metadataCounter
+        state.metadataCounter += UInt64(count)
+        return (state.session, first)
+    }
+
+    func reserveDataCounters(_ volume: VolumeID, _ count: Int, in state: inout PoolState) -> (SessionSalt, UInt64) {
+        if state.dataCounters[volume, default: 0] + UInt64(count) > maxSealsPerSessionKey { startSession(in: &state) }
+        let first = state.dataCounters[volume, default: 0]
+        state.dataCounters[volume] = first + UInt64(count)
+        return (state.session, first)
+    }
+
+    /// Begins a new session: a fresh random salt, so every key derived from
+    /// it is new and its counters start at zero.
+    func startSession(in state: inout PoolState) {
+        state.session = .generate()
+        state.metadataCounter = 0
+        state.dataCounters = [:]
+    }
+
+    /// Seals a metadata block for placement at `block`.
+    func sealMetadata(
+        _ plaintext: [UInt8], kind: MetadataKind, object: UInt32, level: Int, firstIndex: UInt64, at block: PhysicalBlock,
+        generation: UInt64
+    ) throws(PoolError) -> (ciphertext: [UInt8], pointer: BlockPointer) {
+        let (salt, counter, sealer) = state.withLock { state in
+            let (salt, counter) = reserveMetadataCounters(1, in: &state)
+            return (salt, counter, metadataSealer(salt, in: &state))
+        }
+        let nonce = NonceCounter(rawValue: counter)
+        let ad = AssociatedData.metadata(
+            pool: poolID, kind: kind, object: object, level: UInt16(level), firstIndex: firstIndex, salt: salt, counter: nonce)
+        let sealed = sealer.seal(plaintext, counter: nonce, associatedData: ad)
+        return (sealed.ciphertext, BlockPointer(block: block, salt: salt, counter: nonce, generation: generation, tag: sealed.tag))
+    }
+
+    /// Reads and opens a metadata block, reporting exactly what failed.
+    func openMetadata(
+        _ pointer: BlockPointer, kind: MetadataKind, object: UInt32, level: Int, firstIndex: UInt64, volume: String? = nil
+    ) throws(PoolError) -> [UInt8] {
+        try checkPlacement(pointer, what: "\(kind) pointer")
+        let ciphertext = try readBlocks(pointer.block, count: 1)
+        let sealer = state.withLock { metadataSealer(pointer.salt, in: &$0) }
+        let ad = AssociatedData.metadata(
+            pool: poolID, kind: kind, object: object, level: UInt16(level), firstIndex: firstIndex, salt: pointer.salt,
+            counter: pointer.counter)
+        do {
+            return try sealer.open(ciphertext, tag: pointer.tag, counter: pointer.counter, associatedData: ad)
+        } catch {
+            throw .integrity(
+                IntegrityFailure(
+                    volume: volume, structure: kind.description, index: firstIndex, level: level, physicalBlock: pointer.block,
+                    expectedTag: hex(pointer.tag), foundDigest: hex(SHA256.hash(data: ciphertext))))
+        }
+    }
+}

@@ -1,0 +1,125 @@
+import Keys
+import PoolFormat
+
+/// Changes to a volume's mapping since the last checkpoint: the in-memory
+/// image of the log (docs/format.md, section 7).
+struct Overlay: Sendable {
+    /// Logical blocks written since the checkpoint. Wins over `unmapped`:
+    /// an unmap removes the entries it covers, so any entry here is newer.
+    var mapped: [UInt64: BlockPointer] = [:]
+    /// Sorted, disjoint ranges unmapped since the checkpoint.
+    var unmapped: [Range<UInt64>] = []
+
+    var isEmpty: Bool { mapped.isEmpty && unmapped.isEmpty }
+
+    /// The pointer for a block if the overlay decides it; nil defers to the tree.
+    func lookup(_ block: UInt64) -> BlockPointer? {
+        if let pointer = mapped[block] { return pointer }
+        return isUnmapped(block) ? .null : nil
+    }
+
+    func isUnmapped(_ block: UInt64) -> Bool {
+        var low = 0
+        var high = unmapped.count
+        while low < high {
+            let middle = (low + high) / 2
+            if unmapped[middle].upperBound <= block { low = middle + 1 } else { high = middle }
+        }
+        return low < unmapped.count && unmapped[low].contains(block)
+    }
+
+    /// Unmaps a range; returns the physical blocks of overlay entries it drops.
+    mutating func unmap(_ range: Range<UInt64>) -> [PhysicalBlock] {
+        var dropped: [PhysicalBlock] = []
+        if UInt64(range.count) < UInt64(mapped.count) {
+            for block in range {
+                if let pointer = mapped.removeValue(forKey: block), !pointer.isNull { dropped.append(pointer.block) }
+            }
+        } else {
+            for (block, pointer) in mapped where range.contains(block) {
+                mapped[block] = nil
+                if !pointer.isNull { dropped.append(pointer.block) }
+            }
+        }
+        var merged = range
+        var kept: [Range<UInt64>] = []
+        for existing in unmapped {
+            if existing.upperBound < merged.lowerBound || existing.lowerBound > merged.upperBound {
+                kept.append(existing)
+            } else {
+                merged = min(existing.lowerBound, merged.lowerBound)..<max(existing.upperBound, merged.upperBound)
+            }
+        }
+        kept.append(merged)
+        kept.sort { $0.lowerBound < $1.lowerBound }
+        unmapped = kept
+        return dropped
+    }
+}
+
+/// What the pool knows about one volume.
+struct VolumeState: Sendable {
+    var id: VolumeID
+    var name: String
+    var size: UInt64
+    var depth: Int
+    /// Root of the checkpointed tree.
+    var root: BlockPointer
+    var key: VolumeKey
+    var overlay = Overlay()
+
+    var blockCount: UInt64 { size / UInt64(PoolLayout.blockSize) }
+}
+
+/// The checkpointed space map region, as last written, so the next
+/// checkpoint into the same region rewrites only what changed.
+struct SpaceMapRegionImage: Sendable {
+    var leaves: [[UInt8]?]
+    var leafPointers: [BlockPointer?]
+    /// Node pointers per level (1-based levels at index level - 1).
+    var nodes: [[TreeNode?]]
+    var nodePointers: [[BlockPointer?]]
+
+    init(geometry: SpaceMapGeometry) {
+        leaves = Array(repeating: nil, count: geometry.leafCount)
+        leafPointers = Array(repeating: nil, count: geometry.leafCount)
+        nodes = geometry.nodesPerLevel.map { Array(repeating: nil, count: $0) }
+        nodePointers = geometry.nodesPerLevel.map { Array(repeating: nil, count: $0) }
+    }
+}
+
+/// Everything about the pool that changes, guarded by one lock.
+struct PoolState: Sendable {
+    var generation: UInt64
+    var space: SpaceMap
+    /// The salt of this session; new at every open and rollover.
+    var session: SessionSalt
+    var metadataCounter: UInt64 = 0
+    var dataCounters: [VolumeID: UInt64] = [:]
+    var metadataSealers: [SessionSalt: BlockSealer] = [:]
+    var dataSealers: [VolumeSessionKey: BlockSealer] = [:]
+    var volumes: [VolumeID: VolumeState]
+    var nextVolumeID: VolumeID
+    /// Records written since the last commit, in order.
+    var pending: [LogRecord] = []
+    /// Blocks freed since the last commit; allocatable once it is durable.
+    var releaseAfterCommit: [PhysicalBlock] = []
+    // The log since the checkpoint.
+    var logHead: BlockPointer = .null
+    var logBlocks: [PhysicalBlock] = []
+    var logRecordCount: UInt64 = 0
+    // The checkpoint.
+    var poolObject: BlockPointer
+    var volumeTable: [BlockPointer]
+    var spaceMapRegion: Int
+    var regions: [SpaceMapRegionImage]
+}
+
+struct VolumeSessionKey: Hashable, Sendable {
+    var volume: VolumeID
+    var salt: SessionSalt
+}
+
+/// Seals per key before a session rolls over: 2^32 seals of 4 KiB keep
+/// AES-GCM's advantage near 2^-49 (docs/format.md, section 4).
+let maxSealsPerSessionKey: UInt64 = 1 << 32

@@ -1,0 +1,128 @@
+import PoolFormat
+
+/// The allocator's view of the pool: one bit per physical block, set when
+/// the block may not be handed out (docs/format.md, section 8.3). A block
+/// is in use while the durable state references it, while a write in
+/// flight or an uncommitted change holds it, and after it is freed until
+/// the commit that frees it is durable.
+struct SpaceMap {
+    let blockCount: UInt64
+    private(set) var words: [UInt64]
+    private(set) var usedCount: UInt64 = 0
+    /// Next-fit cursor: allocation continues where it left off, which keeps
+    /// consecutive writes contiguous and spreads wear.
+    private var cursor: UInt64
+
+    /// Blocks below this are fixed structures, never allocated.
+    let firstAllocatable: PhysicalBlock
+
+    init(blockCount: UInt64) {
+        self.blockCount = blockCount
+        firstAllocatable = SpaceMapGeometry(blockCount: blockCount).firstAllocatable
+        words = [UInt64](repeating: 0, count: Int((blockCount + 63) / 64))
+        cursor = firstAllocatable
+        for block in 0..<firstAllocatable { markUsed(block) }
+    }
+
+    /// Rebuilds from persisted bitmap blocks (32,768 bits each).
+    init(blockCount: UInt64, bitmapBlocks: [[UInt8]]) {
+        self.init(blockCount: blockCount)
+        let wordsPerBitmap = PoolLayout.blocksPerBitmapBlock / 64
+        for index in 0..<words.count {
+            let bitmap = index / wordsPerBitmap
+            guard bitmap < bitmapBlocks.count else { break }
+            let offset = (index % wordsPerBitmap) * 8
+            var word: UInt64 = 0
+            for byte in (0..<8).reversed() { word = word << 8 | UInt64(bitmapBlocks[bitmap][offset + byte]) }
+            words[index] |= word
+        }
+        // Bits past the end of the pool are not blocks.
+        if blockCount % 64 != 0 { words[words.count - 1] &= (1 << (blockCount % 64)) - 1 }
+        for block in 0..<firstAllocatable { words[Int(block / 64)] |= 1 << (block % 64) }
+        usedCount = words.reduce(0) { $0 + UInt64($1.nonzeroBitCount) }
+    }
+
+    var freeCount: UInt64 { blockCount - usedCount }
+
+    func isUsed(_ block: PhysicalBlock) -> Bool {
+        words[Int(block / 64)] & (1 << (block % 64)) != 0
+    }
+
+    mutating func markUsed(_ block: PhysicalBlock) {
+        precondition(block < blockCount)
+        if !isUsed(block) {
+            words[Int(block / 64)] |= 1 << (block % 64)
+            usedCount += 1
+        }
+    }
+
+    mutating func release(_ block: PhysicalBlock) {
+        precondition(block >= firstAllocatable && block < blockCount, "release of reserved block \(block)")
+        precondition(isUsed(block), "double free of physical block \(block)")
+        words[Int(block / 64)] &= ~(1 << (block % 64))
+        usedCount -= 1
+    }
+
+    /// Allocates `count` blocks, as few runs as the free space allows.
+    mutating func allocate(_ count: Int) -> [PhysicalBlock]? {
+        guard UInt64(count) <= freeCount else { return nil }
+        var result: [PhysicalBlock] = []
+        result.reserveCapacity(count)
+        var scanned: UInt64 = 0
+        let span = blockCount - firstAllocatable
+        while result.count < count, scanned < span {
+            if cursor >= blockCount { cursor = firstAllocatable }
+            // Skip whole used words quickly.
+            if cursor % 64 == 0, words[Int(cursor / 64)] == .max, cursor + 64 <= blockCount {
+                cursor += 64
+                scanned += 64
+                continue
+            }
+            if !isUsed(cursor) {
+                markUsed(cursor)
+                result.append(cursor)
+            }
+            cursor += 1
+            scanned += 1
+        }
+        precondition(result.count == count, "space map out of step with its free count")
+        return result
+    }
+
+    /// The persisted form: bitmap block `index`, with the blocks in
+    /// `excluding` shown free (they are freed by the commit being written).
+    func bitmapBlock(_ index: Int, excluding: Set<PhysicalBlock>) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: PoolLayout.blockSize)
+        let first = UInt64(index) * UInt64(PoolLayout.blocksPerBitmapBlock)
+        let last = min(first + UInt64(PoolLayout.blocksPerBitmapBlock), blockCount)
+        var block = first
+        while block < last {
+            if block % 64 == 0, block + 64 <= last, words[Int(block / 64)] == 0 {
+                block += 64
+                continue
+            }
+            if isUsed(block), !excluding.contains(block) {
+                let bit = Int(block - first)
+                bytes[bit / 8] |= 1 << (bit % 8)
+            }
+            block += 1
+        }
+        return bytes
+    }
+
+    var bitmapBlockCount: Int { Int((blockCount + UInt64(PoolLayout.blocksPerBitmapBlock) - 1) / UInt64(PoolLayout.blocksPerBitmapBlock)) }
+}
+
+/// Groups physical blocks into runs of consecutive blocks, in order, so
+/// each run is one request to the storage side.
+func contiguousRuns(_ blocks: [PhysicalBlock]) -> [(start: Int, count: Int)] {
+    var runs: [(Int, Int)] = []
+    var index = 0
+    while index < blocks.count {
+        var length = 1
+        while index + length < blocks.count, blocks[index + length] == blocks[index] + UInt64(length) { length += 1 }
+        runs.append((index, length))
+        index += length
+    }
+    return runs
+}

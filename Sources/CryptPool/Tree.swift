@@ -1,0 +1,180 @@
+import Threads
+import PoolFormat
+
+/// Which tree a node belongs to, as bound into its associated data.
+struct TreeIdentity: Sendable {
+    var kind: MetadataKind
+    var object: UInt32
+    var depth: Int
+    /// Volume name, for error messages.
+    var volumeName: String?
+}
+
+/// Units covered by one child of a node at `level`: 64^(level-1).
+func childSpan(level: Int) -> UInt64 {
+    var span: UInt64 = 1
+    for _ in 1..<level { span *= UInt64(PoolLayout.fanOut) }
+    return span
+}
+
+/// The smallest depth (at least 1) whose tree covers `units` leaves.
+func treeDepth(units: UInt64) -> Int {
+    var depth = 1
+    var covered = UInt64(PoolLayout.fanOut)
+    while covered < units {
+        depth += 1
+        covered = covered.multipliedReportingOverflow(by: UInt64(PoolLayout.fanOut)).partialValue
+    }
+    return depth
+}
+
+/// A change to apply to a tree's units at checkpoint time.
+struct TreeChanges {
+    /// New unit pointers (null to clear), sorted by index, one per index.
+    var assigned: ArraySlice<(UInt64, BlockPointer)>
+    /// Sorted disjoint ranges of units to clear, older than every entry of `set`.
+    var cleared: [Range<UInt64>]
+
+    /// The changes that fall inside `range`.
+    func restricted(to range: Range<UInt64>) -> TreeChanges {
+        let lower = firstIndex(atLeast: range.lowerBound)
+        let upper = firstIndex(atLeast: range.upperBound)
+        return TreeChanges(
+            assigned: assigned[lower..<upper],
+            cleared: cleared.compactMap { candidate in
+                let clamped = candidate.clamped(to: range)
+                return clamped.isEmpty ? nil : clamped
+            })
+    }
+
+    var isEmpty: Bool { assigned.isEmpty && cleared.isEmpty }
+
+    private func firstIndex(atLeast value: UInt64) -> Int {
+        var low = assigned.startIndex
+        var high = assigned.endIndex
+        while low < high {
+            let middle = (low + high) / 2
+            if assigned[middle].0 < value { low = middle + 1 } else { high = middle }
+        }
+        return low
+    }
+}
+
+extension Pool {
+    func loadNode(_ pointer: BlockPointer, tree: TreeIdentity, level: Int, firstIndex: UInt64) throws(PoolError) -> TreeNode {
+        if let node = nodeCache.get(pointer) { return node }
+        let plain = try openMetadata(
+            pointer, kind: tree.kind, object: tree.object, level: level, firstIndex: firstIndex, volume: tree.volumeName)
+        let node: TreeNode
+        do { node = try TreeNode(decoding: plain) } catch { throw .malformed("\(tree.kind) at \(pointer.block): \(error)") }
+        nodeCache.put(pointer, node)
+        return node
+    }
+
+    /// The pointer to unit `index` in a checkpointed tree.
+    func lookup(root: BlockPointer, tree: TreeIdentity, index: UInt64) throws(PoolError) -> BlockPointer {
+        var pointer = root
+        var level = tree.depth
+        var first: UInt64 = 0
+        while level >= 1 {
+            if pointer.isNull { return .null }
+            let node = try loadNode(pointer, tree: tree, level: level, firstIndex: first)
+            let span = childSpan(level: level)
+            let slot = Int((index - first) / span)
+            guard slot < PoolLayout.fanOut else { throw .malformed("index \(index) beyond \(tree.kind) at level \(level)") }
+            first += UInt64(slot) * span
+            pointer = node.children[slot]
+            level -= 1
+        }
+        return pointer
+    }
+
+    /// Calls `visit` for every non-null unit pointer under `pointer` with its index.
+    func walk(
+        _ pointer: BlockPointer, tree: TreeIdentity, level: Int, firstIndex: UInt64,
+        nodes: (BlockPointer, Int, UInt64) throws(PoolError) -> Void,
+        units: (UInt64, BlockPointer) throws(PoolError) -> Void
+    ) throws(PoolError) {
+        guard !pointer.isNull else { return }
+        try nodes(pointer, level, firstIndex)
+        let node = try loadNode(pointer, tree: tree, level: level, firstIndex: firstIndex)
+        let span = childSpan(level: level)
+        for (slot, child) in node.children.enumerated() where !child.isNull {
+            let childFirst = firstIndex + UInt64(slot) * span
+            if level == 1 {
+                try units(childFirst, child)
+            } else {
+                try walk(child, tree: tree, level: level - 1, firstIndex: childFirst, nodes: nodes, units: units)
+            }
+        }
+    }
+
+    /// Rebuilds the part of a tree that `changes` touch, copy-on-write: new
+    /// nodes go to newly allocated blocks (sealed and queued in `writes`),
+    /// replaced nodes and replaced or cleared units go to `releases`.
+    /// Returns the new pointer for this subtree (null if it became empty).
+    func rebuild(
+        _ pointer: BlockPointer, tree: TreeIdentity, level: Int, firstIndex: UInt64, changes: TreeChanges,
+        generation: UInt64, writes: inout [(PhysicalBlock, [UInt8])], releases: inout [PhysicalBlock]
+    ) throws(PoolError) -> BlockPointer {
+        var node = pointer.isNull ? TreeNode() : try loadNode(pointer, tree: tree, level: level, firstIndex: firstIndex)
+        let span = childSpan(level: level)
+        for slot in 0..<PoolLayout.fanOut {
+            let childFirst = firstIndex + UInt64(slot) * span
+            let childRange = childFirst..<(childFirst + span)
+            let inside = changes.restricted(to: childRange)
+            guard !inside.isEmpty else { continue }
+            let old = node.children[slot]
+            if level == 1 {
+                let newPointer = inside.assigned.first?.1 ?? .null
+                if !old.isNull, old != newPointer { releases.append(old.block) }
+                node.children[slot] = newPointer
+                continue
+            }
+            if inside.assigned.isEmpty, inside.cleared.count == 1, inside.cleared[0] == childRange {
+                // The whole subtree is cleared: release it without rewriting.
+                try walk(
+                    old, tree: tree, level: level - 1, firstIndex: childFirst,
+                    nodes: { pointer, _, _ in releases.append(pointer.block) },
+                    units: { _, unit in releases.append(unit.block) })
+                node.children[slot] = .null
+            } else {
+                node.children[slot] = try rebuild(
+                    old, tree: tree, level: level - 1, firstIndex: childFirst, changes: inside, generation: generation,
+                    writes: &writes, releases: &releases)
+            }
+        }
+        if !pointer.isNull { releases.append(pointer.block) }
+        if node.isEmpty { return .null }
+        guard let block = state.withLock({ $0.space.allocate(1) })?.first else { throw .noSpace }
+        let sealed = try sealMetadata(
+            node.encoded(), kind: tree.kind, object: tree.object, level: level, firstIndex: firstIndex, at: block,
+            generation: generation)
+        writes.append((block, sealed.ciphertext))
+        nodeCache.put(sealed.pointer, node)
+        return sealed.pointer
+    }
+}
+
+/// Authenticated, decoded tree nodes, bounded in count (random eviction).
+/// Keyed by the whole pointer (block, session, counter, tag), so a block
+/// that is freed and rewritten never hits an old entry.
+final class NodeCache: Sendable {
+    private let entries = Guarded<[BlockPointer: TreeNode]>([:])
+    let capacity: Int
+
+    init(capacity: Int) { self.capacity = max(capacity, 16) }
+
+    func get(_ pointer: BlockPointer) -> TreeNode? {
+        entries.withLock { $0[pointer] }
+    }
+
+    func put(_ pointer: BlockPointer, _ node: TreeNode) {
+        entries.withLock { entries in
+            if entries.count >= capacity, let victim = entries.keys.randomElement() { entries[victim] = nil }
+            entries[pointer] = node
+        }
+    }
+
+    var count: Int { entries.withLock { $0.count } }
+}
