@@ -16,7 +16,6 @@ struct Export {
 /// `stop` sends SIGTERM and records an issue if the server had died earlier.
 final class StorageServer {
     let socketPath: String
-    let exports: [Export]
     let process: ChildProcess
     private var stopped = false
 
@@ -25,7 +24,6 @@ final class StorageServer {
 
     init(exports: [Export], in scratch: Scratch, extraArguments: [String] = []) throws {
         socketPath = scratch.file("nbd.sock")
-        self.exports = exports
         let command = try Self.command(socket: socketPath, exports: exports) + extraArguments
         let logPath = scratch.file("server.log")
         process = try ChildProcess(command, outputPath: logPath, errorPath: logPath)

@@ -9,7 +9,7 @@ enum Tools {
         "qemu-img": "qemu-utils", "qemu-io": "qemu-utils",
         "fio": "fio", "nbdfuse": "nbdfuse", "fusermount3": "fuse3",
         "mkfs.ext4": "e2fsprogs", "e2fsck": "e2fsprogs",
-        "mount": "mount", "umount": "mount", "nbdkit": "nbdkit",
+        "mount": "mount", "umount": "mount",
     ]
 
     /// Absolute path of `name`, searched in PATH and the sbin folders
