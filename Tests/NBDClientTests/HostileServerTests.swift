@@ -272,6 +272,39 @@ struct HostileServerTests {
         #expect(buffer == [UInt8](repeating: 1, count: 1024) + [UInt8](repeating: 0, count: 2048) + [UInt8](repeating: 3, count: 1024))
     }
 
+    /// Writes 32 MiB in one batch, more than the socket buffers hold.
+    static func bigBatch(_ connection: NBDConnection) -> [Result<Void, NBDClientError>] {
+        let data = [UInt8](repeating: 0x33, count: 1 << 20)
+        return data.withUnsafeBytes { buffer in
+            connection.perform((0..<32).map { .write(offset: UInt64($0) << 20, from: buffer, fua: false) })
+        }
+    }
+
+    @Test func aServerThatStopsReadingTimesOutTheSender() throws {
+        let server = try ScriptedServer { _ in Thread.sleep(forTimeInterval: 5) }
+        defer { server.close() }
+        let connection = try Self.connect(server, requestTimeout: 0.5)
+        let start = Date()
+        let results = Self.bigBatch(connection)
+        #expect(Date().timeIntervalSince(start) < 4)
+        #expect(results.count == 32)
+        for result in results { #expect(throws: NBDClientError.timedOut(.send)) { try result.get() } }
+    }
+
+    @Test func closingWhileASendIsBlockedDoesNotHang() throws {
+        let server = try ScriptedServer { _ in Thread.sleep(forTimeInterval: 5) }
+        defer { server.close() }
+        let connection = try Self.connect(server, requestTimeout: 30)
+        let writer = Background { Self.bigBatch(connection) }
+        Thread.sleep(forTimeInterval: 0.3)
+        let start = Date()
+        connection.close()
+        #expect(Date().timeIntervalSince(start) < 1)
+        let results = writer.wait(timeout: 5)
+        #expect(results?.count == 32)
+        for result in results ?? [] { #expect(throws: NBDClientError.closed) { try result.get() } }
+    }
+
     // MARK: Handshake
 
     static func rawServer(_ body: @escaping @Sendable (Socket) -> Void) throws -> ScriptedServer {
