@@ -281,7 +281,7 @@ struct HostileServerTests {
     }
 
     @Test func aServerThatStopsReadingTimesOutTheSender() throws {
-        let server = try ScriptedServer { _ in Thread.sleep(forTimeInterval: 5) }
+        let server = try ScriptedServer { _ in Thread.sleep(forTimeInterval: 5) }  // never reads
         defer { server.close() }
         let connection = try Self.connect(server, requestTimeout: 0.5)
         let start = Date()
@@ -292,7 +292,7 @@ struct HostileServerTests {
     }
 
     @Test func closingWhileASendIsBlockedDoesNotHang() throws {
-        let server = try ScriptedServer { _ in Thread.sleep(forTimeInterval: 5) }
+        let server = try ScriptedServer { _ in Thread.sleep(forTimeInterval: 5) }  // never reads
         defer { server.close() }
         let connection = try Self.connect(server, requestTimeout: 30)
         let writer = Background { Self.bigBatch(connection) }
@@ -306,6 +306,12 @@ struct HostileServerTests {
     }
 
     // MARK: Handshake
+
+    /// Holds a raw connection open until the client (or `close()`) ends it.
+    static func waitForHangUp(_ socket: Socket) {
+        var buffer = [UInt8](repeating: 0, count: 1024)
+        while let count = try? buffer.withUnsafeMutableBytes({ try socket.read(into: $0) }), count > 0 {}
+    }
 
     static func rawServer(_ body: @escaping @Sendable (Socket) -> Void) throws -> ScriptedServer {
         try ScriptedServer(.raw { socket, _ in body(socket) })
@@ -322,7 +328,7 @@ struct HostileServerTests {
     @Test func handshakeWithABadGreetingMagic() throws {
         let server = try Self.rawServer { socket in
             try? socket.writeAll(Self.greeting(password: 0x1122_3344_5566_7788))
-            Thread.sleep(forTimeInterval: 5)
+            Self.waitForHangUp(socket)
         }
         defer { server.close() }
         Self.expectFailure(.handshake(.badGreetingMagic(0x1122_3344_5566_7788))) { () throws(NBDClientError) in
@@ -336,7 +342,7 @@ struct HostileServerTests {
         let expected = garbage.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
         let server = try Self.rawServer { [garbage] socket in
             try? socket.writeAll(garbage)
-            Thread.sleep(forTimeInterval: 5)
+            Self.waitForHangUp(socket)
         }
         defer { server.close() }
         Self.expectFailure(.handshake(.badGreetingMagic(expected))) { () throws(NBDClientError) in _ = try Self.connect(server) }
@@ -345,7 +351,7 @@ struct HostileServerTests {
     @Test func handshakeWithoutFixedNewstyle() throws {
         let server = try Self.rawServer { socket in
             try? socket.writeAll(Self.greeting(flags: []))
-            Thread.sleep(forTimeInterval: 5)
+            Self.waitForHangUp(socket)
         }
         defer { server.close() }
         Self.expectFailure(.handshake(.notFixedNewstyle)) { () throws(NBDClientError) in _ = try Self.connect(server) }
@@ -362,7 +368,7 @@ struct HostileServerTests {
             reply.appendBigEndian(OptionReplyType.ack.rawValue)
             reply.appendBigEndian(UInt32(1 << 30))
             try? socket.writeAll(reply)
-            Thread.sleep(forTimeInterval: 5)
+            Self.waitForHangUp(socket)
         }
         defer { server.close() }
         Self.expectFailure(.handshake(.optionReplyTooLong(length: 1 << 30, limit: NBDLimits.maxOptionReplyLength))) {
@@ -374,7 +380,7 @@ struct HostileServerTests {
         let server = try Self.rawServer { socket in
             // Half a greeting, then silence.
             try? socket.writeAll(Array(Self.greeting().prefix(9)))
-            Thread.sleep(forTimeInterval: 5)
+            Self.waitForHangUp(socket)
         }
         defer { server.close() }
         let start = Date()
@@ -391,7 +397,7 @@ struct HostileServerTests {
                 guard (try? socket.writeAll([byte])) != nil else { return }
                 Thread.sleep(forTimeInterval: 0.1)
             }
-            Thread.sleep(forTimeInterval: 5)
+            Self.waitForHangUp(socket)
         }
         defer { server.close() }
         Self.expectFailure(.timedOut(.handshake), within: 3) { () throws(NBDClientError) in

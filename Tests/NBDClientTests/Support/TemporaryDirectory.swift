@@ -15,5 +15,8 @@ final class TemporaryDirectory: Sendable {
 
     func file(_ name: String) -> String { path + "/" + name }
 
-    deinit { try? FileManager.default.removeItem(atPath: path) }
+    /// Removes the directory and everything in it now.
+    func remove() { try? FileManager.default.removeItem(atPath: path) }
+
+    deinit { remove() }
 }
