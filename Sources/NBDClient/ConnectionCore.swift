@@ -57,6 +57,8 @@ final class ConnectionCore: Sendable {
 
     private func submit(_ operations: [NBDOperation]) -> [Slot] {
         sendLock.withLock { _ in
+            state.withLock { $0.sending = true }
+            defer { state.withLock { $0.sending = false } }
             var slots: [Slot] = []
             slots.reserveCapacity(operations.count)
             var output: [UInt8] = []
@@ -179,11 +181,22 @@ final class ConnectionCore: Sendable {
     }
 
     /// Ends the connection from this side: waiting requests fail with
-    /// `.closed`, then NBD_CMD_DISC is sent (after any batch being sent,
-    /// bounded by the send timeout) and the socket is shut down.
+    /// `.closed`, NBD_CMD_DISC is sent unless another thread is in the
+    /// middle of sending (a server that stopped reading must not block
+    /// closing), and the socket is shut down.
     func close() {
         guard state.update({ $0.fail(.closed) }) else { return }
         logger.debug("closing NBD connection")
+        // No request can be registered any more, so a sender that is not
+        // busy now holds the lock only briefly.
+        if !state.withLock({ $0.sending }) {
+            sendDisconnect()
+        }
+        shutDownSocket()
+    }
+
+    /// NBD_CMD_DISC: a soft disconnect.
+    private func sendDisconnect() {
         sendLock.withLock { _ in
             guard !state.withLock({ $0.socketShutDown }) else { return }
             var bytes: [UInt8] = []
@@ -194,7 +207,6 @@ final class ConnectionCore: Sendable {
             RequestHeader(command: .disconnect, cookie: cookie, offset: 0, length: 0).encode(into: &bytes)
             try? socket.writeAll(bytes)
         }
-        shutDownSocket()
     }
 
     private func shutDownSocket() {

@@ -32,6 +32,8 @@ struct ConnectionState {
     var serverShuttingDown = false
     /// The socket has been shut down; nothing more can be sent.
     var socketShutDown = false
+    /// A thread holds the send lock and is writing requests.
+    var sending = false
 
     /// Ends the connection: every request without an outcome gets `error`.
     /// Returns false if it had already ended.

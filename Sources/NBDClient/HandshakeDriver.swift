@@ -19,7 +19,8 @@ enum HandshakeDriver {
         while true {
             let remaining = deadline - monotonicSeconds()
             guard remaining > 0 else { throw .timedOut(.handshake) }
-            socket.setTimeout(seconds: remaining)
+            // A zero timeout would mean none at all.
+            socket.setTimeout(seconds: max(remaining, 0.001))
             let count: Int
             do throws(SocketError) {
                 count = try socket.read(into: buffer)

@@ -77,7 +77,7 @@ public final class NBDConnection: Sendable {
             on: socket, goal: .export(export, structuredReplies: options.structuredReplies),
             timeout: options.handshakeTimeout)
         guard case .ready(let session, let leftover) = outcome else { throw .handshake(.missingExportInfo) }
-        socket.setTimeout(seconds: options.requestTimeout)
+        socket.setTimeout(seconds: options.requestTimeout.map { max($0, 0.001) })
         let core = ConnectionCore(socket: socket, session: session, requestTimeout: options.requestTimeout, logger: options.logger)
         startThread { core.readReplies(leftover: leftover) }
         options.logger.debug(

@@ -272,7 +272,46 @@ struct HostileServerTests {
         #expect(buffer == [UInt8](repeating: 1, count: 1024) + [UInt8](repeating: 0, count: 2048) + [UInt8](repeating: 3, count: 1024))
     }
 
+    /// Writes 32 MiB in one batch, more than the socket buffers hold.
+    static func bigBatch(_ connection: NBDConnection) -> [Result<Void, NBDClientError>] {
+        let data = [UInt8](repeating: 0x33, count: 1 << 20)
+        return data.withUnsafeBytes { buffer in
+            connection.perform((0..<32).map { .write(offset: UInt64($0) << 20, from: buffer, fua: false) })
+        }
+    }
+
+    @Test func aServerThatStopsReadingTimesOutTheSender() throws {
+        let server = try ScriptedServer { _ in Thread.sleep(forTimeInterval: 5) }  // never reads
+        defer { server.close() }
+        let connection = try Self.connect(server, requestTimeout: 0.5)
+        let start = Date()
+        let results = Self.bigBatch(connection)
+        #expect(Date().timeIntervalSince(start) < 4)
+        #expect(results.count == 32)
+        for result in results { #expect(throws: NBDClientError.timedOut(.send)) { try result.get() } }
+    }
+
+    @Test func closingWhileASendIsBlockedDoesNotHang() throws {
+        let server = try ScriptedServer { _ in Thread.sleep(forTimeInterval: 5) }  // never reads
+        defer { server.close() }
+        let connection = try Self.connect(server, requestTimeout: 30)
+        let writer = Background { Self.bigBatch(connection) }
+        Thread.sleep(forTimeInterval: 0.3)
+        let start = Date()
+        connection.close()
+        #expect(Date().timeIntervalSince(start) < 1)
+        let results = writer.wait(timeout: 5)
+        #expect(results?.count == 32)
+        for result in results ?? [] { #expect(throws: NBDClientError.closed) { try result.get() } }
+    }
+
     // MARK: Handshake
+
+    /// Holds a raw connection open until the client (or `close()`) ends it.
+    static func waitForHangUp(_ socket: Socket) {
+        var buffer = [UInt8](repeating: 0, count: 1024)
+        while let count = try? buffer.withUnsafeMutableBytes({ try socket.read(into: $0) }), count > 0 {}
+    }
 
     static func rawServer(_ body: @escaping @Sendable (Socket) -> Void) throws -> ScriptedServer {
         try ScriptedServer(.raw { socket, _ in body(socket) })
@@ -289,7 +328,7 @@ struct HostileServerTests {
     @Test func handshakeWithABadGreetingMagic() throws {
         let server = try Self.rawServer { socket in
             try? socket.writeAll(Self.greeting(password: 0x1122_3344_5566_7788))
-            Thread.sleep(forTimeInterval: 5)
+            Self.waitForHangUp(socket)
         }
         defer { server.close() }
         Self.expectFailure(.handshake(.badGreetingMagic(0x1122_3344_5566_7788))) { () throws(NBDClientError) in
@@ -303,7 +342,7 @@ struct HostileServerTests {
         let expected = garbage.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
         let server = try Self.rawServer { [garbage] socket in
             try? socket.writeAll(garbage)
-            Thread.sleep(forTimeInterval: 5)
+            Self.waitForHangUp(socket)
         }
         defer { server.close() }
         Self.expectFailure(.handshake(.badGreetingMagic(expected))) { () throws(NBDClientError) in _ = try Self.connect(server) }
@@ -312,7 +351,7 @@ struct HostileServerTests {
     @Test func handshakeWithoutFixedNewstyle() throws {
         let server = try Self.rawServer { socket in
             try? socket.writeAll(Self.greeting(flags: []))
-            Thread.sleep(forTimeInterval: 5)
+            Self.waitForHangUp(socket)
         }
         defer { server.close() }
         Self.expectFailure(.handshake(.notFixedNewstyle)) { () throws(NBDClientError) in _ = try Self.connect(server) }
@@ -329,7 +368,7 @@ struct HostileServerTests {
             reply.appendBigEndian(OptionReplyType.ack.rawValue)
             reply.appendBigEndian(UInt32(1 << 30))
             try? socket.writeAll(reply)
-            Thread.sleep(forTimeInterval: 5)
+            Self.waitForHangUp(socket)
         }
         defer { server.close() }
         Self.expectFailure(.handshake(.optionReplyTooLong(length: 1 << 30, limit: NBDLimits.maxOptionReplyLength))) {
@@ -341,7 +380,7 @@ struct HostileServerTests {
         let server = try Self.rawServer { socket in
             // Half a greeting, then silence.
             try? socket.writeAll(Array(Self.greeting().prefix(9)))
-            Thread.sleep(forTimeInterval: 5)
+            Self.waitForHangUp(socket)
         }
         defer { server.close() }
         let start = Date()
@@ -358,7 +397,7 @@ struct HostileServerTests {
                 guard (try? socket.writeAll([byte])) != nil else { return }
                 Thread.sleep(forTimeInterval: 0.1)
             }
-            Thread.sleep(forTimeInterval: 5)
+            Self.waitForHangUp(socket)
         }
         defer { server.close() }
         Self.expectFailure(.timedOut(.handshake), within: 3) { () throws(NBDClientError) in

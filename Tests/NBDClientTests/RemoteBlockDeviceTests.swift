@@ -1,5 +1,6 @@
 import BlockDevice
 import Foundation
+import Logging
 import NBDClient
 import NBDProtocol
 import Sockets
@@ -8,8 +9,11 @@ import Testing
 extension RemoteBlockDevice.Options {
     /// Short timeouts so failures show quickly in tests.
     static func forTests(retryWindow: Double = 10, requestTimeout: Double = 5) -> Self {
-        RemoteBlockDevice.Options(
-            connection: NBDConnection.Options(handshakeTimeout: 2, requestTimeout: requestTimeout),
+        // Failed reconnect attempts log at info; keep test output readable.
+        var logger = Logger(label: "bulkhead.nbd-client.test")
+        logger.logLevel = .warning
+        return RemoteBlockDevice.Options(
+            connection: NBDConnection.Options(handshakeTimeout: 2, requestTimeout: requestTimeout, logger: logger),
             retryWindow: retryWindow, initialBackoff: 0.02, maxBackoff: 0.25)
     }
 }

@@ -80,10 +80,11 @@ final class ScriptedServer: Sendable {
         }
     }
 
-    /// Stops accepting and cuts every connection.
+    /// Stops accepting, cuts every connection and removes the socket's directory.
     func close() {
         listener.close()
         for socket in sockets.withLock({ $0 }) { socket.shutdown() }
+        directory.remove()
     }
 
     deinit { close() }
