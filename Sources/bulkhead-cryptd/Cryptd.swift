@@ -53,6 +53,9 @@ struct Cryptd: ParsableCommand {
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
     var logLevel = "info"
 
+    /// Threads serving one consumer connection (see above).
+    static let workersPerConnection = 32
+
     func run() throws {
         let program = "bulkhead-cryptd"
         guard let level = Logger.Level(rawValue: logLevel) else {
@@ -104,7 +107,9 @@ struct Cryptd: ParsableCommand {
         for name in served {
             do {
                 let volume = try pool.volume(named: name)
-                var configuration = NBDServerConfiguration()
+                // Requests here wait on the storage domain, not on the CPU: enough
+                // workers keep a QD32 consumer's requests all in flight.
+                var configuration = NBDServerConfiguration(workersPerConnection: Self.workersPerConnection)
                 if !allowed.isEmpty {
                     configuration.acceptPeer = { socket in
                         guard let credentials = socket.peerCredentials() else { return false }
