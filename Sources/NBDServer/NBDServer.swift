@@ -109,8 +109,14 @@ public final class NBDServer: Sendable {
         return true
     }
 
+    /// Seconds between two warnings about refused connections, so a flood
+    /// of connections cannot flood the log too.
+    static let refusalWarningInterval = 10.0
+
     private func acceptLoop(_ listener: Listener) {
         defer { state.update { $0.acceptThreads -= 1 } }
+        var lastRefusalWarning = -Double.infinity
+        var refusedSinceWarning = 0
         while true {
             let socket: Socket
             do {
@@ -130,9 +136,18 @@ public final class NBDServer: Sendable {
             }
             guard let id else {
                 // Dropping the socket closes it.
-                logger.warning(
-                    "refusing connection: limit reached",
-                    metadata: ["address": "\(listener.address)", "limit": "\(configuration.maxConnections)"])
+                refusedSinceWarning += 1
+                let now = monotonicSeconds()
+                if now - lastRefusalWarning >= Self.refusalWarningInterval {
+                    logger.warning(
+                        "refusing connections: limit reached",
+                        metadata: [
+                            "address": "\(listener.address)", "limit": "\(configuration.maxConnections)",
+                            "refused": "\(refusedSinceWarning)",
+                        ])
+                    lastRefusalWarning = now
+                    refusedSinceWarning = 0
+                }
                 continue
             }
             let connection = Connection(id: id, socket: socket, listener: listener.address, server: self)

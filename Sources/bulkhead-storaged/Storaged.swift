@@ -52,6 +52,12 @@ struct Storaged: ParsableCommand {
         help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
     var logLevel = "info"
 
+    @Option(name: .customLong("workers"), help: .hidden)
+    var workers = NBDServerConfiguration.defaultWorkersPerConnection
+
+    @Option(name: .customLong("read-chunk"), help: .hidden)
+    var readChunk = NBDServerConfiguration.defaultReadChunkSize
+
     mutating func run() throws {
         let plan = try checkArguments()
         LoggingSystem.bootstrap { label in
@@ -64,7 +70,9 @@ struct Storaged: ParsableCommand {
         let listeners = try bind(plan.addresses)
         let server: NBDServer
         do {
-            server = try NBDServer(exports: exports, defaultExport: exports[0].name, logger: logger)
+            let configuration = NBDServerConfiguration(workersPerConnection: workers, readChunkSize: readChunk)
+            server = try NBDServer(
+                exports: exports, defaultExport: exports[0].name, configuration: configuration, logger: logger)
         } catch {
             listeners.forEach { $0.close() }
             throw fail("\(error)", status: Self.setupExitCode)
