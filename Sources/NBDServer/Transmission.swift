@@ -25,6 +25,11 @@ final class Transmission: Sendable {
         var stopped = false
     }
 
+    /// Payload still to come above which a WRITE's payload is read from
+    /// the socket straight into its buffer: one copy fewer for large writes,
+    /// while small ones keep arriving many to a read.
+    static let directPayloadThreshold = 64 * 1024
+
     private let connection: Connection
     private let session: NegotiatedSession
     private let device: any BlockDevice
@@ -95,6 +100,14 @@ final class Transmission: Sendable {
                     return nil
                 }
                 do throws(SocketError) {
+                    if state.decoder.missingPayloadCount >= Self.directPayloadThreshold {
+                        // Most of a large WRITE payload is still to come:
+                        // read it straight into place rather than through
+                        // the decoder's buffer.
+                        return try state.decoder.completePendingWrite { buffer throws(SocketError) in
+                            try socket.readExactly(into: buffer)
+                        }
+                    }
                     let count = try socket.read(into: state.chunk)
                     guard count > 0 else {
                         logger.debug("end of the request stream")
