@@ -77,8 +77,14 @@ public final class NBDServer: Sendable {
         for listener in listeners {
             var address = listener.address
             if case .tcp(let host, _) = address, let port = listener.boundPort { address = .tcp(host: host, port: port) }
-            logger.info("listening", metadata: ["address": "\(address)"])
-            startThread { self.acceptLoop(listener) }
+            let error = tryStartThread { self.acceptLoop(listener) }
+            if error == 0 {
+                logger.info("listening", metadata: ["address": "\(address)"])
+            } else {
+                logger.error("cannot start an accept thread", metadata: ["address": "\(address)", "errno": "\(error)"])
+                state.update { $0.acceptThreads -= 1 }
+                listener.close()
+            }
         }
     }
 
@@ -151,7 +157,11 @@ public final class NBDServer: Sendable {
                 continue
             }
             let connection = Connection(id: id, socket: socket, listener: listener.address, server: self)
-            startThread { connection.run() }
+            let error = tryStartThread { connection.run() }
+            if error != 0 {
+                logger.warning("cannot start a connection thread", metadata: ["errno": "\(error)"])
+                connection.end()
+            }
         }
     }
 

@@ -63,7 +63,13 @@ final class Transmission: Sendable {
         let workers = connection.server.configuration.workersPerConnection
         activeWorkers.withLock { $0 = workers }
         for _ in 1..<workers {
-            startThread { self.work() }
+            let error = tryStartThread { self.work() }
+            if error != 0 {
+                // Out of threads: serve with fewer workers. This thread's
+                // own count keeps the total above zero.
+                activeWorkers.withLock { $0 -= 1 }
+                logger.warning("cannot start a worker thread", metadata: ["errno": "\(error)"])
+            }
         }
         work()
     }
