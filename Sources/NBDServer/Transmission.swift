@@ -34,8 +34,9 @@ final class Transmission: Sendable {
     private let session: NegotiatedSession
     private let device: any BlockDevice
     private let reader: Guarded<Reader>
-    /// Held while sending a reply, so replies never interleave.
-    private let writer = Guarded(())
+    /// Held while sending a reply, so replies never interleave; counts the
+    /// replies sent.
+    private let writer = Guarded<UInt64>(0)
     /// Workers still running; the last one out closes the connection.
     private let activeWorkers = Guarded(0)
 
@@ -83,7 +84,10 @@ final class Transmission: Sendable {
             count -= 1
             return count == 0
         }
-        if last { connection.end() }
+        if last {
+            logger.debug("transmission ended", metadata: ["replies": "\(writer.withLock { $0 })"])
+            connection.end()
+        }
     }
 
     /// Takes the next request under the read lock, reading from the socket
@@ -211,9 +215,10 @@ final class Transmission: Sendable {
     /// Sends one whole reply. A failed send ends the connection: the socket
     /// is shut down, which also wakes the worker blocked reading.
     private func send(_ bytes: UnsafeRawBufferPointer) {
-        let failure = writer.withLock { _ -> SocketError? in
+        let failure = writer.withLock { replies -> SocketError? in
             do throws(SocketError) {
                 try socket.writeAll(bytes)
+                replies += 1
                 return nil
             } catch {
                 return error

@@ -26,7 +26,11 @@ struct Storaged: ParsableCommand {
             empty export name "", for clients that do not name one. The daemon exits with \
             status 0 on SIGTERM or SIGINT after closing its listeners (removing Unix socket \
             files); with status \(usageExitCode) for malformed arguments, and \(setupExitCode) \
-            when an export cannot be opened or an address cannot be listened on.
+            when an export cannot be opened or an address cannot be listened on. Logs go \
+            to standard error.
+
+            Example: bulkhead-storaged --listen unix:/run/bulkhead/storage.sock \
+            --export disk0=/dev/nvme0n1 --export scratch=/var/lib/img.raw:ro
             """,
         version: version)
 
