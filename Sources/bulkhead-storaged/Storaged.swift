@@ -56,6 +56,7 @@ struct Storaged: ParsableCommand {
         help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
     var logLevel = "info"
 
+    // Tuning knobs for benchmarks, deliberately left out of --help.
     @Option(name: .customLong("workers"), help: .hidden)
     var workers = NBDServerConfiguration.defaultWorkersPerConnection
 
@@ -122,6 +123,9 @@ struct Storaged: ParsableCommand {
                 throw fail("duplicate export name \"\(specification.name)\"", status: Self.usageExitCode)
             }
             exports.append(specification)
+        }
+        guard (1...64).contains(workers), (4096...(16 << 20)).contains(readChunk) else {
+            throw fail("--workers must be 1 to 64 and --read-chunk 4096 to 16777216", status: Self.usageExitCode)
         }
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw fail(
