@@ -77,8 +77,14 @@ public final class NBDServer: Sendable {
         for listener in listeners {
             var address = listener.address
             if case .tcp(let host, _) = address, let port = listener.boundPort { address = .tcp(host: host, port: port) }
-            logger.info("listening", metadata: ["address": "\(address)"])
-            startThread { self.acceptLoop(listener) }
+            let error = tryStartThread { self.acceptLoop(listener) }
+            if error == 0 {
+                logger.info("listening", metadata: ["address": "\(address)"])
+            } else {
+                logger.error("cannot start an accept thread", metadata: ["address": "\(address)", "errno": "\(error)"])
+                state.update { $0.acceptThreads -= 1 }
+                listener.close()
+            }
         }
     }
 
@@ -109,8 +115,14 @@ public final class NBDServer: Sendable {
         return true
     }
 
+    /// Seconds between two warnings about refused connections, so a flood
+    /// of connections cannot flood the log too.
+    static let refusalWarningInterval = 10.0
+
     private func acceptLoop(_ listener: Listener) {
         defer { state.update { $0.acceptThreads -= 1 } }
+        var lastRefusalWarning = -Double.infinity
+        var refusedSinceWarning = 0
         while true {
             let socket: Socket
             do {
@@ -134,13 +146,26 @@ public final class NBDServer: Sendable {
             }
             guard let id else {
                 // Dropping the socket closes it.
-                logger.warning(
-                    "refusing connection: limit reached",
-                    metadata: ["address": "\(listener.address)", "limit": "\(configuration.maxConnections)"])
+                refusedSinceWarning += 1
+                let now = monotonicSeconds()
+                if now - lastRefusalWarning >= Self.refusalWarningInterval {
+                    logger.warning(
+                        "refusing connections: limit reached",
+                        metadata: [
+                            "address": "\(listener.address)", "limit": "\(configuration.maxConnections)",
+                            "refused": "\(refusedSinceWarning)",
+                        ])
+                    lastRefusalWarning = now
+                    refusedSinceWarning = 0
+                }
                 continue
             }
             let connection = Connection(id: id, socket: socket, listener: listener.address, server: self)
-            startThread { connection.run() }
+            let error = tryStartThread { connection.run() }
+            if error != 0 {
+                logger.warning("cannot start a connection thread", metadata: ["errno": "\(error)"])
+                connection.end()
+            }
         }
     }
 

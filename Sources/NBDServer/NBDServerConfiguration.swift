@@ -14,8 +14,12 @@ public struct NBDServerConfiguration: Sendable {
     public static let defaultReplyTimeout = 60.0
     /// Threads serving requests of one connection. Each reads requests in
     /// turn, then executes its request and sends the reply while the next
-    /// thread reads, so replies may go out of order.
-    public static let defaultWorkersPerConnection = 8
+    /// thread reads, so replies may go out of order. Measured with fio on a
+    /// 2-CPU machine against a tmpfs file, 2 to 4 workers serve the most
+    /// requests per CPU second; 8 and 16 cost up to 50% more CPU per request
+    /// in thread switches. 4 still overlaps four slow device calls per
+    /// connection.
+    public static let defaultWorkersPerConnection = 4
     /// Bytes read from a socket at once in the transmission phase; large,
     /// so that one system call picks up many pipelined requests.
     public static let defaultReadChunkSize = 256 * 1024

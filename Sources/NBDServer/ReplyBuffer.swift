@@ -9,10 +9,10 @@ import Musl
 /// data is read from the device straight after it, so the whole reply goes
 /// out in one send and O_DIRECT devices need no bounce buffer.
 final class ReplyBuffer {
-    /// Buffers up to this size are kept for the next request; larger ones
-    /// (up to the 32 MiB payload limit) are freed after use, bounding the
-    /// memory an idle connection holds.
-    static let retainedCapacity = 4 << 20
+    /// Buffers up to this size (a 1 MiB read and then some) are kept for the
+    /// next request; larger ones, up to the 32 MiB payload limit, are freed
+    /// after use, bounding the memory an idle connection holds.
+    static let retainedCapacity = 2 << 20
 
     let alignment: Int
     private var memory: UnsafeMutableRawPointer?

@@ -25,12 +25,18 @@ final class Transmission: Sendable {
         var stopped = false
     }
 
+    /// Payload still to come above which a WRITE's payload is read from
+    /// the socket straight into its buffer: one copy fewer for large writes,
+    /// while small ones keep arriving many to a read.
+    static let directPayloadThreshold = 64 * 1024
+
     private let connection: Connection
     private let session: NegotiatedSession
     private let device: any BlockDevice
     private let reader: Guarded<Reader>
-    /// Held while sending a reply, so replies never interleave.
-    private let writer = Guarded(())
+    /// Held while sending a reply, so replies never interleave; counts the
+    /// replies sent.
+    private let writer = Guarded<UInt64>(0)
     /// Workers still running; the last one out closes the connection.
     private let activeWorkers = Guarded(0)
 
@@ -58,7 +64,13 @@ final class Transmission: Sendable {
         let workers = connection.server.configuration.workersPerConnection
         activeWorkers.withLock { $0 = workers }
         for _ in 1..<workers {
-            startThread { self.work() }
+            let error = tryStartThread { self.work() }
+            if error != 0 {
+                // Out of threads: serve with fewer workers. This thread's
+                // own count keeps the total above zero.
+                activeWorkers.withLock { $0 -= 1 }
+                logger.warning("cannot start a worker thread", metadata: ["errno": "\(error)"])
+            }
         }
         work()
     }
@@ -72,7 +84,10 @@ final class Transmission: Sendable {
             count -= 1
             return count == 0
         }
-        if last { connection.end() }
+        if last {
+            logger.debug("transmission ended", metadata: ["replies": "\(writer.withLock { $0 })"])
+            connection.end()
+        }
     }
 
     /// Takes the next request under the read lock, reading from the socket
@@ -95,6 +110,14 @@ final class Transmission: Sendable {
                     return nil
                 }
                 do throws(SocketError) {
+                    if state.decoder.missingPayloadCount >= Self.directPayloadThreshold {
+                        // Most of a large WRITE payload is still to come:
+                        // read it straight into place rather than through
+                        // the decoder's buffer.
+                        return try state.decoder.completePendingWrite { buffer throws(SocketError) in
+                            try socket.readExactly(into: buffer)
+                        }
+                    }
                     let count = try socket.read(into: state.chunk)
                     guard count > 0 else {
                         logger.debug("end of the request stream")
@@ -192,9 +215,10 @@ final class Transmission: Sendable {
     /// Sends one whole reply. A failed send ends the connection: the socket
     /// is shut down, which also wakes the worker blocked reading.
     private func send(_ bytes: UnsafeRawBufferPointer) {
-        let failure = writer.withLock { _ -> SocketError? in
+        let failure = writer.withLock { replies -> SocketError? in
             do throws(SocketError) {
                 try socket.writeAll(bytes)
+                replies += 1
                 return nil
             } catch {
                 return error

@@ -114,3 +114,29 @@ private func monotonicDeadline(after seconds: Double) -> timespec {
     }
     return timespec(tv_sec: secondsPart, tv_nsec: nanoseconds)
 }
+
+/// Like `startThread`, but reports failure instead of trapping: returns 0,
+/// or pthread_create's error (EAGAIN when the process may not have more
+/// threads). For servers, where a client must not be able to crash the
+/// process by making it start threads.
+public func tryStartThread(_ body: @escaping @Sendable () -> Void) -> Int32 {
+    final class Box: Sendable {
+        let body: @Sendable () -> Void
+        init(body: @escaping @Sendable () -> Void) {
+            self.body = body
+        }
+    }
+    let box = Unmanaged.passRetained(Box(body: body))
+    var attributes = pthread_attr_t()
+    pthread_attr_init(&attributes)
+    defer { pthread_attr_destroy(&attributes) }
+    pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+    var thread = pthread_t()
+    let result = pthread_create(&thread, &attributes, { raw in
+        let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+        box.body()
+        return nil
+    }, box.toOpaque())
+    if result != 0 { box.release() }
+    return result
+}

@@ -26,7 +26,11 @@ struct Storaged: ParsableCommand {
             empty export name "", for clients that do not name one. The daemon exits with \
             status 0 on SIGTERM or SIGINT after closing its listeners (removing Unix socket \
             files); with status \(usageExitCode) for malformed arguments, and \(setupExitCode) \
-            when an export cannot be opened or an address cannot be listened on.
+            when an export cannot be opened or an address cannot be listened on. Logs go \
+            to standard error.
+
+            Example: bulkhead-storaged --listen unix:/run/bulkhead/storage.sock \
+            --export disk0=/dev/nvme0n1 --export scratch=/var/lib/img.raw:ro
             """,
         version: version)
 
@@ -52,6 +56,13 @@ struct Storaged: ParsableCommand {
         help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
     var logLevel = "info"
 
+    // Tuning knobs for benchmarks, deliberately left out of --help.
+    @Option(name: .customLong("workers"), help: .hidden)
+    var workers = NBDServerConfiguration.defaultWorkersPerConnection
+
+    @Option(name: .customLong("read-chunk"), help: .hidden)
+    var readChunk = NBDServerConfiguration.defaultReadChunkSize
+
     mutating func run() throws {
         let plan = try checkArguments()
         LoggingSystem.bootstrap { label in
@@ -64,7 +75,9 @@ struct Storaged: ParsableCommand {
         let listeners = try bind(plan.addresses)
         let server: NBDServer
         do {
-            server = try NBDServer(exports: exports, defaultExport: exports[0].name, logger: logger)
+            let configuration = NBDServerConfiguration(workersPerConnection: workers, readChunkSize: readChunk)
+            server = try NBDServer(
+                exports: exports, defaultExport: exports[0].name, configuration: configuration, logger: logger)
         } catch {
             listeners.forEach { $0.close() }
             throw fail("\(error)", status: Self.setupExitCode)
@@ -110,6 +123,9 @@ struct Storaged: ParsableCommand {
                 throw fail("duplicate export name \"\(specification.name)\"", status: Self.usageExitCode)
             }
             exports.append(specification)
+        }
+        guard (1...64).contains(workers), (4096...(16 << 20)).contains(readChunk) else {
+            throw fail("--workers must be 1 to 64 and --read-chunk 4096 to 16777216", status: Self.usageExitCode)
         }
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw fail(

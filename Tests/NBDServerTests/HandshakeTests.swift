@@ -157,3 +157,21 @@ struct HandshakeTests {
         }
     }
 }
+
+@Suite("Stalled clients")
+struct StalledClientTests {
+    /// A client that sends reads but never reads the replies is dropped once
+    /// a reply cannot be sent for `replyTimeout`; others carry on.
+    @Test func clientThatStopsReadingIsDropped() throws {
+        let configuration = NBDServerConfiguration(replyTimeout: 1)
+        let fixture = try TestServer(
+            exports: [NBDExport(name: "mem", device: try MemoryBlockDevice(size: 1 << 20))], configuration: configuration)
+        let bystander = try RawClient(fixture.address, export: "mem")
+        let stalled = try RawClient(fixture.address, export: "mem")
+        var batch: [UInt8] = []
+        for _ in 0..<64 { batch += stalled.encode(.read, offset: 0, length: 1 << 20).bytes }
+        try stalled.send(batch)
+        #expect(waitUntil { fixture.server.connectionCount == 1 })
+        #expect(try bystander.read(at: 0, length: 4096).count == 4096)
+    }
+}

@@ -90,3 +90,44 @@ public struct RequestDecoder: Sendable {
         return IncomingRequest(header: header, payload: input.take(Int(header.length)), payloadDiscarded: false)
     }
 }
+
+extension RequestDecoder {
+    /// Bytes of a WRITE payload still to come: nonzero only when `next()`
+    /// has decoded a WRITE header but not yet received all of its payload.
+    /// A driver may then read those bytes straight into the payload with
+    /// `completePendingWrite(reading:)` instead of passing them through
+    /// `receive(_:)`, which saves copying large payloads.
+    public var missingPayloadCount: Int {
+        guard let pending else { return 0 }
+        return max(0, Int(pending.length) - input.count)
+    }
+
+    /// Returns the pending WRITE: its payload is the bytes already received
+    /// followed by `missingPayloadCount` bytes that `read` must place in the
+    /// buffer it is given (filling it entirely, or throwing). After a throw
+    /// the stream is out of step and the connection must close.
+    /// - Precondition: `missingPayloadCount > 0`.
+    public mutating func completePendingWrite<E: Error>(
+        reading read: (UnsafeMutableRawBufferPointer) throws(E) -> Void
+    ) throws(E) -> IncomingRequest {
+        precondition(missingPayloadCount > 0, "no WRITE payload is pending")
+        let header = pending!
+        let length = Int(header.length)
+        let buffered = input.count
+        var failure: E?
+        let payload = [UInt8](unsafeUninitializedCapacity: length) { buffer, initialized in
+            let raw = UnsafeMutableRawBufferPointer(buffer)
+            input.take(into: UnsafeMutableRawBufferPointer(rebasing: raw[..<buffered]))
+            do throws(E) {
+                try read(UnsafeMutableRawBufferPointer(rebasing: raw[buffered...]))
+                initialized = length
+            } catch {
+                failure = error
+                initialized = 0
+            }
+        }
+        pending = nil
+        if let failure { throw failure }
+        return IncomingRequest(header: header, payload: payload, payloadDiscarded: false)
+    }
+}

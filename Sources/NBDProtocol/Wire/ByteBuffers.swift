@@ -94,3 +94,18 @@ extension Array where Element == UInt8 {
         return value
     }
 }
+
+extension InputBuffer {
+    /// Removes the next `destination.count` bytes, copying them into `destination`.
+    /// - Precondition: `destination.count <= count`.
+    public mutating func take(into destination: UnsafeMutableRawBufferPointer) {
+        precondition(destination.count <= count)
+        guard destination.count > 0 else { return }
+        let start = readIndex
+        storage.withUnsafeBytes { source in
+            // SAFETY: start + destination.count <= storage.count, checked above.
+            destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[start..<(start + destination.count)]))
+        }
+        readIndex += destination.count
+    }
+}
