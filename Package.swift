@@ -107,7 +107,9 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
         .testTarget(name: "PoolFormatTests", dependencies: ["PoolFormat"]),
-        .testTarget(name: "KeysTests", dependencies: ["Keys", "PoolFormat"]),
+        .testTarget(
+            name: "KeysTests",
+            dependencies: ["Keys", "PoolFormat", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "CryptPoolTests", dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice"]),
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"]),
         .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
