@@ -110,7 +110,9 @@ let package = Package(
         .testTarget(
             name: "KeysTests",
             dependencies: ["Keys", "PoolFormat", .product(name: "Crypto", package: "swift-crypto")]),
-        .testTarget(name: "CryptPoolTests", dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice"]),
+        .testTarget(
+            name: "CryptPoolTests",
+            dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"]),
         .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
         .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
