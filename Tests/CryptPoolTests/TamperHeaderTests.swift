@@ -82,6 +82,18 @@ import Testing
         #expect(rig.checkNoWrongData().isEmpty)
     }
 
+    /// The recovery keyslot (slot 1) damaged in area A: the recovery key
+    /// falls back to area B's.
+    @Test(arguments: keyslotOffsets)
+    func recoveryKeyslotInAreaAFlipped(offset: Int) throws {
+        let rig = try Self.rig()
+        let intact = try #require(try KeyslotBlock.decode(rig.rawBlock(Self.areaB + 2)))
+        rig.flipBit(Self.areaA + 2, byte: offset, bit: offset % 8)
+        let pool = try rig.reopen(secret: .recovery(rig.recoveryKey))
+        #expect(pool.header.withLock { $0.slots.first { $0.slot == 1 } } == intact)
+        #expect(rig.checkNoWrongData().isEmpty)
+    }
+
     /// The passphrase keyslot damaged in both areas: the passphrase no
     /// longer unlocks (each damaged slot named), the recovery key still does.
     @Test(arguments: keyslotOffsets)

@@ -60,6 +60,23 @@ import Testing
         #expect(rig.readBlock("vm1", 2000) == .failed(failure))
     }
 
+    /// A tree node replaced by its own older version (from the checkpoint
+    /// before): the parent holds the new node's tag, so the old one fails.
+    @Test func treeNodeReplacedByItsOlderVersion() throws {
+        let rig = try Self.checkpointedRig()
+        let (oldNode, _) = try rig.treeNode("vm1", level: 1, above: 70)
+        let oldCiphertext = rig.rawBlock(oldNode.block)
+        try rig.put("vm1", 70, [UInt8](repeating: 0x70, count: 4096))
+        try rig.pool.flush()
+        let (newNode, first) = try rig.treeNode("vm1", level: 1, above: 70)
+        #expect(newNode.block != oldNode.block)
+        rig.setRawBlock(newNode.block, oldCiphertext)
+
+        _ = try rig.reopen()
+        let failure = rig.metadataFailure(.volumeTreeNode, volume: "vm1", index: first, level: 1, pointer: newNode)
+        #expect(rig.checkNoWrongData() == ["vm1": Dictionary(uniqueKeysWithValues: Set(Array(64..<74) + [70]).map { (UInt64($0), failure) })])
+    }
+
     // MARK: Log blocks
 
     /// TamperRig.fourGenerations and its two log blocks, oldest first.

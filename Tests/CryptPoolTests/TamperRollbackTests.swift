@@ -66,6 +66,40 @@ import Testing
         #expect(rig.checkNoWrongData(expecting: ["vm1": asOfGeneration3]).isEmpty)
     }
 
+    /// The storage side restores the old image under a running pool. The
+    /// pool keeps its own pointers, so blocks rewritten since the copy fail
+    /// and the others read as written; its next commit builds on log blocks
+    /// the storage side has rolled back, so the following open refuses with
+    /// the exact log block.
+    @Test func wholeImageRolledBackUnderARunningPool() throws {
+        let (rig, snapshot, _) = try Self.rolledForward()
+        let running = rig.pool
+        let rewritten: [UInt64] = [4, 5, 6, 7, 8, 9, 10, 11, 100, 101]
+        let pointers = try Dictionary(uniqueKeysWithValues: rewritten.map { ($0, try rig.pointer("vm1", $0)) })
+        let logBlocks = running.state.withLock { $0.logBlocks }
+        #expect(logBlocks.count == 3)
+        let logHead = running.state.withLock { $0.logHead }
+        rig.restore(snapshot)
+
+        var failures: [UInt64: PoolError] = [:]
+        for block in rewritten { failures[block] = rig.dataFailure("vm1", block, pointer: pointers[block]!) }
+        #expect(rig.checkNoWrongData(in: running) == ["vm1": failures])
+
+        // The running pool commits generation 6 on top of the rolled-back log.
+        try rig.fill("vm1", from: 300, count: 1, seed: 9)
+        try running.flush()
+        #expect(running.generation == 6)
+        let error = try #require(rig.openError())
+        guard case .integrity(let failure) = error else {
+            Issue.record("expected an integrity failure, got \(error)")
+            return
+        }
+        #expect(failure.structure == "log block")
+        #expect(failure.index == 2)
+        #expect(failure.physicalBlock == logBlocks[2])
+        #expect(failure.expectedTag == hex(logHead.tag))
+    }
+
     /// Truncated images open with a clear error, never a trap.
     @Test func truncatedImage() throws {
         let (rig, _, _) = try Self.rolledForward()
