@@ -107,8 +107,12 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
         .testTarget(name: "PoolFormatTests", dependencies: ["PoolFormat"]),
-        .testTarget(name: "KeysTests", dependencies: ["Keys", "PoolFormat"]),
-        .testTarget(name: "CryptPoolTests", dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice"]),
+        .testTarget(
+            name: "KeysTests",
+            dependencies: ["Keys", "PoolFormat", .product(name: "Crypto", package: "swift-crypto")]),
+        .testTarget(
+            name: "CryptPoolTests",
+            dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"]),
         .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
         .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
