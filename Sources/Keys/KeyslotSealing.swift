@@ -51,7 +51,7 @@ public enum KeyslotSealer {
         let box = try master.secret.withUnsafeBytes { keyBytes in
             try AES.GCM.seal(
                 keyBytes, using: wrapping, nonce: AES.GCM.Nonce(data: nonce),
-                authenticating: block.parameterBytes() + poolID)
+                authenticating: block.associatedData(poolID: poolID))
         }
         block.sealedKey = Array(box.ciphertext)
         block.tag = Array(box.tag)
@@ -65,7 +65,7 @@ public enum KeyslotSealer {
         }
         do {
             let box = try AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: block.nonce), ciphertext: block.sealedKey, tag: block.tag)
-            var plain = Array(try AES.GCM.open(box, using: wrapping, authenticating: block.parameterBytes() + poolID))
+            var plain = Array(try AES.GCM.open(box, using: wrapping, authenticating: block.associatedData(poolID: poolID)))
             return MasterKey(secret: .taking(&plain))
         } catch {
             throw .doesNotOpen(slot: block.slot)

@@ -22,8 +22,20 @@ public struct ScryptCost: Sendable, Hashable {
     /// The floor `tune` never goes under, after OWASP's scrypt minimum.
     public static let tunedFloorLog2N: UInt8 = 15
 
+    /// The most memory a keyslot may make unlock use (128 · r · N bytes):
+    /// the storage side writes these parameters, and unlock runs before
+    /// anything authenticates them.
+    public static let maximumMemory: UInt64 = 1 << 30
+    /// The most work a keyslot may ask for (p · r · N block mixes): the
+    /// tuned default is at most 2^23.
+    public static let maximumWork: UInt64 = 1 << 25
+
     public var isWithinBounds: Bool {
-        (Self.minimumLog2N...Self.maximumLog2N).contains(log2N) && (1...32).contains(r) && (1...16).contains(p)
+        guard (Self.minimumLog2N...Self.maximumLog2N).contains(log2N), (1...32).contains(r), (1...16).contains(p) else {
+            return false
+        }
+        let n = UInt64(1) << UInt64(log2N)
+        return 128 * UInt64(r) * n <= Self.maximumMemory && UInt64(p) * UInt64(r) * n <= Self.maximumWork
     }
 
     /// Picks the largest N whose derivation takes at most `target` seconds

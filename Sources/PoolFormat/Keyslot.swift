@@ -52,6 +52,13 @@ public struct KeyslotBlock: Sendable, Hashable {
         self.extra = extra
     }
 
+    /// The associated data of the seal: the first 64 bytes (everything that
+    /// determines how the key is derived), the length and bytes of the
+    /// type-specific data, and the pool ID.
+    public func associatedData(poolID: [UInt8]) -> [UInt8] {
+        parameterBytes() + [UInt8(truncatingIfNeeded: extra.count), UInt8(truncatingIfNeeded: extra.count >> 8)] + extra + poolID
+    }
+
     /// The first 64 bytes: everything that determines how the key is derived.
     public func parameterBytes() -> [UInt8] {
         var writer = ByteWriter(size: Self.parametersLength)
@@ -97,6 +104,11 @@ public struct KeyslotBlock: Sendable, Hashable {
         let extraLength = Int(reader.get(UInt16.self, at: 124))
         guard extraLength <= maxExtraLength else {
             throw .fieldOutOfRange(structure: "keyslot", field: "extra length", value: UInt64(extraLength))
+        }
+        // Every byte outside the fields must be zero, so that no bit of a
+        // keyslot escapes the associated data of its seal.
+        for offset in Array(49..<52) + Array(60..<64) + Array((126 + extraLength)..<PoolLayout.blockSize) where block[offset] != 0 {
+            throw .nonZeroReserved(structure: "keyslot", offset: offset)
         }
         return KeyslotBlock(
             type: type, slot: slot, salt: reader.slice(16, 32), kdfLog2N: reader.get(UInt8.self, at: 48),

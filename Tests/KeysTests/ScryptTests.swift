@@ -31,11 +31,12 @@ import Testing
 
     @Test func bounds() {
         #expect(ScryptCost(log2N: 10).isWithinBounds)
-        #expect(ScryptCost(log2N: 22).isWithinBounds)
+        #expect(ScryptCost(log2N: 20).isWithinBounds)
+        #expect(ScryptCost(log2N: 22, r: 1, p: 1).isWithinBounds)
         #expect(ScryptCost(log2N: 15, r: 1, p: 1).isWithinBounds)
         #expect(ScryptCost(log2N: 15, r: 32, p: 16).isWithinBounds)
         for cost in [
-            ScryptCost(log2N: 9), ScryptCost(log2N: 23), ScryptCost(log2N: 0), ScryptCost(log2N: 64), ScryptCost(log2N: .max),
+            ScryptCost(log2N: 9), ScryptCost(log2N: 23), ScryptCost(log2N: 21), ScryptCost(log2N: 22), ScryptCost(log2N: 0), ScryptCost(log2N: 64), ScryptCost(log2N: .max),
             ScryptCost(log2N: 15, r: 0), ScryptCost(log2N: 15, r: 33), ScryptCost(log2N: 15, r: .max),
             ScryptCost(log2N: 15, p: 0), ScryptCost(log2N: 15, p: 17), ScryptCost(log2N: 15, p: .max),
         ] {
