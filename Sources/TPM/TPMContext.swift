@@ -36,8 +36,9 @@ public final class TPMContext: @unchecked Sendable {
 
         var transport: OpaquePointer?
         let loaded = Tss2_TctiLdr_Initialize(tcti, &transport)
+        // Every stored property is initialized by now, so a throw below
+        // runs deinit, which destroys the lock and finalizes what is set.
         guard loaded == TSS2_RC_SUCCESS, let transport else {
-            Self.destroy(lock)
             throw .transportUnavailable(tcti: tcti, code: loaded)
         }
         var esys: OpaquePointer?
@@ -45,7 +46,6 @@ public final class TPMContext: @unchecked Sendable {
         guard initialized == TSS2_RC_SUCCESS, esys != nil else {
             var owned: OpaquePointer? = transport
             Tss2_TctiLdr_Finalize(&owned)
-            Self.destroy(lock)
             throw .command("Esys_Initialize", code: initialized)
         }
         self.transport = transport
@@ -53,12 +53,8 @@ public final class TPMContext: @unchecked Sendable {
     }
 
     deinit {
-        Esys_Finalize(&esys)
-        Tss2_TctiLdr_Finalize(&transport)
-        Self.destroy(lock)
-    }
-
-    private static func destroy(_ lock: UnsafeMutablePointer<pthread_mutex_t>) {
+        if esys != nil { Esys_Finalize(&esys) }
+        if transport != nil { Tss2_TctiLdr_Finalize(&transport) }
         pthread_mutex_destroy(lock)
         lock.deinitialize(count: 1)
         lock.deallocate()
