@@ -39,6 +39,16 @@ struct PCRTests {
         #expect(throws: TPMError.self) { try context.extendPCR(16, digest: [1, 2, 3]) }
     }
 
+    @Test func randomBytesComeFromTheTPM() throws {
+        let tpm = try SoftwareTPM()
+        let context = try TPMContext(tcti: tpm.tcti)
+        let first = try context.random(count: 32)
+        let second = try context.random(count: 32)
+        #expect(first.count == 32 && second.count == 32)
+        #expect(first != second)
+        #expect(throws: TPMError.self) { try context.random(count: 33) }
+    }
+
     @Test func anUnreachableTransportIsAnErrorNotACrash() throws {
         // A port nothing listens on: the TCTI loader or ESYS fails cleanly.
         let port = try freePortPair()

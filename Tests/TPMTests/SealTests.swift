@@ -101,6 +101,18 @@ struct SealTests {
         #expect(found != expected)
     }
 
+    @Test func theLargestBlobFitsAKeyslot() throws {
+        let tpm = try SoftwareTPM()
+        let context = try TPMContext(tcti: tpm.tcti)
+        let (bytes, secret) = randomSecret(TPMContext.maxSealedLength)
+        let sealed = try context.seal(secret, toCurrent: PCRSelection(0..<24), pin: TPMTests.secret("pin"))
+        let blob = sealed.serialized()
+        #expect(blob.count <= TPMSealedSecret.maxSerializedLength)
+        let parsed = try TPMSealedSecret(serialized: blob)
+        #expect(parsed.pcrs.indices == Array(0..<24))
+        #expect(try contents(context.unseal(parsed, pin: TPMTests.secret("pin"))) == bytes)
+    }
+
     @Test func refusesSecretsTooLongForTheTPM() throws {
         let tpm = try SoftwareTPM()
         let context = try TPMContext(tcti: tpm.tcti)
