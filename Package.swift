@@ -66,6 +66,21 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
+        // tpm2-tss (ESYS, the TCTI loader, response codes, marshalling) as
+        // a system library.
+        .systemLibrary(
+            name: "CTSS2",
+            pkgConfig: "tss2-esys",
+            providers: [.apt(["libtss2-dev"])]),
+        // TPM 2.0 through tpm2-tss: contexts, PCRs, salted sessions, sealing
+        // to PCR policies, offline policy computation, NV counters.
+        .target(
+            name: "TPM",
+            dependencies: [
+                "CTSS2", "Keys",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict),
         // System threads and a mutex-with-condition for the blocking request paths.
         .target(name: "Threads", swiftSettings: strict),
         .target(
@@ -119,6 +134,8 @@ let package = Package(
         .testTarget(name: "InteropTests", dependencies: ["Sockets"]),
         // The whole chain as real processes: storage domain, crypt domain, clients.
         .testTarget(name: "ChainTests", dependencies: ["Sockets"]),
+        // The TPM layer against a real swtpm started by the tests.
+        .testTarget(name: "TPMTests", dependencies: ["TPM", "Keys", "Sockets", "Threads"]),
         // A hostile storage domain, crash-point replay (issue 4).
         .testTarget(
             name: "AdversarialTests",
