@@ -107,6 +107,9 @@ import Testing
             let magic = rig.rawBlock(Self.areaA + 1).prefix(8).reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
             reason = "keyslot 0: keyslot: bad magic 0x\(String(magic, radix: 16))"
         case 10: reason = "keyslot 0: keyslot: type 5 out of range"
+        case 49..<52, 60..<64, 126...:
+            // Unused bytes must be zero: caught while decoding, before the digest.
+            reason = "keyslot 0: keyslot: reserved byte at \(offset) is not zero"
         default: reason = "keyslot 0: does not match the header's digest"
         }
         #expect(rig.openError() == .unlockFailed([reason, reason]))
