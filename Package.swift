@@ -100,7 +100,7 @@ let package = Package(
         .executableTarget(
             name: "bulkhead-storaged",
             dependencies: [
-                "NBDServer", "BlockDevice", "Sockets", "BulkheadVersion",
+                "NBDServer", "BlockDevice", "Sockets", "BulkheadVersion", "DaemonSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

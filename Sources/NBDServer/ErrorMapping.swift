@@ -26,7 +26,10 @@ extension BlockDeviceError {
         case .readOnly: .permissionDenied
         case .notSupported: .notSupported
         case .noSpace: .noSpace
-        case .unavailable: .shutdown
+        // The device behind the export is unreachable (a storage domain that
+        // did not come back in time): an I/O error. NBD_ESHUTDOWN would tell
+        // the client that this server is shutting down, which it is not.
+        case .unavailable: .ioError
         }
     }
 

@@ -5,13 +5,14 @@ import Musl
 #endif
 import ArgumentParser
 import BlockDevice
+import BulkheadVersion
+import DaemonSupport
 import Logging
 import NBDServer
 import Sockets
 
 /// `bulkhead-storaged`: serves disks and image files over NBD.
 struct Storaged: ParsableCommand {
-    static let version = "0.1.0"
 
     /// Exit status for malformed arguments (EX_USAGE).
     static let usageExitCode: Int32 = 64
@@ -32,7 +33,7 @@ struct Storaged: ParsableCommand {
             Example: bulkhead-storaged --listen unix:/run/bulkhead/storage.sock \
             --export disk0=/dev/nvme0n1 --export scratch=/var/lib/img.raw:ro
             """,
-        version: version)
+        version: BulkheadVersion.string)
 
     @Option(
         name: .customLong("listen"),
@@ -86,7 +87,7 @@ struct Storaged: ParsableCommand {
         logger.info(
             "serving",
             metadata: [
-                "exports": "\(exports.map(\.name).joined(separator: ","))", "version": "\(Self.version)",
+                "exports": "\(exports.map(\.name).joined(separator: ","))", "version": "\(BulkheadVersion.string)",
             ])
         let signal = waitForTerminationSignal()
         logger.info("shutting down", metadata: ["signal": "\(signal)"])

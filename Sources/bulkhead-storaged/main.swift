@@ -1,3 +1,4 @@
+import DaemonSupport
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
