@@ -33,9 +33,13 @@ struct BlockModel {
         for block in blocks { since[block].append(Write(pattern: pattern, acknowledged: false)) }
     }
 
-    /// Marks every write recorded so far as acknowledged.
-    mutating func acknowledgeAll() {
-        for block in since.indices { for index in since[block].indices { since[block][index].acknowledged = true } }
+    /// Marks the write of `pattern` over `blocks` (the newest one there) as
+    /// acknowledged. Writes that failed stay unacknowledged: they may or
+    /// may not have happened.
+    mutating func acknowledge(_ blocks: Range<Int>, _ pattern: UInt8) {
+        for block in blocks {
+            if let index = since[block].lastIndex(where: { $0.pattern == pattern }) { since[block][index].acknowledged = true }
+        }
     }
 
     /// A flush completed after every write recorded so far was sent.
@@ -72,9 +76,8 @@ struct BlockModel {
         image.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
             for block in 0..<blockCount where problems.count < limit {
                 let start = block * Self.blockSize
-                let bytes = raw[start..<(start + Self.blockSize)]
-                let first = bytes.first!
-                guard bytes.allSatisfy({ $0 == first }) else {
+                let bytes = UnsafeRawBufferPointer(rebasing: raw[start..<(start + Self.blockSize)])
+                guard let first = uniformByte(bytes) else {
                     let distinct = Set(bytes).sorted().prefix(8).map { String($0, radix: 16) }
                     problems.append("block \(block) is torn: bytes \(distinct) in one block; allowed \(describe(allowed(block)))")
                     continue

@@ -23,6 +23,16 @@ enum Tools {
         throw ChainError.missingTool(name: name, package: packages[name] ?? name)
     }
 
+    /// The command that runs nbdsh (libnbd's Python shell). /usr/bin/nbdsh
+    /// runs whatever `python3` PATH finds first, which may lack the `nbd`
+    /// module (pyenv, venv), so the system Python is named explicitly.
+    static func nbdsh() throws -> [String] {
+        let python = "/usr/bin/python3"
+        guard FileManager.default.isExecutableFile(atPath: python) else { throw ChainError.missingTool(name: python, package: "python3") }
+        guard FileManager.default.fileExists(atPath: "/usr/bin/nbdsh") else { throw ChainError.missingTool(name: "nbdsh", package: "python3-libnbd") }
+        return [python, "-m", "nbd"]
+    }
+
     /// A program built by this package, found beside the test bundle
     /// (`.build/<triple>/debug/`).
     static func built(_ program: String) throws -> String {

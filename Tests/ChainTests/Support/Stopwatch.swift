@@ -1,0 +1,20 @@
+import Foundation
+
+/// Times the phases of a test, for the one-line summary it prints.
+final class Stopwatch {
+    private let start = Date()
+    private var last = Date()
+    private var phases: [(String, Double)] = []
+
+    /// Ends the current phase under `name`.
+    func lap(_ name: String) {
+        let now = Date()
+        phases.append((name, now.timeIntervalSince(last)))
+        last = now
+    }
+
+    var summary: String {
+        let total = String(format: "%.1f s", Date().timeIntervalSince(start))
+        return total + " (" + phases.map { "\($0.0) \(String(format: "%.1f", $0.1))" }.joined(separator: ", ") + ")"
+    }
+}
