@@ -5,55 +5,84 @@ import Testing
 /// workload, at random moments (repeatable from the seed in messages).
 @Suite("crash suite") struct CrashTests {
     static let volumes = [VolumeSpec(name: "vm1", size: 16 * mebibyte)]
+    static let twoVolumes = volumes + [VolumeSpec(name: "vm2", size: 16 * mebibyte)]
 
     private func expectClean(
         _ result: (problems: [String], unflushedNew: Int, unflushedOld: Int), _ what: String, _ workload: PatternWorkload,
         sourceLocation: SourceLocation = #_sourceLocation
     ) {
+        #expect(workload.unreadableSteps.isEmpty, "qemu-io output the model could not follow: \(workload.unreadableSteps)", sourceLocation: sourceLocation)
         #expect(result.problems.isEmpty, "\(what) (seed \(workload.seed)):\n\(result.problems.joined(separator: "\n"))\n\(workload.chain.logs)",
                 sourceLocation: sourceLocation)
     }
 
-    @Test("kill -9 cryptd during writes and flushes: the pool reopens, flushed data is exact, unflushed blocks old or new")
+    @Test("kill -9 cryptd during writes and flushes on two volumes: the pool reopens, flushed data is exact, unflushed blocks old or new")
     func cryptdKilled() throws {
-        // Frequent checkpoints, so the kills also land in checkpoints.
         let clock = Stopwatch()
-        let chain = try Chain(volumes: Self.volumes, cryptdOptions: ["--checkpoint-records", "100"])
+        // Frequent checkpoints, so the kills also land in checkpoints.
+        let chain = try Chain(volumes: Self.twoVolumes, cryptdOptions: ["--checkpoint-records", "100"])
         defer { chain.shutdown() }
         clock.lap("setup")
-        let workload = try PatternWorkload(chain: chain, volume: "vm1")
-        var (new, old, failedSteps) = (0, 0, 0)
+        let seed = freshSeed()
+        let workloads = try [
+            PatternWorkload(chain: chain, volume: "vm1", seed: seed), PatternWorkload(chain: chain, volume: "vm2", seed: seed &+ 1),
+        ]
+        var (new, old, interrupted) = (0, 0, 0)
         let rounds = 8
         for round in 1...rounds {
-            try workload.run(workload.randomInt(1...5))
+            for workload in workloads { try workload.run(workload.randomInt(1...3)) }
             clock.lap("steps")
-            // Eight writes with flushes between them, killed at a random moment.
-            let step = try workload.launch(writes: 8)
-            usleep(UInt32(workload.randomDelay(0.0...0.4) * 1_000_000))
+            // Eight writes with flushes between them on each volume at once,
+            // killed at a random moment.
+            let steps = try workloads.map { try $0.launch(writes: 8) }
+            usleep(UInt32(workloads[0].randomDelay(0.0...0.4) * 1_000_000))
             chain.killCryptd()
-            let (succeeded, _) = try workload.finish(step)
-            if !succeeded { failedSteps += 1 }
+            for (workload, step) in zip(workloads, steps) where !(try workload.finish(step).succeeded) { interrupted += 1 }
             clock.lap("kill")
             do {
                 try chain.startCryptd()
                 clock.lap("restart")
             } catch {
-                Issue.record("round \(round) (seed \(workload.seed)): cryptd did not come back after kill -9: \(error)")
+                Issue.record("round \(round) (seed \(seed)): cryptd did not come back after kill -9: \(error)")
                 return
             }
-            let result = try workload.verify(strict: false)
+            for workload in workloads {
+                let result = try workload.verify(strict: false)
+                expectClean(result, "round \(round), \(workload.volume), after kill -9 of cryptd and a restart", workload)
+                new += result.unflushedNew
+                old += result.unflushedOld
+                if !result.problems.isEmpty { return }
+            }
             clock.lap("verify")
-            expectClean(result, "round \(round), after kill -9 of cryptd and a restart", workload)
-            new += result.unflushedNew
-            old += result.unflushedOld
-            if !result.problems.isEmpty { return }
         }
         // After all that, a clean stop leaves a pool that authenticates end to end.
         #expect(chain.stopCryptd() == 0)
         let verify = try run([try Tools.built("bulkhead"), "verify", chain.storage, "--key-file", chain.keyFile, "--state-dir", chain.stateDirectory], timeout: 120)
         #expect(verify.succeeded && verify.output.contains(": 0 integrity failures"), "\(verify)")
         clock.lap("bulkhead verify")
-        print("cryptd kill -9 (seed \(workload.seed)): \(failedSteps)/\(rounds) steps interrupted; unflushed blocks found new \(new), old \(old); \(clock.summary)")
+        print("cryptd kill -9 (seed \(seed)): \(interrupted)/\(2 * rounds) steps interrupted; blocks written after the last flush found new \(new), old \(old); \(clock.summary)")
+    }
+
+    @Test("SIGTERM to cryptd during writes and flushes: it exits 0 at once and every acknowledged write is durable")
+    func cryptdStoppedDuringWorkload() throws {
+        let chain = try Chain(volumes: Self.volumes, cryptdOptions: ["--checkpoint-records", "100"])
+        defer { chain.shutdown() }
+        let workload = try PatternWorkload(chain: chain, volume: "vm1")
+        for round in 1...3 {
+            try workload.run(workload.randomInt(1...3))
+            let step = try workload.launch(writes: 8)
+            usleep(UInt32(workload.randomDelay(0.0...0.4) * 1_000_000))
+            let started = Date()
+            let status = chain.stopCryptd()
+            let seconds = Date().timeIntervalSince(started)
+            #expect(status == 0, "round \(round): cryptd exited with \(status.map(String.init) ?? "nothing") on SIGTERM\n\(chain.logs)")
+            #expect(seconds < 10, "round \(round): cryptd took \(seconds) s to stop")
+            try workload.finish(step)
+            // The final commit on SIGTERM covers every write acknowledged before it.
+            workload.assumeFlushed()
+            try chain.startCryptd()
+            expectClean(try workload.verify(strict: true), "round \(round), after SIGTERM during a step and a restart", workload)
+        }
     }
 
     @Test("kill -9 storaged during writes and flushes, restarted at once: the consumer sees latency, not errors")
@@ -82,6 +111,12 @@ import Testing
         #expect(chain.stopCryptd() == 0, "\(chain.logs)")
         try chain.startCryptd()
         expectClean(try workload.verify(strict: true), "after a cryptd restart (SIGTERM commits everything acknowledged)", workload)
+        // qemu-io flushes when it closes the volume, so a step that ended
+        // well is durable even through kill -9.
+        try workload.run(2)
+        chain.killCryptd()
+        try chain.startCryptd()
+        expectClean(try workload.verify(strict: true), "after kill -9 of cryptd following completed steps", workload)
         print("storaged kill -9 + restart (seed \(workload.seed)): \(outages.joined(separator: "; "))")
     }
 
@@ -142,6 +177,21 @@ import Testing
         #expect(chain.stopCryptd() == 0, "\(chain.logs)")
         try chain.startCryptd()
         expectClean(try workload.verify(strict: true), "after a cryptd restart (SIGTERM commits everything acknowledged)", workload)
+    }
+
+    @Test("the crash checks can fail: a block changed behind the model's back is reported")
+    func modelCatchesChanges() throws {
+        let chain = try Chain(volumes: Self.volumes)
+        defer { chain.shutdown() }
+        let workload = try PatternWorkload(chain: chain, volume: "vm1")
+        try workload.run(3)
+        expectClean(try workload.verify(strict: true), "before the change", workload)
+        // One block overwritten with a pattern the workload never writes.
+        let poke = try qemuIO(chain.uri("vm1"), ["write -P 0xff 4096 4096", "write -P 0x80 8192 100"])
+        #expect(poke.succeeded, "\(poke)")
+        let found = try workload.verify(strict: false)
+        #expect(found.problems.contains { $0.hasPrefix("block 1 holds 0xff") }, "\(found.problems)")
+        #expect(found.problems.contains { $0.hasPrefix("block 2 is torn") }, "\(found.problems)")
     }
 
     /// proto.md: NBD_ESHUTDOWN means the server is shutting down, and "if

@@ -2,7 +2,9 @@ import Foundation
 
 /// A consumer's write-and-flush workload on one volume, one qemu-io process
 /// per step: `write; flush; write; flush; …; write` with fresh patterns at
-/// random 4 KiB-aligned places. It keeps a `BlockModel` of what was written
+/// random 4 KiB-aligned places, some of the writes being NBD_CMD_WRITE_ZEROES
+/// (`write -z`) or NBD_CMD_TRIM (`discard`, which cryptd reads back as
+/// zeroes on whole blocks). It keeps a `BlockModel` of what was written
 /// and what each completed flush covers, and checks the volume against it.
 final class PatternWorkload {
     let chain: Chain
@@ -14,6 +16,9 @@ final class PatternWorkload {
     private var steps = 0
     /// Seconds each fully successful step took, to report latency.
     private(set) var stepSeconds: [Double] = []
+    /// Steps whose qemu-io output did not fit their commands (a harness
+    /// problem: the model then assumed the least).
+    private(set) var unreadableSteps: [String] = []
     /// Largest write, in blocks.
     let maxBlocks = 64
 
@@ -29,14 +34,30 @@ final class PatternWorkload {
     /// One command of a step.
     enum Action {
         case write(blocks: Range<Int>, pattern: UInt8)
+        case zero(blocks: Range<Int>)
+        case trim(blocks: Range<Int>)
         case flush
 
         var command: String {
             switch self {
-            case .write(let blocks, let pattern):
-                "write -P 0x\(String(pattern, radix: 16)) \(blocks.lowerBound * BlockModel.blockSize) \(blocks.count * BlockModel.blockSize)"
+            case .write(let blocks, let pattern): "write -P 0x\(String(pattern, radix: 16)) \(Self.span(blocks))"
+            case .zero(let blocks): "write -z \(Self.span(blocks))"
+            case .trim(let blocks): "discard \(Self.span(blocks))"
             case .flush: "flush"
             }
+        }
+
+        /// What the blocks hold once the action has happened.
+        var effect: (blocks: Range<Int>, pattern: UInt8)? {
+            switch self {
+            case .write(let blocks, let pattern): (blocks, pattern)
+            case .zero(let blocks), .trim(let blocks): (blocks, 0)
+            case .flush: nil
+            }
+        }
+
+        private static func span(_ blocks: Range<Int>) -> String {
+            "\(blocks.lowerBound * BlockModel.blockSize) \(blocks.count * BlockModel.blockSize)"
         }
     }
 
@@ -53,29 +74,39 @@ final class PatternWorkload {
             if index > 0 { actions.append(.flush) }
             let count = Int.random(in: 1...maxBlocks, using: &generator)
             let first = Int.random(in: 0...(model.blockCount - count), using: &generator)
-            actions.append(.write(blocks: first..<(first + count), pattern: nextPattern))
-            nextPattern = nextPattern == 255 ? 1 : nextPattern + 1
+            let blocks = first..<(first + count)
+            switch Int.random(in: 0..<10, using: &generator) {
+            case 0: actions.append(.zero(blocks: blocks))
+            case 1: actions.append(.trim(blocks: blocks))
+            default:
+                actions.append(.write(blocks: blocks, pattern: nextPattern))
+                nextPattern = nextPattern == 255 ? 1 : nextPattern + 1
+            }
         }
         steps += 1
-        let process = try launchQemuIO(chain.uri(volume), actions.map(\.command), logPath: chain.scratch.file("step-\(steps).log"))
+        let process = try launchQemuIO(chain.uri(volume), actions.map(\.command), logPath: chain.scratch.file("step-\(volume)-\(steps).log"))
         return Step(process: process, actions: actions)
     }
 
     /// Which commands of a step succeeded, from qemu-io's output: it runs
     /// every command even after one fails, prints "wrote …" or
-    /// "write failed: …" for each write, and for a flush prints only
+    /// "write failed: …" for each write (zeroing included), "discard …" or
+    /// "discard failed: …" for each discard, and for a flush only
     /// "flush failed: …". Nil when the output does not fit the commands.
     static func outcomes(of actions: [Action], in output: String) -> [Bool]? {
-        var reports = output.split(separator: "\n").filter { $0.hasPrefix("wrote ") || $0.contains(" failed: ") }[...]
+        var reports = output.split(separator: "\n").filter {
+            $0.hasPrefix("wrote ") || $0.hasPrefix("discard ") || $0.contains(" failed: ")
+        }[...]
         var result: [Bool] = []
         for action in actions {
             switch action {
-            case .write:
+            case .write, .zero, .trim:
+                let (done, failed) = if case .trim = action { ("discard ", "discard failed: ") } else { ("wrote ", "write failed: ") }
                 guard let report = reports.popFirst() else { return nil }
-                if report.hasPrefix("wrote ") {
-                    result.append(true)
-                } else if report.hasPrefix("write failed: ") {
+                if report.hasPrefix(failed) {
                     result.append(false)
+                } else if report.hasPrefix(done) {
+                    result.append(true)
                 } else {
                     return nil
                 }
@@ -107,14 +138,14 @@ final class PatternWorkload {
         unlink(step.process.logPath)
         let opened = !output.contains("can't open")
         let outcomes = opened ? Self.outcomes(of: step.actions, in: output) : nil
+        if opened, outcomes == nil { unreadableSteps.append("`\(step.process.commandLine)`: \(output)") }
         for (index, action) in step.actions.enumerated() {
             let done = outcomes?[index] ?? false
-            switch action {
-            case .write(let blocks, let pattern):
+            if let (blocks, pattern) = action.effect {
                 model.attempt(blocks, pattern)
                 if done { model.acknowledge(blocks, pattern) }
-            case .flush:
-                if done { model.flushed() }
+            } else if done {
+                model.flushed()
             }
         }
         let succeeded = status == 0 && outcomes?.allSatisfy { $0 } == true && qemuIOSucceeded(status, output)
@@ -128,6 +159,9 @@ final class PatternWorkload {
         model.attempt(blocks, pattern)
         if acknowledged { model.acknowledge(blocks, pattern) }
     }
+
+    /// Tells the model a flush completed now (a clean stop's final commit).
+    func assumeFlushed() { model.flushed() }
 
     /// Runs `count` steps one after the other; throws if one fails.
     func run(_ count: Int) throws {

@@ -6,10 +6,14 @@ final class Stopwatch {
     private var last = Date()
     private var phases: [(String, Double)] = []
 
-    /// Ends the current phase under `name`.
+    /// Ends the current phase, adding its time to `name`'s total.
     func lap(_ name: String) {
         let now = Date()
-        phases.append((name, now.timeIntervalSince(last)))
+        if let index = phases.firstIndex(where: { $0.0 == name }) {
+            phases[index].1 += now.timeIntervalSince(last)
+        } else {
+            phases.append((name, now.timeIntervalSince(last)))
+        }
         last = now
     }
 
