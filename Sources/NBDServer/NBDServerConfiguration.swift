@@ -12,12 +12,12 @@ public struct NBDServerConfiguration: Sendable {
     public static let defaultReplyTimeout = 60.0
     /// Threads serving requests of one connection. Each reads requests in
     /// turn, then executes its request and sends the reply while the next
-    /// thread reads, so replies may go out of order. Measured with fio on a
-    /// 2-CPU machine against a tmpfs file, 2 to 4 workers serve the most
-    /// requests per CPU second; 8 and 16 cost up to 50% more CPU per request
-    /// in thread switches. 4 still overlaps four slow device calls per
-    /// connection.
-    public static let defaultWorkersPerConnection = 4
+    /// thread reads, so replies may go out of order. With fio against a
+    /// tmpfs file on a 2-CPU machine, 2 to 16 workers all beat nbdkit and
+    /// differ from each other by less than the run-to-run noise (see the
+    /// server's benchmark notes); 8 keeps up to 8 device calls of one
+    /// connection in flight, which real disks reward.
+    public static let defaultWorkersPerConnection = 8
     /// Bytes read from a socket at once in the transmission phase; large,
     /// so that one system call picks up many pipelined requests.
     public static let defaultReadChunkSize = 256 * 1024
