@@ -14,9 +14,9 @@ public struct NBDServerConfiguration: Sendable {
     /// turn, then executes its request and sends the reply while the next
     /// thread reads, so replies may go out of order. With fio against a
     /// tmpfs file on a 2-CPU machine, 2 to 16 workers all beat nbdkit and
-    /// differ from each other by less than the run-to-run noise (see the
-    /// server's benchmark notes); 8 keeps up to 8 device calls of one
-    /// connection in flight, which real disks reward.
+    /// differ from each other by less than the run-to-run noise; 8 keeps up
+    /// to 8 device calls of one connection in flight, which real disks
+    /// reward.
     public static let defaultWorkersPerConnection = 8
     /// Bytes read from a socket at once in the transmission phase; large,
     /// so that one system call picks up many pipelined requests.
