@@ -37,6 +37,9 @@ final class Transmission: Sendable {
     /// Held while sending a reply, so replies never interleave; counts the
     /// replies sent.
     private let writer = Guarded<UInt64>(0)
+    /// READ reply buffers not in use, most recently used last; at most one
+    /// per worker.
+    private let replyBuffers = Guarded<[ReplyBuffer]>([])
     /// Workers still running; the last one out closes the connection.
     private let activeWorkers = Guarded(0)
 
@@ -76,9 +79,8 @@ final class Transmission: Sendable {
     }
 
     private func work() {
-        let replyBuffer = ReplyBuffer(alignment: Int(device.minimumBlockSize))
         while let request = nextRequest() {
-            handle(request, replyBuffer)
+            handle(request)
         }
         let last = activeWorkers.withLock { count -> Bool in
             count -= 1
@@ -135,7 +137,7 @@ final class Transmission: Sendable {
         }
     }
 
-    private func handle(_ request: IncomingRequest, _ replyBuffer: ReplyBuffer) {
+    private func handle(_ request: IncomingRequest) {
         let header = request.header
         if let error = validate(header, payloadDiscarded: request.payloadDiscarded, session: session) {
             logger.debug("refused request", metadata: ["command": "\(header.command)", "error": "\(error)"])
@@ -145,7 +147,7 @@ final class Transmission: Sendable {
         do throws(BlockDeviceError) {
             switch header.command {
             case .read:
-                try read(header, replyBuffer)
+                try read(header)
                 return
             case .write:
                 try write(header, request.payload)
@@ -178,8 +180,13 @@ final class Transmission: Sendable {
 
     /// NBD_CMD_READ: the device reads straight into the reply buffer, behind
     /// the reply header, and the whole reply goes out in one send.
-    private func read(_ header: RequestHeader, _ replyBuffer: ReplyBuffer) throws(BlockDeviceError) {
-        defer { replyBuffer.trim() }
+    private func read(_ header: RequestHeader) throws(BlockDeviceError) {
+        // The buffer used last is the one most likely still in the CPU cache.
+        let replyBuffer = replyBuffers.withLock { $0.popLast() } ?? ReplyBuffer(alignment: Int(device.minimumBlockSize))
+        defer {
+            replyBuffer.trim()
+            replyBuffers.withLock { $0.append(replyBuffer) }
+        }
         let headerLength = ReplyEncoder.readReplyHeaderLength(structured: session.structuredReplies)
         guard let (reply, data) = replyBuffer.prepare(headerLength: headerLength, dataLength: Int(header.length))
         else {
