@@ -1,0 +1,51 @@
+import BlockDevice
+import PoolFormat
+import Testing
+
+@testable import CryptPool
+
+/// One test per bug the adversarial harnesses found, named after the bug.
+@Suite(.serialized) struct RegressionTests {
+    /// A checkpoint whose storage writes fail has already recorded the
+    /// space map blocks it sealed as the region's contents
+    /// (`writeSpaceMap` updates `state.regions` before the writes are
+    /// sent). The next checkpoint into that region skips every bitmap
+    /// block whose contents did not change since, so the superblock ends
+    /// up naming bitmap blocks that never reached the storage: the pool
+    /// works until it is closed, then cannot be opened again. Needs a pool
+    /// with more than one bitmap block (over 128 MiB), so that one of them
+    /// is left unchanged between the two checkpoints.
+    @Test func failedCheckpointLeavesSpaceMapPointersToUnwrittenBlocks() throws {
+        let memory = try MemoryBlockDevice(size: 160 << 20)
+        let device = HostileDevice(over: memory)
+        let pool = try Pool.format(storage: device, passphrase: testPassphrase, cost: testCost, anchor: nil).pool
+        #expect(SpaceMapGeometry(blockCount: pool.blockCount).leafCount > 1)
+
+        // The first checkpoint into the second region fails at its first write...
+        device.misbehaviour = .failRequests(probability: 1)
+        #expect(throws: PoolError.self) { try pool.createVolume(name: "vm", size: 1 << 20) }
+        // ...and the retry succeeds.
+        device.misbehaviour = .honest
+        try pool.createVolume(name: "vm", size: 1 << 20)
+        let volume = try pool.volume(named: "vm")
+        try volume.writeBytes(at: 0, blockContents(seed: 1))
+        // A commit, not a checkpoint: the superblock keeps naming the retried checkpoint.
+        try volume.flush()
+
+        // With the anchor at the last commit: the bug made this an integrity
+        // failure on the space map bitmap block the failed attempt sealed.
+        let anchor = MemoryTrustAnchor(generation: pool.generation)
+        let reopened = Result { try Pool.open(storage: device, secret: .passphrase(testPassphrase), anchor: anchor) }
+        #expect(reopened.isSuccess, "honest storage after one failed write: the pool must reopen, got \(reopened)")
+        if case .success(let again) = reopened {
+            #expect(again.generation == pool.generation)
+            #expect(again.verify().failures.isEmpty)
+            #expect(try again.volume(named: "vm").readBytes(at: 0, count: blockSize) == blockContents(seed: 1))
+        }
+        // Without an anchor the bug was worse: recovery fell back to the
+        // format's superblock and the volume silently disappeared.
+        let unanchored = try Pool.open(storage: device, secret: .passphrase(testPassphrase), anchor: nil)
+        #expect(unanchored.generation == pool.generation)
+        #expect(unanchored.volumes.map(\.name) == ["vm"])
+    }
+}
