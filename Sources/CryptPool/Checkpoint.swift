@@ -24,6 +24,10 @@ extension Pool {
         }
         var releases = releasedEarlier
         var writes: [(PhysicalBlock, [UInt8])] = []
+        // The region this checkpoint rewrites, until its blocks are durable:
+        // if the checkpoint fails before then, the region's blocks may hold
+        // anything, so its image must not be trusted by the next checkpoint.
+        var unsettledRegion: Int?
         do throws(PoolError) {
             var volumes = state.withLock { $0.volumes }
             try volumeTableChange(&volumes, &releases)
@@ -70,6 +74,7 @@ extension Pool {
 
             // Space map: the state after this checkpoint is everything in use
             // now except what this checkpoint frees.
+            unsettledRegion = region
             let spaceMapRoot = try writeSpaceMap(region: region, excluding: Set(releases), generation: generation, writes: &writes)
 
             let object = PoolObject(
@@ -81,6 +86,7 @@ extension Pool {
 
             try writeScattered(writes)
             try flushStorage()
+            unsettledRegion = nil
 
             let superblock = Superblock(
                 poolID: poolID, generation: generation, anchorEpoch: 0, checkpointRoot: sealedObject.pointer, logHead: .null,
@@ -99,6 +105,7 @@ extension Pool {
             state.withLock { state in for block in releases { state.space.release(block) } }
         } catch {
             state.withLock { state in
+                if let unsettledRegion { state.regions[unsettledRegion] = SpaceMapRegionImage(geometry: geometry) }
                 state.pending.insert(contentsOf: taken, at: 0)
                 state.releaseAfterCommit.insert(contentsOf: releasedEarlier, at: 0)
             }
