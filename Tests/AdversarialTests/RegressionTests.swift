@@ -48,4 +48,35 @@ import Testing
         #expect(unanchored.generation == pool.generation)
         #expect(unanchored.volumes.map(\.name) == ["vm"])
     }
+
+    /// A checkpoint that fails keeps the blocks it allocated for tree
+    /// nodes, the volume table and the pool object marked in use; the next
+    /// checkpoint writes them into the space map, so they are lost for good.
+    @Test func failedCheckpointLeaksItsAllocations() throws {
+        func freeAfterCreate(failFirst: Bool) throws -> (live: UInt64, reopened: UInt64) {
+            let device = HostileDevice(over: try MemoryBlockDevice(size: 16 << 20))
+            let pool = try Pool.format(storage: device, passphrase: testPassphrase, cost: testCost, anchor: nil).pool
+            try pool.createVolume(name: "a", size: 1 << 20)
+            let volume = try pool.volume(named: "a")
+            for block in UInt64(0)..<64 { try volume.writeBytes(at: block * 4096, blockContents(seed: block + 1)) }
+            try volume.flush()
+            if failFirst {
+                device.misbehaviour = .failRequests(probability: 1)
+                #expect(throws: PoolError.self) { try pool.createVolume(name: "b", size: 1 << 20) }
+                device.misbehaviour = .honest
+            }
+            try pool.createVolume(name: "b", size: 1 << 20)
+            try pool.close()
+            let reopened = try Pool.open(storage: device, secret: .passphrase(testPassphrase), anchor: nil)
+            return (pool.freeBlocks, reopened.freeBlocks)
+        }
+        let clean = try freeAfterCreate(failFirst: false)
+        let retried = try freeAfterCreate(failFirst: true)
+        // Known and reported, not yet fixed in Sources/CryptPool/Checkpoint.swift:
+        // when this starts passing, remove withKnownIssue.
+        withKnownIssue("a failed checkpoint leaks the blocks it allocated (reported to the lead)") {
+            #expect(retried.live == clean.live, "blocks leaked in memory by the failed checkpoint")
+            #expect(retried.reopened == clean.reopened, "blocks leaked on disk by the failed checkpoint")
+        }
+    }
 }

@@ -20,9 +20,9 @@ final class HostileSetup {
 
     init(
         written: UInt64 = 48, seed: UInt64 = 1, checkpointRecords: Int = 64, requestTimeout: Double = 1,
-        retryWindow: Double = 2
+        retryWindow: Double = 2, storageSize: UInt64 = 16 << 20
     ) throws {
-        storage = try HostileStorage(seed: seed)
+        storage = try HostileStorage(size: storageSize, seed: seed)
         remote = try storage.connect(requestTimeout: requestTimeout, retryWindow: retryWindow)
         anchorDirectory = try TemporaryDirectory("anchor")
         anchor = try FileTrustAnchor(directory: anchorDirectory.path)
