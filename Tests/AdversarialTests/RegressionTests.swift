@@ -40,7 +40,8 @@ import Testing
         if case .success(let again) = reopened {
             #expect(again.generation == pool.generation)
             #expect(again.verify().failures.isEmpty)
-            #expect(try again.volume(named: "vm").readBytes(at: 0, count: blockSize) == blockContents(seed: 1))
+            let intact = try again.volume(named: "vm").readBytes(at: 0, count: blockSize) == blockContents(seed: 1)
+            #expect(intact)
         }
         // Without an anchor the bug was worse: recovery fell back to the
         // format's superblock and the volume silently disappeared.
@@ -77,6 +78,72 @@ import Testing
         withKnownIssue("a failed checkpoint leaks the blocks it allocated (reported to the lead)") {
             #expect(retried.live == clean.live, "blocks leaked in memory by the failed checkpoint")
             #expect(retried.reopened == clean.reopened, "blocks leaked on disk by the failed checkpoint")
+        }
+    }
+
+    /// The superblock slots, as a block range.
+    static let superblockBlocks = PoolLayout.superblockSlots[0]..<(PoolLayout.superblockSlots.last! + 1)
+
+    /// A commit moves the pool's state forward before its superblock is
+    /// written. If that write fails, the consumer's FLUSH fails; but the
+    /// retried FLUSH finds nothing new to commit and succeeds without
+    /// writing any superblock. The writes it acknowledged are durable in
+    /// log blocks no durable superblock names, the anchor never moved, and
+    /// a restart silently opens the older state: acknowledged writes lost.
+    @Test func retriedFlushAfterFailedSuperblockWriteSucceedsWithoutOne() throws {
+        let device = HostileDevice(over: try MemoryBlockDevice(size: 16 << 20))
+        let anchor = MemoryTrustAnchor()
+        let pool = try Pool.format(storage: device, passphrase: testPassphrase, cost: testCost, anchor: anchor).pool
+        try pool.createVolume(name: "vm", size: 1 << 20)
+        let volume = try pool.volume(named: "vm")
+        try volume.writeBytes(at: 0, blockContents(seed: 1))
+        try volume.flush()
+
+        try volume.writeBytes(at: 0, blockContents(seed: 2))
+        device.failNext(.write, blocks: Self.superblockBlocks)
+        #expect(throws: BlockDeviceError.self) { try volume.flush() }
+        try volume.flush()
+
+        // The crypt domain restarts; the storage is honest and kept everything.
+        let reopened = try Pool.open(storage: device, secret: .passphrase(testPassphrase), anchor: anchor)
+        let bytes = try reopened.volume(named: "vm").readBytes(at: 0, count: blockSize)
+        let survived = bytes == blockContents(seed: 2)
+        #expect(survived, "the write a successful FLUSH covered must survive a restart")
+        #expect(reopened.generation == pool.generation)
+    }
+
+    /// A checkpoint moves the pool's state (and its current space map
+    /// region) forward before its superblock is written. If that write
+    /// fails, the durable superblock still names the other region, and
+    /// the next checkpoint overwrites exactly that region: until its own
+    /// superblock is durable, the only durable superblock names a space
+    /// map that is no longer there, and the pool cannot be opened.
+    @Test func checkpointAfterFailedSuperblockWriteOverwritesTheLiveRegion() throws {
+        let device = HostileDevice(over: try MemoryBlockDevice(size: 16 << 20))
+        let anchor = MemoryTrustAnchor()
+        let pool = try Pool.format(storage: device, passphrase: testPassphrase, cost: testCost, anchor: anchor).pool
+        try pool.createVolume(name: "vm", size: 1 << 20)
+        let volume = try pool.volume(named: "vm")
+        try volume.writeBytes(at: 0, blockContents(seed: 1))
+        try volume.flush()
+
+        // A checkpoint whose superblock write fails...
+        try volume.writeBytes(at: 4096, blockContents(seed: 2))
+        device.failNext(.write, blocks: Self.superblockBlocks)
+        #expect(throws: PoolError.self) { try pool.close() }
+        // ...then another one, which writes its space map region and fails
+        // at its superblock too (or the machine stops there).
+        try volume.writeBytes(at: 8192, blockContents(seed: 3))
+        device.failNext(.write, blocks: Self.superblockBlocks)
+        device.failNext(.write, blocks: Self.superblockBlocks)
+        #expect(throws: PoolError.self) { try pool.close() }
+
+        let reopened = Result { try Pool.open(storage: device, secret: .passphrase(testPassphrase), anchor: anchor) }
+        #expect(reopened.isSuccess, "honest storage that failed two writes: the pool must open, got \(reopened)")
+        if case .success(let again) = reopened {
+            #expect(again.verify().failures.isEmpty)
+            let intact = try again.volume(named: "vm").readBytes(at: 0, count: blockSize) == blockContents(seed: 1)
+            #expect(intact)
         }
     }
 }

@@ -47,6 +47,11 @@ enum Misbehaviour: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// A request kind, for one-shot faults.
+enum RequestKind: Sendable, Equatable {
+    case read, write, flush
+}
+
 /// A block device that misbehaves on purpose, for serving through the real
 /// `NBDServer` as a hostile storage domain. It wraps an honest memory
 /// device and remembers enough (the previous version of every block it saw
@@ -72,6 +77,8 @@ final class HostileDevice: BlockDevice {
         /// Writes not yet on the backing device, oldest first.
         var cache: [(offset: UInt64, bytes: [UInt8])] = []
         var stallsReleased = false
+        /// One-shot failures: the next request of the kind touching the blocks fails with EIO.
+        var oneShots: [(kind: RequestKind, blocks: Range<UInt64>)] = []
     }
 
     let backing: MemoryBlockDevice
@@ -98,6 +105,12 @@ final class HostileDevice: BlockDevice {
     var counters: Counters { state.withLock { $0.counters } }
 
     func resetCounters() { state.update { $0.counters = Counters() } }
+
+    /// Fails the next request of `kind` that touches `blocks` (any, for a
+    /// flush), once, with EIO, whatever the misbehaviour.
+    func failNext(_ kind: RequestKind, blocks: Range<UInt64> = 0..<UInt64.max) {
+        state.update { $0.oneShots.append((kind, blocks)) }
+    }
 
     /// Lets every stalled request go on, and stops stalling.
     func releaseStalls() {
@@ -135,7 +148,7 @@ final class HostileDevice: BlockDevice {
 
     func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockDeviceError) {
         try checkRange(offset, UInt64(buffer.count))
-        let mode = try begin { $0.reads += 1 }
+        let mode = try begin(.read, offset, UInt64(buffer.count)) { $0.reads += 1 }
         if mode == .stallReads { stall() }
         try state.withLock { (state) throws(BlockDeviceError) in
             try backing.read(at: offset, into: buffer)
@@ -179,7 +192,7 @@ final class HostileDevice: BlockDevice {
 
     func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer, fua: Bool) throws(BlockDeviceError) {
         try checkRange(offset, UInt64(buffer.count))
-        _ = try begin { $0.writes += 1 }
+        _ = try begin(.write, offset, UInt64(buffer.count)) { $0.writes += 1 }
         try state.withLock { (state) throws(BlockDeviceError) in
             switch state.misbehaviour {
             case .dropWrites:
@@ -194,7 +207,7 @@ final class HostileDevice: BlockDevice {
     }
 
     func flush() throws(BlockDeviceError) {
-        let mode = try begin { $0.flushes += 1 }
+        let mode = try begin(.flush, 0, 0) { $0.flushes += 1 }
         if mode == .stallFlushes { stall() }
         try state.withLock { (state) throws(BlockDeviceError) in
             guard state.misbehaviour == .reorderAcrossFlush, !state.cache.isEmpty else { return }
@@ -224,10 +237,18 @@ final class HostileDevice: BlockDevice {
 
     /// Counts the request; fails it if the scenario says so. Returns the
     /// misbehaviour in force.
-    private func begin(_ count: (inout Counters) -> Void) throws(BlockDeviceError) -> Misbehaviour {
+    private func begin(
+        _ kind: RequestKind, _ offset: UInt64, _ length: UInt64, _ count: (inout Counters) -> Void
+    ) throws(BlockDeviceError) -> Misbehaviour {
         try state.withLock { (state) throws(BlockDeviceError) -> Misbehaviour in
             state.counters.requests += 1
             count(&state.counters)
+            let touched = (offset / Self.unit)..<((offset + max(length, 1) + Self.unit - 1) / Self.unit)
+            if let shot = state.oneShots.firstIndex(where: { $0.kind == kind && (kind == .flush || $0.blocks.overlaps(touched)) }) {
+                state.oneShots.remove(at: shot)
+                state.counters.faults += 1
+                throw .io(operation: "hostile storage: injected one-shot \(kind) failure", errno: EIO)
+            }
             if case .failRequests(let probability) = state.misbehaviour, Double.random(in: 0..<1, using: &state.random) < probability {
                 state.counters.faults += 1
                 throw .io(operation: "hostile storage: injected failure", errno: EIO)

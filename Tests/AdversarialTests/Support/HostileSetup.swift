@@ -47,10 +47,13 @@ final class HostileSetup {
 
     /// Opens the pool again over a new connection, as a restarted crypt
     /// domain would, with `anchor` (the setup's own unless given).
-    func reopen(anchor: (any TrustAnchor)? = nil, retryWindow: Double = 2) -> Result<Pool, any Error> {
+    func reopen(
+        anchor: (any TrustAnchor)? = nil, retryWindow: Double = 2, configuration: PoolConfiguration = PoolConfiguration()
+    ) -> Result<Pool, any Error> {
         Result {
             let remote = try storage.connect(retryWindow: retryWindow)
-            return try Pool.open(storage: remote, secret: .passphrase(testPassphrase), anchor: anchor ?? self.anchor)
+            return try Pool.open(
+                storage: remote, secret: .passphrase(testPassphrase), anchor: anchor ?? self.anchor, configuration: configuration)
         }
     }
 
