@@ -13,6 +13,10 @@ extension Pool {
     func checkpoint(
         volumeTableChange: (inout [VolumeID: VolumeState], inout [PhysicalBlock]) throws(PoolError) -> Void = { _, _ in }
     ) throws(PoolError) {
+        // The space map region this checkpoint overwrites is the one the
+        // previous checkpoint did not use; that holds only once the newest
+        // superblock is durable, so a failed superblock write is retried first.
+        if let unsynced = state.withLock({ $0.unsyncedSuperblock }) { try writeSuperblock(unsynced) }
         let (taken, releasedEarlier, generation) = state.withLock { state in
             // A rollover in the middle would be harmless but is avoided so
             // one checkpoint seals under one session key.

@@ -39,6 +39,9 @@ extension Pool {
             // sit in the storage side's cache: they belong to no commit yet,
             // so there is nothing to make durable.
             state.withLock { $0.releaseAfterCommit.insert(contentsOf: releases, at: 0) }
+            // A superblock whose write failed is written again: until it is
+            // durable, neither are the writes it commits.
+            if let unsynced = state.withLock({ $0.unsyncedSuperblock }) { try writeSuperblock(unsynced) }
             return
         }
         let chunks = stride(from: 0, to: records.count, by: PoolLayout.logRecordsPerBlock).map {
@@ -94,9 +97,13 @@ extension Pool {
     /// Writes a superblock into its slot, makes it durable, and records its
     /// generation in the trust anchor.
     func writeSuperblock(_ superblock: Superblock) throws(PoolError) {
+        state.withLock { $0.unsyncedSuperblock = superblock }
         let slot = PoolLayout.superblockSlots[Int(superblock.generation % UInt64(PoolLayout.superblockSlots.count))]
         try writeBlocks(slot, superblock.block(mac: keys.mac(superblock.authenticatedBytes())))
         try flushStorage()
         try anchor?.record(pool: poolID, generation: superblock.generation)
+        state.withLock { state in
+            if state.unsyncedSuperblock?.generation == superblock.generation { state.unsyncedSuperblock = nil }
+        }
     }
 }

@@ -113,6 +113,11 @@ struct PoolState: Sendable {
     var volumeTable: [BlockPointer]
     var spaceMapRegion: Int
     var regions: [SpaceMapRegionImage]
+    /// The newest superblock while its write, flush or anchor record has not
+    /// succeeded: the state has moved on to it, but the storage may still
+    /// hold only the previous one. Written again before the next commit
+    /// reports success and before the next checkpoint.
+    var unsyncedSuperblock: Superblock?
 }
 
 struct VolumeSessionKey: Hashable, Sendable {
