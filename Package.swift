@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "NBDServer", targets: ["NBDServer"]),
         .library(name: "NBDClient", targets: ["NBDClient"]),
         .library(name: "BlockDevice", targets: ["BlockDevice"]),
+        .library(name: "PoolFormat", targets: ["PoolFormat"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

@@ -13,7 +13,10 @@ extension Pool {
     func checkpoint(
         volumeTableChange: (inout [VolumeID: VolumeState], inout [PhysicalBlock]) throws(PoolError) -> Void = { _, _ in }
     ) throws(PoolError) {
-        try checkNotPoisoned()
+        // The space map region this checkpoint overwrites is the one the
+        // previous checkpoint did not use; that holds only once the newest
+        // superblock is durable, so a failed superblock write is retried first.
+        if let unsynced = state.withLock({ $0.unsyncedSuperblock }) { try writeSuperblock(unsynced) }
         let (taken, releasedEarlier, generation) = state.withLock { state in
             // A rollover in the middle would be harmless but is avoided so
             // one checkpoint seals under one session key.
@@ -25,7 +28,14 @@ extension Pool {
         }
         var releases = releasedEarlier
         var writes: [(PhysicalBlock, [UInt8])] = []
-        var superblockStarted = false
+        // The region this checkpoint rewrites, until its blocks are durable:
+        // if the checkpoint fails before then, the region's blocks may hold
+        // anything, so its image must not be trusted by the next checkpoint.
+        var unsettledRegion: Int?
+        // Once the state has moved to this checkpoint, a failure leaves it
+        // there: its superblock is retried (unsyncedSuperblock), and the
+        // records it folded in must not be logged again over it.
+        var stateSwitched = false
         do throws(PoolError) {
             var volumes = state.withLock { $0.volumes }
             try volumeTableChange(&volumes, &releases)
@@ -72,6 +82,7 @@ extension Pool {
 
             // Space map: the state after this checkpoint is everything in use
             // now except what this checkpoint frees.
+            unsettledRegion = region
             let spaceMapRoot = try writeSpaceMap(region: region, excluding: Set(releases), generation: generation, writes: &writes)
 
             let object = PoolObject(
@@ -83,6 +94,7 @@ extension Pool {
 
             try writeScattered(writes)
             try flushStorage()
+            unsettledRegion = nil
 
             let superblock = Superblock(
                 poolID: poolID, generation: generation, anchorEpoch: 0, checkpointRoot: sealedObject.pointer, logHead: .null,
@@ -97,18 +109,18 @@ extension Pool {
                 state.logRecordCount = 0
                 state.spaceMapRegion = region
             }
-            superblockStarted = true
+            stateSwitched = true
             try writeSuperblock(superblock)
             state.withLock { state in for block in releases { state.space.release(block) } }
         } catch {
             state.withLock { state in
-                if superblockStarted {
-                    state.poisoned = "checkpoint \(generation) failed while writing its superblock: \(error)"
-                } else {
+                if let unsettledRegion { state.regions[unsettledRegion] = SpaceMapRegionImage(geometry: geometry) }
+                // After the switch, the blocks this checkpoint frees stay
+                // allocated until the pool is reopened: freeing them before
+                // its superblock is durable could hand out live blocks.
+                if !stateSwitched {
                     state.pending.insert(contentsOf: taken, at: 0)
                     state.releaseAfterCommit.insert(contentsOf: releasedEarlier, at: 0)
-                    // What the unused region holds is unknown now: rewrite it whole next time.
-                    state.regions[1 - state.spaceMapRegion] = SpaceMapRegionImage(geometry: geometry)
                 }
             }
             throw error

@@ -28,7 +28,6 @@ extension Pool {
     /// Appends the records since the last commit to the log and writes the
     /// next superblock (docs/format.md, section 7). Callers serialise commits.
     func commit() throws(PoolError) {
-        try checkNotPoisoned()
         let (records, releases, generation, previous, logSequence) = state.withLock { state in
             let taken = (state.pending, state.releaseAfterCommit, state.generation + 1, state.logHead, UInt64(state.logBlocks.count))
             state.pending = []
@@ -40,6 +39,9 @@ extension Pool {
             // sit in the storage side's cache: they belong to no commit yet,
             // so there is nothing to make durable.
             state.withLock { $0.releaseAfterCommit.insert(contentsOf: releases, at: 0) }
+            // A superblock whose write failed is written again: until it is
+            // durable, neither are the writes it commits.
+            if let unsynced = state.withLock({ $0.unsyncedSuperblock }) { try writeSuperblock(unsynced) }
             return
         }
         let chunks = stride(from: 0, to: records.count, by: PoolLayout.logRecordsPerBlock).map {
@@ -85,10 +87,6 @@ extension Pool {
         state.withLock { state in for block in releases { state.space.release(block) } }
     }
 
-    func checkNotPoisoned() throws(PoolError) {
-        if let reason = state.withLock({ $0.poisoned }) { throw .storage(.unavailable(reason + "; reopen the pool")) }
-    }
-
     private func restore(_ records: [LogRecord], _ releases: [PhysicalBlock]) {
         state.withLock { state in
             state.pending.insert(contentsOf: records, at: 0)
@@ -99,9 +97,13 @@ extension Pool {
     /// Writes a superblock into its slot, makes it durable, and records its
     /// generation in the trust anchor.
     func writeSuperblock(_ superblock: Superblock) throws(PoolError) {
+        state.withLock { $0.unsyncedSuperblock = superblock }
         let slot = PoolLayout.superblockSlots[Int(superblock.generation % UInt64(PoolLayout.superblockSlots.count))]
         try writeBlocks(slot, superblock.block(mac: keys.mac(superblock.authenticatedBytes())))
         try flushStorage()
         try anchor?.record(pool: poolID, generation: superblock.generation)
+        state.withLock { state in
+            if state.unsyncedSuperblock?.generation == superblock.generation { state.unsyncedSuperblock = nil }
+        }
     }
 }

@@ -113,10 +113,11 @@ struct PoolState: Sendable {
     var volumeTable: [BlockPointer]
     var spaceMapRegion: Int
     var regions: [SpaceMapRegionImage]
-    /// Set when a checkpoint's superblock write failed: what is durable is
-    /// then unknown, and writing on could overwrite the live space map
-    /// region, so every later change is refused until the pool is reopened.
-    var poisoned: String?
+    /// The newest superblock while its write, flush or anchor record has not
+    /// succeeded: the state has moved on to it, but the storage may still
+    /// hold only the previous one. Written again before the next commit
+    /// reports success and before the next checkpoint.
+    var unsyncedSuperblock: Superblock?
 }
 
 struct VolumeSessionKey: Hashable, Sendable {

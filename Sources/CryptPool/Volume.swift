@@ -235,7 +235,6 @@ public final class Volume: BlockDevice {
 
     /// Seals whole blocks into newly allocated places and maps them.
     private func writePlain(_ blocks: Range<UInt64>, _ plain: [UInt8]) throws(PoolError) {
-        try pool.checkNotPoisoned()
         let count = blocks.count
         let (locations, salt, firstCounter, sealer) = try pool.state.withLock {
             (state) throws(PoolError) -> ([PhysicalBlock], SessionSalt, UInt64, BlockSealer) in

@@ -1,0 +1,149 @@
+import BlockDevice
+import PoolFormat
+import Testing
+
+@testable import CryptPool
+
+/// One test per bug the adversarial harnesses found, named after the bug.
+@Suite(.serialized) struct RegressionTests {
+    /// A checkpoint whose storage writes fail has already recorded the
+    /// space map blocks it sealed as the region's contents
+    /// (`writeSpaceMap` updates `state.regions` before the writes are
+    /// sent). The next checkpoint into that region skips every bitmap
+    /// block whose contents did not change since, so the superblock ends
+    /// up naming bitmap blocks that never reached the storage: the pool
+    /// works until it is closed, then cannot be opened again. Needs a pool
+    /// with more than one bitmap block (over 128 MiB), so that one of them
+    /// is left unchanged between the two checkpoints.
+    @Test func failedCheckpointLeavesSpaceMapPointersToUnwrittenBlocks() throws {
+        let memory = try MemoryBlockDevice(size: 160 << 20)
+        let device = HostileDevice(over: memory)
+        let pool = try Pool.format(storage: device, passphrase: testPassphrase, cost: testCost, anchor: nil).pool
+        #expect(SpaceMapGeometry(blockCount: pool.blockCount).leafCount > 1)
+
+        // The first checkpoint into the second region fails at its first write...
+        device.misbehaviour = .failRequests(probability: 1)
+        #expect(throws: PoolError.self) { try pool.createVolume(name: "vm", size: 1 << 20) }
+        // ...and the retry succeeds.
+        device.misbehaviour = .honest
+        try pool.createVolume(name: "vm", size: 1 << 20)
+        let volume = try pool.volume(named: "vm")
+        try volume.writeBytes(at: 0, blockContents(seed: 1))
+        // A commit, not a checkpoint: the superblock keeps naming the retried checkpoint.
+        try volume.flush()
+
+        // With the anchor at the last commit: the bug made this an integrity
+        // failure on the space map bitmap block the failed attempt sealed.
+        let anchor = MemoryTrustAnchor(generation: pool.generation)
+        let reopened = Result { try Pool.open(storage: device, secret: .passphrase(testPassphrase), anchor: anchor) }
+        #expect(reopened.isSuccess, "honest storage after one failed write: the pool must reopen, got \(reopened)")
+        if case .success(let again) = reopened {
+            #expect(again.generation == pool.generation)
+            #expect(again.verify().failures.isEmpty)
+            let intact = try again.volume(named: "vm").readBytes(at: 0, count: blockSize) == blockContents(seed: 1)
+            #expect(intact)
+        }
+        // Without an anchor the bug was worse: recovery fell back to the
+        // format's superblock and the volume silently disappeared.
+        let unanchored = try Pool.open(storage: device, secret: .passphrase(testPassphrase), anchor: nil)
+        #expect(unanchored.generation == pool.generation)
+        #expect(unanchored.volumes.map(\.name) == ["vm"])
+    }
+
+    /// A checkpoint that fails keeps the blocks it allocated for tree
+    /// nodes, the volume table and the pool object marked in use; the next
+    /// checkpoint writes them into the space map, so they are lost for good.
+    @Test func failedCheckpointLeaksItsAllocations() throws {
+        func freeAfterCreate(failFirst: Bool) throws -> (live: UInt64, reopened: UInt64) {
+            let device = HostileDevice(over: try MemoryBlockDevice(size: 16 << 20))
+            let pool = try Pool.format(storage: device, passphrase: testPassphrase, cost: testCost, anchor: nil).pool
+            try pool.createVolume(name: "a", size: 1 << 20)
+            let volume = try pool.volume(named: "a")
+            for block in UInt64(0)..<64 { try volume.writeBytes(at: block * 4096, blockContents(seed: block + 1)) }
+            try volume.flush()
+            if failFirst {
+                device.misbehaviour = .failRequests(probability: 1)
+                #expect(throws: PoolError.self) { try pool.createVolume(name: "b", size: 1 << 20) }
+                device.misbehaviour = .honest
+            }
+            try pool.createVolume(name: "b", size: 1 << 20)
+            try pool.close()
+            let reopened = try Pool.open(storage: device, secret: .passphrase(testPassphrase), anchor: nil)
+            return (pool.freeBlocks, reopened.freeBlocks)
+        }
+        let clean = try freeAfterCreate(failFirst: false)
+        let retried = try freeAfterCreate(failFirst: true)
+        // Known and reported, not yet fixed in Sources/CryptPool/Checkpoint.swift:
+        // when this starts passing, remove withKnownIssue.
+        withKnownIssue("a failed checkpoint leaks the blocks it allocated (reported to the lead)") {
+            #expect(retried.live == clean.live, "blocks leaked in memory by the failed checkpoint")
+            #expect(retried.reopened == clean.reopened, "blocks leaked on disk by the failed checkpoint")
+        }
+    }
+
+    /// The superblock slots, as a block range.
+    static let superblockBlocks = PoolLayout.superblockSlots[0]..<(PoolLayout.superblockSlots.last! + 1)
+
+    /// A commit moves the pool's state forward before its superblock is
+    /// written. If that write fails, the consumer's FLUSH fails; but the
+    /// retried FLUSH finds nothing new to commit and succeeds without
+    /// writing any superblock. The writes it acknowledged are durable in
+    /// log blocks no durable superblock names, the anchor never moved, and
+    /// a restart silently opens the older state: acknowledged writes lost.
+    @Test func retriedFlushAfterFailedSuperblockWriteSucceedsWithoutOne() throws {
+        let device = HostileDevice(over: try MemoryBlockDevice(size: 16 << 20))
+        let anchor = MemoryTrustAnchor()
+        let pool = try Pool.format(storage: device, passphrase: testPassphrase, cost: testCost, anchor: anchor).pool
+        try pool.createVolume(name: "vm", size: 1 << 20)
+        let volume = try pool.volume(named: "vm")
+        try volume.writeBytes(at: 0, blockContents(seed: 1))
+        try volume.flush()
+
+        try volume.writeBytes(at: 0, blockContents(seed: 2))
+        device.failNext(.write, blocks: Self.superblockBlocks)
+        #expect(throws: BlockDeviceError.self) { try volume.flush() }
+        try volume.flush()
+
+        // The crypt domain restarts; the storage is honest and kept everything.
+        let reopened = try Pool.open(storage: device, secret: .passphrase(testPassphrase), anchor: anchor)
+        let bytes = try reopened.volume(named: "vm").readBytes(at: 0, count: blockSize)
+        let survived = bytes == blockContents(seed: 2)
+        #expect(survived, "the write a successful FLUSH covered must survive a restart")
+        #expect(reopened.generation == pool.generation)
+    }
+
+    /// A checkpoint moves the pool's state (and its current space map
+    /// region) forward before its superblock is written. If that write
+    /// fails, the durable superblock still names the other region, and
+    /// the next checkpoint overwrites exactly that region: until its own
+    /// superblock is durable, the only durable superblock names a space
+    /// map that is no longer there, and the pool cannot be opened.
+    @Test func checkpointAfterFailedSuperblockWriteOverwritesTheLiveRegion() throws {
+        let device = HostileDevice(over: try MemoryBlockDevice(size: 16 << 20))
+        let anchor = MemoryTrustAnchor()
+        let pool = try Pool.format(storage: device, passphrase: testPassphrase, cost: testCost, anchor: anchor).pool
+        try pool.createVolume(name: "vm", size: 1 << 20)
+        let volume = try pool.volume(named: "vm")
+        try volume.writeBytes(at: 0, blockContents(seed: 1))
+        try volume.flush()
+
+        // A checkpoint whose superblock write fails...
+        try volume.writeBytes(at: 4096, blockContents(seed: 2))
+        device.failNext(.write, blocks: Self.superblockBlocks)
+        #expect(throws: PoolError.self) { try pool.close() }
+        // ...then another one, which writes its space map region and fails
+        // at its superblock too (or the machine stops there).
+        try volume.writeBytes(at: 8192, blockContents(seed: 3))
+        device.failNext(.write, blocks: Self.superblockBlocks)
+        device.failNext(.write, blocks: Self.superblockBlocks)
+        #expect(throws: PoolError.self) { try pool.close() }
+
+        let reopened = Result { try Pool.open(storage: device, secret: .passphrase(testPassphrase), anchor: anchor) }
+        #expect(reopened.isSuccess, "honest storage that failed two writes: the pool must open, got \(reopened)")
+        if case .success(let again) = reopened {
+            #expect(again.verify().failures.isEmpty)
+            let intact = try again.volume(named: "vm").readBytes(at: 0, count: blockSize) == blockContents(seed: 1)
+            #expect(intact)
+        }
+    }
+}
