@@ -113,25 +113,23 @@ extension Pool {
                 records += 1
                 switch record {
                 case .map(let volumeID, let logical, let target):
-                    guard var volume = volumes[volumeID], logical.rawValue < volume.blockCount else {
+                    // No copy of the volume state may be held while its overlay changes.
+                    guard let volumeBlocks = volumes[volumeID]?.blockCount, logical.rawValue < volumeBlocks else {
                         throw .malformed("log maps block \(logical) of volume \(volumeID), which does not exist")
                     }
                     guard target.block >= geometry.firstAllocatable, target.block < blockCount else {
                         throw .malformed("log maps to physical block \(target.block), outside the pool")
                     }
+                    // In place: copying the volume state would copy its overlay per record.
+                    let previous = volumes[volumeID]!.overlay.mapped.updateValue(target, forKey: logical.rawValue)
                     // A block written and rewritten within the log is free in this state.
-                    if let previous = volume.overlay.mapped[logical.rawValue], !previous.isNull, previous.block != target.block {
-                        space.release(previous.block)
-                    }
-                    volume.overlay.mapped[logical.rawValue] = target
+                    if let previous, !previous.isNull, previous.block != target.block { space.release(previous.block) }
                     space.markUsed(target.block)
-                    volumes[volumeID] = volume
                 case .unmap(let volumeID, let start, let count):
-                    guard var volume = volumes[volumeID], count <= volume.blockCount, start.rawValue <= volume.blockCount - count else {
+                    guard let volumeBlocks = volumes[volumeID]?.blockCount, count <= volumeBlocks, start.rawValue <= volumeBlocks - count else {
                         throw .malformed("log unmaps blocks \(start)+\(count) of volume \(volumeID), outside it")
                     }
-                    for dropped in volume.overlay.unmap(start.rawValue..<(start.rawValue + count)) { space.release(dropped) }
-                    volumes[volumeID] = volume
+                    for dropped in volumes[volumeID]!.overlay.unmap(start.rawValue..<(start.rawValue + count)) { space.release(dropped) }
                 }
             }
         }

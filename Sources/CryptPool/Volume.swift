@@ -161,9 +161,8 @@ public final class Volume: BlockDevice {
         try pool.gate.withShared { () throws(PoolError) in
             try pool.ranges.withLock(key: id.rawValue, range: blocks) { () throws(PoolError) in
                 try pool.state.withLock { (state) throws(PoolError) in
-                    guard var volume = state.volumes[id] else { throw .noSuchVolume(name) }
-                    state.releaseAfterCommit += volume.overlay.unmap(blocks)
-                    state.volumes[id] = volume
+                    guard state.volumes[id] != nil else { throw .noSuchVolume(name) }
+                    state.releaseAfterCommit += state.volumes[id]!.overlay.unmap(blocks)
                     state.pending.append(
                         .unmap(volume: id, start: LogicalBlock(blocks.lowerBound), count: UInt64(blocks.count)))
                 }
@@ -261,15 +260,14 @@ public final class Volume: BlockDevice {
             throw error
         }
         try pool.state.withLock { (state) throws(PoolError) in
-            guard var volume = state.volumes[id] else { throw .noSuchVolume(name) }
+            guard state.volumes[id] != nil else { throw .noSuchVolume(name) }
+            // Mutated in place: a copy of the volume state would copy its
+            // whole overlay on every write.
             for (index, logical) in blocks.enumerated() {
-                if let previous = volume.overlay.mapped[logical], !previous.isNull {
-                    state.releaseAfterCommit.append(previous.block)
-                }
-                volume.overlay.mapped[logical] = pointers[index]
+                let previous = state.volumes[id]!.overlay.mapped.updateValue(pointers[index], forKey: logical)
+                if let previous, !previous.isNull { state.releaseAfterCommit.append(previous.block) }
                 state.pending.append(.map(volume: id, block: LogicalBlock(logical), pointer: pointers[index]))
             }
-            state.volumes[id] = volume
         }
     }
 
