@@ -146,4 +146,24 @@ import Testing
             #expect(intact)
         }
     }
+
+    /// Found by fuzz-pool-format: a volume table record whose name is not
+    /// UTF-8 decoded with replacement characters, so encoding the decoded
+    /// block gave other bytes (a longer name, cut at 64 bytes) and a
+    /// checkpoint would have renamed the volume. Names are validated when
+    /// volumes are created, so only a bug or a forged table could carry one;
+    /// the decoder now refuses them.
+    @Test func volumeTableNameThatIsNotUTF8ChangesInARoundTrip() {
+        var block = [UInt8](repeating: 0, count: blockSize)
+        block[0] = 1  // volume id 1
+        block[9] = 0x10  // size 4096 << 8 = 1 MiB
+        block[18] = 40  // name length: 40 bytes that are not UTF-8
+        for index in 24..<64 { block[index] = 0xAE }
+        let decoded = Result { try VolumeTableBlock(decoding: block) }
+        if case .success(let table) = decoded {
+            let again = try? VolumeTableBlock(decoding: table.encoded())
+            #expect(again == table, "a decoded table must encode to the same table")
+        }
+        #expect(!decoded.isSuccess, "a name that is not UTF-8 must not decode")
+    }
 }
