@@ -72,9 +72,14 @@ public struct VolumeTableBlock: Sendable, Hashable {
             guard size % UInt64(PoolLayout.blockSize) == 0 else {
                 throw .fieldOutOfRange(structure: "volume table", field: "size", value: size)
             }
+            // Decoding with replacement characters would change the name
+            // the next time the table is written.
+            guard let name = String(validating: reader.slice(offset + 24, nameLength), as: UTF8.self) else {
+                throw .fieldOutOfRange(structure: "volume table", field: "name that is not UTF-8, length", value: UInt64(nameLength))
+            }
             volumes.append(
                 VolumeRecord(
-                    id: VolumeID(rawValue: id), name: String(decoding: reader.slice(offset + 24, nameLength), as: UTF8.self),
+                    id: VolumeID(rawValue: id), name: name,
                     size: size, depth: depth, root: try BlockPointer(reader: reader, at: offset + 88),
                     key: reader.slice(offset + 152, 32)))
         }

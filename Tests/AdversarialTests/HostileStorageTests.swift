@@ -1,4 +1,5 @@
 import BlockDevice
+import Foundation
 import PoolFormat
 import Testing
 import Threads
@@ -11,6 +12,9 @@ import Threads
 /// ever returns data other than what was written, that nothing crashes and
 /// that every wait ends within seconds.
 @Suite(.serialized) struct HostileStorageTests {
+    /// Rounds of the randomised scenarios; `HOSTILE_ROUNDS` raises it for longer runs.
+    static let rounds = max(1, Int(ProcessInfo.processInfo.environment["HOSTILE_ROUNDS"] ?? "") ?? 1)
+
     @Test func flipBitsInEveryRead() {
         scenario("flip bits in every read", expected: "error to the consumer, refusal at open, reads correct once honest") { run in
             let setup = try HostileSetup()
@@ -187,7 +191,7 @@ import Threads
             var opened = 0
             var scrubFailures = 0
             var tally = ReadTally()
-            for seed in UInt64(10)..<16 {
+            for seed in UInt64(10)..<UInt64(10 + 6 * Self.rounds) {
                 let setup = try HostileSetup(written: 24, seed: seed)
                 setup.storage.device.misbehaviour = .reorderAcrossFlush
                 for round in UInt64(0)..<3 {
@@ -211,7 +215,7 @@ import Threads
                 tally.failed += setup.consumer.tally.failed
                 tally.wrong += setup.consumer.tally.wrong
             }
-            run.observe("6 runs: \(refused) opens refused, \(opened) opened with \(scrubFailures) blocks failing the scrub")
+            run.observe("\(6 * Self.rounds) runs: \(refused) opens refused, \(opened) opened with \(scrubFailures) blocks failing the scrub")
             run.tally = tally
         }
     }
@@ -247,32 +251,37 @@ import Threads
             // and a failed checkpoint can leave some of them unchanged.
             // The crypt domain restarts first: in a new session the first
             // checkpoint into each space map region rewrites all of it.
-            let setup = try HostileSetup(seed: 20 + UInt64(probability * 100), checkpointRecords: 16, storageSize: 160 << 20)
-            let restarted = try setup.reopen(configuration: PoolConfiguration(checkpointRecords: 16)).get()
-            _ = try setup.consumer(of: restarted)
-            setup.storage.device.misbehaviour = .failRequests(probability: probability)
-            var random = SeededRandom(seed: UInt64(probability * 100))
             var failures = 0
-            func retry(_ body: () throws(BlockDeviceError) -> Void) throws {
-                for _ in 0..<50 {
-                    do throws(BlockDeviceError) { return try body() } catch { failures += 1 }
+            for round in 0..<Self.rounds {
+                let seed = UInt64(probability * 100) + UInt64(round) * 1000
+                let setup = try HostileSetup(seed: 20 + seed, checkpointRecords: 16, storageSize: 160 << 20)
+                let restarted = try setup.reopen(configuration: PoolConfiguration(checkpointRecords: 16)).get()
+                _ = try setup.consumer(of: restarted)
+                setup.storage.device.misbehaviour = .failRequests(probability: probability)
+                var random = SeededRandom(seed: seed)
+                func retry(_ body: () throws(BlockDeviceError) -> Void) throws {
+                    for _ in 0..<50 {
+                        do throws(BlockDeviceError) { return try body() } catch { failures += 1 }
+                    }
+                    throw BlockDeviceError.io(operation: "retried 50 times", errno: 5)
                 }
-                throw BlockDeviceError.io(operation: "retried 50 times", errno: 5)
+                for step in UInt64(0)..<80 {
+                    let block = UInt64.random(in: 0..<64, using: &random)
+                    try retry { () throws(BlockDeviceError) in try setup.consumer.write(block, seed: 30_000 + step) }
+                    if step % 8 == 7 { try retry { () throws(BlockDeviceError) in try setup.consumer.flush() } }
+                    if step % 4 == 3 { setup.consumer.check(UInt64.random(in: 0..<64, using: &random)) }
+                }
+                try retry { () throws(BlockDeviceError) in try setup.consumer.flush() }
+                setup.storage.device.misbehaviour = .honest
+                let honest = setup.consumer.checkAll(0..<64)
+                run.require(honest.correct == 64, "round \(round): once honest, every read must succeed: \(honest)")
+                try checkReopens(setup, run)
+                run.tally.correct += setup.consumer.tally.correct
+                run.tally.failed += setup.consumer.tally.failed
+                run.tally.wrong += setup.consumer.tally.wrong
             }
-            for step in UInt64(0)..<80 {
-                let block = UInt64.random(in: 0..<64, using: &random)
-                try retry { () throws(BlockDeviceError) in try setup.consumer.write(block, seed: 30_000 + step) }
-                if step % 8 == 7 { try retry { () throws(BlockDeviceError) in try setup.consumer.flush() } }
-                if step % 4 == 3 { setup.consumer.check(UInt64.random(in: 0..<64, using: &random)) }
-            }
-            try retry { () throws(BlockDeviceError) in try setup.consumer.flush() }
-            run.observe("\(failures) operations failed and were retried")
+            run.observe("\(Self.rounds) round(s), \(failures) operations failed and were retried")
             run.require(failures > 0, "some operations should have failed")
-            setup.storage.device.misbehaviour = .honest
-            let honest = setup.consumer.checkAll(0..<64)
-            run.require(honest.correct == 64, "once honest, every read must succeed: \(honest)")
-            try checkReopens(setup, run)
-            run.tally = setup.consumer.tally
         }
     }
 

@@ -106,6 +106,66 @@ final class WireSetup {
         }
     }
 
+    static let writeFaults: [WireFault] = [
+        .shortReply, .oversizedReply, .duplicatedReply, .unsolicitedReply, .closeMidReply, .garbage, .silence,
+    ]
+
+    /// The same faults on replies to WRITE and FLUSH. The storage has
+    /// carried out each request before its reply breaks; the client resends
+    /// it on a new connection, so what matters is that every write the
+    /// consumer flushed is on the storage afterwards.
+    @Test(arguments: writeFaults)
+    func brokenWriteAndFlushReplies(fault: WireFault) throws {
+        let setup = try WireSetup()
+        /// Opens the storage's contents directly and checks every block.
+        func checkStorage(_ run: ScenarioRun) throws {
+            let direct = try Pool.open(storage: setup.memory, secret: .passphrase(testPassphrase), anchor: nil)
+            run.require(direct.verify().failures.isEmpty, "the storage's pool must scrub clean")
+            setup.consumer.volume = try direct.volume(named: "vm")
+            let reads = setup.consumer.checkAll(0..<64, .afterReopen)
+            run.require(reads.correct == 64, "every flushed write must be on the storage: \(reads)")
+        }
+        scenario(
+            "wire: \(fault) to WRITE and to FLUSH, once each", expected: "retry that succeeds; every flushed write on the storage"
+        ) { run in
+            _ = try setup.open(structured: true)
+            setup.storage.arm(fault, budget: 1, commands: [.write])
+            for block in UInt64(40)..<48 { try setup.consumer.write(block, seed: 90_000 + block) }
+            setup.storage.arm(fault, budget: 1, commands: [.flush])
+            try setup.consumer.flush()
+            run.require(setup.storage.injected == 2, "two faults should have been injected, were \(setup.storage.injected)")
+            run.observe("\(setup.storage.connections) connections")
+            try checkStorage(run)
+            run.tally = setup.consumer.tally
+        }
+        let answersFirst = fault == .duplicatedReply || fault == .oversizedReply
+        let before = setup.consumer.tally
+        scenario(
+            "wire: \(fault) to every WRITE",
+            expected: answersFirst
+                ? "writes succeed from the first reply, the connection dropped at the stray bytes; all flushed writes on the storage"
+                : "the write fails within the retry window; retried once the storage behaves; all flushed writes on the storage"
+        ) { run in
+            _ = try setup.open(structured: true)
+            setup.storage.arm(fault, budget: .max, commands: [.write])
+            let start = monotonicSeconds()
+            let written = Result { () throws(BlockDeviceError) in try setup.consumer.write(50, seed: 95_000) }
+            let waited = monotonicSeconds() - start
+            run.require(written.isSuccess == answersFirst, "the write should \(answersFirst ? "succeed" : "fail"), got \(written)")
+            run.require(waited < 6, "the write must end within seconds, took \(waited) s")
+            run.observe("the write ended after \((waited * 10).rounded() / 10) s")
+            setup.storage.arm(.none, budget: 0)
+            try setup.consumer.write(50, seed: 95_001)
+            try setup.consumer.flush()
+            try checkStorage(run)
+            var tally = setup.consumer.tally
+            tally.correct -= before.correct
+            tally.failed -= before.failed
+            tally.wrong -= before.wrong
+            run.tally = tally
+        }
+    }
+
     @Test func errorReplyWithMessage() {
         scenario("wire: EIO error reply with a long message", expected: "error to the consumer, then success") { run in
             let setup = try WireSetup()

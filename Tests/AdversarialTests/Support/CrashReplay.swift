@@ -8,7 +8,7 @@ import PoolFormat
 
 /// Where the machine stops: after the first `index` recorded operations.
 /// Writes issued after the last completed flush sit in a volatile cache;
-/// `cacheSeed` picks which 4 KiB blocks of them reached the disk (nil:
+/// `cacheSeed` picks which 512-byte sectors of them reached the disk (nil:
 /// none did).
 struct CrashPoint: CustomStringConvertible {
     var index: Int
@@ -107,14 +107,19 @@ final class CrashReplayer {
         return image
     }
 
-    /// Applies a write or zeroing; with `keep`, only the 4 KiB blocks it
-    /// chooses (a disk persisting sectors of a cached write independently).
+    /// Sectors a cached write may be torn into.
+    static let sectorSize = 512
+
+    /// Applies a write or zeroing; with `keep`, only the 512-byte sectors it
+    /// chooses (a disk persisting sectors of a cached write independently,
+    /// so even a single 4 KiB block may be torn).
     private func apply(_ operation: RecordedOperation, to image: inout [UInt8], keep: (() -> Bool)?) {
         switch operation {
         case .write(let offset, let bytes):
+            let unit = keep == nil ? bytes.count : Self.sectorSize
             var position = 0
             while position < bytes.count {
-                let length = min(blockSize - Int((offset + UInt64(position)) % UInt64(blockSize)), bytes.count - position)
+                let length = min(unit - Int((offset + UInt64(position)) % UInt64(unit)), bytes.count - position)
                 if keep?() ?? true {
                     let target = Int(offset) + position
                     image.replaceSubrange(target..<(target + length), with: bytes[position..<(position + length)])

@@ -24,6 +24,9 @@ enum Misbehaviour: Sendable, Equatable, CustomStringConvertible {
     /// Writes go to a cache; each FLUSH writes back a random subset of it in
     /// random order and keeps the rest for later (or never).
     case reorderAcrossFlush
+    /// An honest volatile write cache: FLUSH writes it all back; a crash
+    /// (`loseVolatileState()`) loses what was not flushed yet.
+    case writeBackCache
     /// Each request fails with EIO with this probability (1: every request).
     case failRequests(probability: Double)
     /// Reads never complete until `releaseStalls()`.
@@ -40,6 +43,7 @@ enum Misbehaviour: Sendable, Equatable, CustomStringConvertible {
         case .dropWrites: "drop writes"
         case .volatileCache: "acknowledge FLUSH without persisting"
         case .reorderAcrossFlush: "reorder writes across FLUSH"
+        case .writeBackCache: "an honest write-back cache"
         case .failRequests(let probability): "EIO (p=\(probability))"
         case .stallReads: "stall reads forever"
         case .stallFlushes: "stall FLUSH forever"
@@ -197,9 +201,8 @@ final class HostileDevice: BlockDevice {
             switch state.misbehaviour {
             case .dropWrites:
                 state.counters.faults += 1
-            case .volatileCache, .reorderAcrossFlush:
+            case .volatileCache, .reorderAcrossFlush, .writeBackCache:
                 state.cache.append((offset, Array(buffer)))
-                state.counters.faults += 1
             default:
                 try store(offset, Array(buffer), &state)
             }
@@ -210,6 +213,10 @@ final class HostileDevice: BlockDevice {
         let mode = try begin(.flush, 0, 0) { $0.flushes += 1 }
         if mode == .stallFlushes { stall() }
         try state.withLock { (state) throws(BlockDeviceError) in
+            if state.misbehaviour == .writeBackCache {
+                for entry in state.cache { try store(entry.offset, entry.bytes, &state) }
+                state.cache = []
+            }
             guard state.misbehaviour == .reorderAcrossFlush, !state.cache.isEmpty else { return }
             // Write back a random subset, in random order; keep the rest.
             var chosen: [Int] = []

@@ -17,19 +17,32 @@ final class HostileStorage {
     let directory: TemporaryDirectory
     let memory: MemoryBlockDevice
     let device: HostileDevice
-    let server: NBDServer
+    private(set) var server: NBDServer
     let address: SocketAddress
 
     init(size: UInt64 = 16 << 20, seed: UInt64 = 1) throws {
         directory = try TemporaryDirectory("hostile")
         memory = try MemoryBlockDevice(size: size)
         device = HostileDevice(over: memory, seed: seed)
-        server = try NBDServer(
+        address = .unix(path: directory.file("storage.sock"))
+        server = try Self.serve(device, at: address)
+    }
+
+    private static func serve(_ device: HostileDevice, at address: SocketAddress) throws -> NBDServer {
+        let server = try NBDServer(
             exports: [NBDExport(name: "pool", device: device)], defaultExport: "pool",
             configuration: NBDServerConfiguration(handshakeTimeout: 5, replyTimeout: 5, shutdownTimeout: 3),
             logger: quietLogger("hostile-storage"))
-        address = .unix(path: directory.file("storage.sock"))
         server.start([try Listener(binding: address)])
+        return server
+    }
+
+    /// The storage domain crashes and comes back on the same socket: every
+    /// connection is cut and, with `losingCache`, writes not yet flushed are gone.
+    func restart(losingCache: Bool) throws {
+        server.shutdown()
+        if losingCache { device.loseVolatileState() }
+        server = try Self.serve(device, at: address)
     }
 
     /// The crypt domain's view of this storage: a remote device with short

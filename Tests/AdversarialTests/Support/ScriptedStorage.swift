@@ -44,11 +44,12 @@ enum WireFault: Sendable, Equatable, CustomStringConvertible {
 
 /// A storage domain written by hand at the wire level: a correct handshake
 /// (ServerHandshake), requests decoded with RequestDecoder and served from
-/// a memory device, and READ replies broken on purpose by `fault`, for
-/// `budget` replies (then honest again).
+/// a memory device, and replies to the armed commands (READ by default)
+/// broken on purpose by `fault`, for `budget` replies (then honest again).
 final class ScriptedStorage: Sendable {
     private struct State {
         var fault: WireFault = .none
+        var commands: Set<Command> = [.read]
         var budget = 0
         var injected = 0
         var connections = 0
@@ -75,11 +76,12 @@ final class ScriptedStorage: Sendable {
         startThread { [self] in acceptLoop() }
     }
 
-    /// Breaks the next `budget` READ replies with `fault`.
-    func arm(_ fault: WireFault, budget: Int = 1) {
+    /// Breaks the next `budget` replies to `commands` with `fault`.
+    func arm(_ fault: WireFault, budget: Int = 1, commands: Set<Command> = [.read]) {
         state.update { state in
             state.fault = fault
             state.budget = budget
+            state.commands = commands
         }
     }
 
@@ -152,15 +154,15 @@ final class ScriptedStorage: Sendable {
     /// Serves one request; false once the connection should end.
     private func answer(_ request: IncomingRequest, structured: Bool, on socket: Socket) -> Bool {
         let header = request.header
+        let fault = state.update { state -> WireFault in
+            guard state.budget > 0, state.fault != .none, state.commands.contains(header.command) else { return .none }
+            state.budget -= 1
+            state.injected += 1
+            return state.fault
+        }
         var failed = false
         switch header.command {
         case .read:
-            let fault = state.update { state -> WireFault in
-                guard state.budget > 0, state.fault != .none else { return .none }
-                state.budget -= 1
-                state.injected += 1
-                return state.fault
-            }
             let data: [UInt8]
             do { data = try device.readBytes(at: header.offset, count: Int(header.length)) } catch {
                 return send(ReplyEncoder.completion(cookie: header.cookie, error: .ioError, command: .read, structured: structured), socket)
@@ -173,9 +175,35 @@ final class ScriptedStorage: Sendable {
         default:
             break
         }
-        return send(
-            ReplyEncoder.completion(cookie: header.cookie, error: failed ? .ioError : nil, command: header.command, structured: structured),
-            socket)
+        let honest = ReplyEncoder.completion(
+            cookie: header.cookie, error: failed ? .ioError : nil, command: header.command, structured: structured)
+        switch fault {
+        case .none, .misplacedChunk:
+            return send(honest, socket)
+        case .shortReply:
+            return send(Array(honest.prefix(honest.count / 2)), socket)
+        case .oversizedReply:
+            return send(honest + [UInt8](repeating: 0x5A, count: 64), socket)
+        case .duplicatedReply:
+            return send(honest + honest, socket)
+        case .unsolicitedReply:
+            return send(
+                ReplyEncoder.completion(cookie: header.cookie &+ 0x5EED, error: nil, command: header.command, structured: structured)
+                    + honest, socket)
+        case .closeMidReply:
+            _ = send(Array(honest.prefix(honest.count / 2)), socket)
+            return false
+        case .garbage:
+            var random = SeededRandom(seed: header.cookie)
+            return send((0..<honest.count).map { _ in UInt8.random(in: 0...255, using: &random) }, socket)
+        case .silence:
+            return true
+        case .errorReply:
+            return send(
+                ReplyEncoder.completion(
+                    cookie: header.cookie, error: .ioError, message: "hostile storage says no", command: header.command,
+                    structured: structured), socket)
+        }
     }
 
     private func sendRead(_ header: RequestHeader, _ data: [UInt8], structured: Bool, fault: WireFault, on socket: Socket) -> Bool {
