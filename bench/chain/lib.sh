@@ -1,0 +1,57 @@
+# bench/chain/lib.sh - shared helpers for the Bulkhead chain benchmarks.
+# Sourced by bench/chain.sh, bench/wa.sh, bench/chain/peer-server.sh and
+# bench/chain/profile.sh. Needs BH_BIN (directory with the release binaries).
+
+: "${BH_BIN:?BH_BIN must name the directory holding bulkhead, bulkhead-storaged and bulkhead-cryptd}"
+BH_PASSPHRASE=${BH_PASSPHRASE:-bulkhead-chain-bench-passphrase}
+BH_SCRYPT_LOG2N=${BH_SCRYPT_LOG2N:-12}
+
+bh_log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+# bh_wait_nbd URI [seconds [PID]]: wait until an NBD server answers on URI
+# (gives up early if process PID has exited).
+bh_wait_nbd() {
+  local uri=$1 limit=${2:-60} pid=${3:-} i
+  for ((i = 0; i < limit * 20; i++)); do
+    nbdinfo --size "$uri" >/dev/null 2>&1 && return 0
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then bh_log "server pid $pid exited before answering on $uri"; return 1; fi
+    sleep 0.05
+  done
+  bh_log "no NBD server answered on $uri within ${limit}s"
+  return 1
+}
+
+# bh_wait_gone PID [seconds]: wait until process PID has exited (not a child: polls /proc).
+bh_wait_gone() {
+  local pid=$1 limit=${2:-30} i
+  for ((i = 0; i < limit * 20; i++)); do
+    [ -e "/proc/$pid" ] || return 0
+    grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+# bh_pool_bytes VOLUME_BYTES FACTOR_PERCENT EXTRA_MIB: pool image size, a multiple of 4096.
+bh_pool_bytes() {
+  local v=$1 pct=$2 extra=$3
+  echo $(( (v / 100 * pct + extra * 1048576) / 4096 * 4096 ))
+}
+
+# bh_keyfile FILE: writes the benchmark passphrase (mode 0600).
+bh_keyfile() { ( umask 077; printf '%s' "$BH_PASSPHRASE" > "$1" ); }
+
+# bh_format STORAGE KEY STATE: formats a pool (fast scrypt; benchmarks only).
+bh_format() {
+  "$BH_BIN/bulkhead" format "$1" --key-file "$2" --scrypt-log2n "$BH_SCRYPT_LOG2N" --state-dir "$3" \
+    --recovery-key-out "$3/recovery.key" >/dev/null
+}
+
+# bh_create STORAGE KEY STATE NAME BYTES
+bh_create() {
+  "$BH_BIN/bulkhead" volume create "$1" "$4" --size "$5" --key-file "$2" --state-dir "$3" >/dev/null
+}
+
+# bh_vmhwm PID: peak RSS in KiB, bh_vmrss PID: current RSS in KiB.
+bh_vmhwm() { awk '/^VmHWM:/{print $2}' "/proc/$1/status" 2>/dev/null; }
+bh_vmrss() { awk '/^VmRSS:/{print $2}' "/proc/$1/status" 2>/dev/null; }
