@@ -27,3 +27,17 @@ func magic(_ text: StaticString) -> UInt64 {
     }
     return value
 }
+
+/// Checks the frame every versioned block shares: a whole block, the
+/// structure's magic in bytes 0..<8 and the format version in bytes 8..<10.
+func framedReader(_ block: [UInt8], structure: String, magic expected: UInt64) throws(FormatError) -> ByteReader {
+    guard block.count == PoolLayout.blockSize else {
+        throw .wrongSize(structure: structure, expected: PoolLayout.blockSize, found: block.count)
+    }
+    let reader = ByteReader(bytes: block)
+    let found = reader.get(UInt64.self, at: 0)
+    guard found == expected else { throw .badMagic(structure: structure, found: found) }
+    let version = reader.get(UInt16.self, at: 8)
+    guard version == PoolLayout.formatVersion else { throw .unsupportedVersion(structure: structure, found: version) }
+    return reader
+}

@@ -82,14 +82,7 @@ public struct LogBlock: Sendable, Hashable {
     }
 
     public init(decoding block: [UInt8]) throws(FormatError) {
-        guard block.count == PoolLayout.blockSize else {
-            throw .wrongSize(structure: "log block", expected: PoolLayout.blockSize, found: block.count)
-        }
-        let reader = ByteReader(bytes: block)
-        let found = reader.get(UInt64.self, at: 0)
-        guard found == Self.magicValue else { throw .badMagic(structure: "log block", found: found) }
-        let version = reader.get(UInt16.self, at: 8)
-        guard version == PoolLayout.formatVersion else { throw .unsupportedVersion(structure: "log block", found: version) }
+        let reader = try framedReader(block, structure: "log block", magic: Self.magicValue)
         let count = Int(reader.get(UInt16.self, at: 10))
         guard count >= 1, count <= PoolLayout.logRecordsPerBlock else {
             throw .fieldOutOfRange(structure: "log block", field: "record count", value: UInt64(count))

@@ -45,14 +45,7 @@ public struct PoolHeader: Sendable, Hashable {
     /// Decodes a header block; the caller verifies the returned HMAC over
     /// the returned bytes once it holds the master key.
     public static func decode(_ block: [UInt8]) throws(FormatError) -> (PoolHeader, authenticated: [UInt8], mac: [UInt8]) {
-        guard block.count == PoolLayout.blockSize else {
-            throw .wrongSize(structure: "pool header", expected: PoolLayout.blockSize, found: block.count)
-        }
-        let reader = ByteReader(bytes: block)
-        let found = reader.get(UInt64.self, at: 0)
-        guard found == magicValue else { throw .badMagic(structure: "pool header", found: found) }
-        let version = reader.get(UInt16.self, at: 8)
-        guard version == PoolLayout.formatVersion else { throw .unsupportedVersion(structure: "pool header", found: version) }
+        let reader = try framedReader(block, structure: "pool header", magic: magicValue)
         let blockSize = reader.get(UInt32.self, at: 12)
         guard blockSize == PoolLayout.blockSize else {
             throw .fieldOutOfRange(structure: "pool header", field: "block size", value: UInt64(blockSize))

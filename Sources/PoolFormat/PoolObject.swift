@@ -42,14 +42,7 @@ public struct PoolObject: Sendable, Hashable {
     }
 
     public init(decoding block: [UInt8]) throws(FormatError) {
-        guard block.count == PoolLayout.blockSize else {
-            throw .wrongSize(structure: "pool object", expected: PoolLayout.blockSize, found: block.count)
-        }
-        let reader = ByteReader(bytes: block)
-        let found = reader.get(UInt64.self, at: 0)
-        guard found == Self.magicValue else { throw .badMagic(structure: "pool object", found: found) }
-        let version = reader.get(UInt16.self, at: 8)
-        guard version == PoolLayout.formatVersion else { throw .unsupportedVersion(structure: "pool object", found: version) }
+        let reader = try framedReader(block, structure: "pool object", magic: Self.magicValue)
         let tableCount = Int(reader.get(UInt16.self, at: 10))
         guard tableCount <= PoolLayout.maxVolumeTableBlocks else {
             throw .fieldOutOfRange(structure: "pool object", field: "volume table blocks", value: UInt64(tableCount))

@@ -57,14 +57,7 @@ public struct Superblock: Sendable, Hashable {
     /// and the stored HMAC. The caller must verify the HMAC before trusting
     /// any field.
     public static func decode(_ block: [UInt8]) throws(FormatError) -> (Superblock, authenticated: [UInt8], mac: [UInt8]) {
-        guard block.count == PoolLayout.blockSize else {
-            throw .wrongSize(structure: "superblock", expected: PoolLayout.blockSize, found: block.count)
-        }
-        let reader = ByteReader(bytes: block)
-        let found = reader.get(UInt64.self, at: 0)
-        guard found == magicValue else { throw .badMagic(structure: "superblock", found: found) }
-        let version = reader.get(UInt16.self, at: 8)
-        guard version == PoolLayout.formatVersion else { throw .unsupportedVersion(structure: "superblock", found: version) }
+        let reader = try framedReader(block, structure: "superblock", magic: magicValue)
         let superblock = Superblock(
             poolID: reader.slice(16, 16), generation: reader.get(UInt64.self, at: 32),
             anchorEpoch: reader.get(UInt64.self, at: 40),
