@@ -78,7 +78,7 @@ let package = Package(
         .target(
             name: "TPM",
             dependencies: [
-                "CTSS2", "Keys",
+                "CTSS2", "Keys", "PoolFormat",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict),
@@ -109,7 +109,8 @@ let package = Package(
         .executableTarget(
             name: "bulkhead-cryptd",
             dependencies: [
-                "CryptPool", "Keys", "NBDServer", "BlockDevice", "Sockets", "DaemonSupport", "BulkheadVersion",
+                "CryptPool", "Keys", "NBDServer", "BlockDevice", "Sockets", "DaemonSupport", "BulkheadVersion", "TPM", "Threads", "PoolFormat",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -117,7 +118,7 @@ let package = Package(
         .executableTarget(
             name: "bulkhead",
             dependencies: [
-                "BulkheadVersion", "CryptPool", "Keys", "PoolFormat", "BlockDevice", "DaemonSupport",
+                "BulkheadVersion", "CryptPool", "Keys", "PoolFormat", "BlockDevice", "DaemonSupport", "TPM", "Sockets",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -135,8 +136,9 @@ let package = Package(
         .testTarget(name: "InteropTests", dependencies: ["Sockets"]),
         // The whole chain as real processes: storage domain, crypt domain, clients.
         .testTarget(name: "ChainTests", dependencies: ["Sockets"]),
-        // The TPM layer against a real swtpm started by the tests.
-        .testTarget(name: "TPMTests", dependencies: ["TPM", "Keys", "Sockets", "Threads"]),
+        // The TPM layer against a real swtpm started by the tests, and the TPM
+        // keyslots, counter anchor and control socket through the real executables.
+        .testTarget(name: "TPMTests", dependencies: ["TPM", "Keys", "Sockets", "Threads", "CryptPool", "BlockDevice", "PoolFormat"]),
         // A hostile storage domain, crash-point replay (issue 4).
         .testTarget(
             name: "AdversarialTests",

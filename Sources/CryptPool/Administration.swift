@@ -8,6 +8,9 @@ public struct PoolSummary: Sendable {
         public var slot: UInt32
         public var type: KeyslotType
         public var cost: ScryptCost?
+        /// A `tpm2` slot's sealed object (only the TPM that sealed it can
+        /// load it), for showing its PCRs and PIN flag.
+        public var sealedObject: [UInt8]?
     }
 
     public var poolID: String
@@ -36,7 +39,8 @@ extension Pool {
                 keyslots: slots.map {
                     PoolSummary.Keyslot(
                         slot: $0.slot, type: $0.type,
-                        cost: $0.type == .passphrase ? ScryptCost(log2N: $0.kdfLog2N, r: $0.kdfR, p: $0.kdfP) : nil)
+                        cost: $0.type == .passphrase ? ScryptCost(log2N: $0.kdfLog2N, r: $0.kdfR, p: $0.kdfP) : nil,
+                        sealedObject: $0.type == .tpm2 ? $0.extra : nil)
                 }.sorted { $0.slot < $1.slot },
                 volumes: state.volumes.values.map { VolumeInfo(id: $0.id, name: $0.name, size: $0.size) }.sorted { $0.id < $1.id })
         }
@@ -45,13 +49,25 @@ extension Pool {
     /// Seals the master key into the first free keyslot (bulkhead keyslot add).
     @discardableResult
     public func addKeyslot(_ secret: KeyslotSecret, cost: ScryptCost = .tune()) throws(PoolError) -> UInt32 {
+        try addKeyslot { slot in try KeyslotSealer.seal(master, into: slot, secret: secret, cost: cost, poolID: poolID) }
+    }
+
+    /// Adds a `tpm2` keyslot (bulkhead keyslot add --tpm2): `sealObject`
+    /// gets the master key, seals it in the TPM and returns the serialized
+    /// sealed object (`TPMContext.keyslotSealer`). Several may coexist.
+    @discardableResult
+    public func addTPM2Keyslot(sealObject: (SecretBytes) throws -> [UInt8]) throws(PoolError) -> UInt32 {
+        try addKeyslot { slot in try KeyslotSealer.sealTPM2(master, into: slot, poolID: poolID, sealObject: sealObject) }
+    }
+
+    private func addKeyslot(_ make: (UInt32) throws -> KeyslotBlock) throws(PoolError) -> UInt32 {
         try header.withLock { (image) throws(PoolError) -> UInt32 in
             let used = Set(image.slots.map(\.slot))
             guard let free = (0..<UInt32(PoolLayout.keyslotCount)).first(where: { !used.contains($0) }) else {
                 throw .keyslot("all \(PoolLayout.keyslotCount) keyslots are in use")
             }
             let block: KeyslotBlock
-            do { block = try KeyslotSealer.seal(master, into: free, secret: secret, cost: cost, poolID: poolID) } catch {
+            do { block = try make(free) } catch {
                 throw .keyslot("cannot seal the master key: \(error)")
             }
             let slots = image.slots + [block]

@@ -97,7 +97,7 @@ extension Pool {
             unsettledRegion = nil
 
             let superblock = Superblock(
-                poolID: poolID, generation: generation, anchorEpoch: 0, checkpointRoot: sealedObject.pointer, logHead: .null,
+                poolID: poolID, generation: generation, anchorEpoch: state.withLock { $0.anchorEpoch }, checkpointRoot: sealedObject.pointer, logHead: .null,
                 logRecordCount: 0, logBlockCount: 0)
             state.withLock { state in
                 state.generation = generation

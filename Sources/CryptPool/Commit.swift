@@ -71,7 +71,7 @@ extension Pool {
         }
         let superblock = state.withLock { state in
             Superblock(
-                poolID: poolID, generation: generation, anchorEpoch: 0, checkpointRoot: state.poolObject, logHead: head,
+                poolID: poolID, generation: generation, anchorEpoch: state.anchorEpoch, checkpointRoot: state.poolObject, logHead: head,
                 logRecordCount: state.logRecordCount + UInt64(records.count),
                 logBlockCount: UInt64(state.logBlocks.count + chunks.count))
         }

@@ -40,6 +40,8 @@ public enum PoolError: Error, Sendable, Equatable, CustomStringConvertible {
     case noValidSuperblock
     /// The pool is older than the trust anchor remembers.
     case rolledBack(pool: String, found: UInt64, anchor: UInt64)
+    /// The pool's epoch is behind the epoch counter (a TPM NV counter).
+    case rolledBackEpoch(pool: String, found: UInt64, counter: UInt64, anchor: String)
     /// The storage side failed.
     case storage(BlockDeviceError)
     /// The trust anchor could not be read or written.
@@ -62,6 +64,9 @@ public enum PoolError: Error, Sendable, Equatable, CustomStringConvertible {
         case .noValidSuperblock: "no superblock slot authenticates: the pool is corrupt or was not written by this key"
         case .rolledBack(let pool, let found, let anchor):
             "pool \(pool) rolled back: newest valid superblock has generation \(found), the trust anchor remembers \(anchor)"
+        case .rolledBackEpoch(let pool, let found, let counter, let anchor):
+            "pool \(pool) rolled back: its newest valid superblock is from anchor epoch \(found), but \(anchor) counts epoch \(counter)"
+                + " (the pool was restored to a state before the last counted epoch)"
         case .storage(let error): "storage: \(error)"
         case .anchor(let why): "trust anchor: \(why)"
         case .noSpace: "no free space left in the pool"

@@ -88,6 +88,7 @@ extension Pool {
             configuration: configuration, state: placeholder,
             header: HeaderImage(slots: slots, updateCounter: header.updateCounter))
         try pool.recover()
+        try pool.settleAnchorEpoch()
         return pool
     }
 
@@ -119,6 +120,7 @@ extension Pool {
         }
         guard !areas.isEmpty else { throw .notAPool(reasons.joined(separator: "; ")) }
         areas.sort { $0.0.updateCounter > $1.0.updateCounter }
+        var failed = Set<[UInt8]>()
         for (header, authenticated, mac, slotBlocks) in areas {
             for (index, slotBlock) in slotBlocks.enumerated() {
                 let slot: KeyslotBlock
@@ -130,16 +132,20 @@ extension Pool {
                     continue
                 }
                 switch (slot.type, secret) {
-                case (.passphrase, .passphrase), (.recovery, .recovery): break
+                case (.passphrase, .passphrase), (.recovery, .recovery), (.tpm2, .tpm2): break
                 default: continue
                 }
                 guard slot.slot == index, Array(SHA256.hash(data: slotBlock)) == header.keyslotDigests[index] else {
                     reasons.append("keyslot \(index): does not match the header's digest")
                     continue
                 }
+                // Both areas usually hold the same keyslot: one that did not
+                // open is not tried again (a TPM counts wrong PINs).
+                guard !failed.contains(slotBlock) else { continue }
                 let master: MasterKey
                 do { master = try KeyslotSealer.open(slot, secret: secret, poolID: header.poolID) } catch {
                     reasons.append(error.description)
+                    failed.insert(slotBlock)
                     continue
                 }
                 let keys = PoolKeys(master: master, poolID: header.poolID)

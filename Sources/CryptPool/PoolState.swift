@@ -91,6 +91,8 @@ struct SpaceMapRegionImage: Sendable {
 /// Everything about the pool that changes, guarded by one lock.
 struct PoolState: Sendable {
     var generation: UInt64
+    /// The anchor epoch new superblocks carry (docs/format.md, section 9).
+    var anchorEpoch: UInt64 = 0
     var space: SpaceMap
     /// The salt of this session; new at every open and rollover.
     var session: SessionSalt

@@ -28,6 +28,7 @@ extension Pool {
             }
             do {
                 try load(superblock)
+                state.withLock { $0.anchorEpoch = superblock.anchorEpoch }
                 if anchored == nil || anchored! < superblock.generation {
                     try anchor?.record(pool: poolID, generation: superblock.generation)
                 }

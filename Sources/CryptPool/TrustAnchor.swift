@@ -2,13 +2,118 @@ import Foundation
 
 /// Remembers, outside the pool, the newest committed generation of each
 /// pool, so a storage side that serves an older copy is caught at open
-/// (docs/format.md, section 9).
+/// (docs/format.md, section 9). An anchor may instead (or also) count
+/// epochs: a counter outside the pool that only moves forward, whose value
+/// every superblock records as its anchor epoch.
 public protocol TrustAnchor: Sendable {
     /// The newest generation recorded for the pool, or nil if none is (a
     /// pool seen for the first time is trusted on first use).
     func generation(pool: [UInt8]) throws(PoolError) -> UInt64?
     /// Records a durable commit. Must be durable itself before returning.
     func record(pool: [UInt8], generation: UInt64) throws(PoolError)
+    /// The epoch counter bound to the pool, or nil if this anchor counts no
+    /// epochs. No superblock older than its value is accepted.
+    func epoch(pool: [UInt8]) throws(PoolError) -> AnchorEpoch?
+    /// Moves the epoch counter forward to `epoch`, the epoch a durable
+    /// superblock already carries.
+    func advanceEpoch(pool: [UInt8], to epoch: UInt64) throws(PoolError)
+}
+
+extension TrustAnchor {
+    public func epoch(pool: [UInt8]) throws(PoolError) -> AnchorEpoch? { nil }
+    public func advanceEpoch(pool: [UInt8], to epoch: UInt64) throws(PoolError) {}
+}
+
+/// An epoch counter's value as read at open.
+public struct AnchorEpoch: Sendable, Equatable {
+    /// The counter's value: the lowest epoch a pool state may claim.
+    public var value: UInt64
+    /// The counter was created by this open: the pool is bound to it now
+    /// (trust on first use), whatever epoch it claims.
+    public var firstUse: Bool
+    /// Where the counter lives, for messages ("TPM NV index 0x01501234").
+    public var name: String
+
+    public init(value: UInt64, firstUse: Bool, name: String) {
+        self.value = value
+        self.firstUse = firstUse
+        self.name = name
+    }
+}
+
+/// Several anchors at once (a file anchor and a TPM counter): generations
+/// from the first that remembers one, records to all, epochs from the
+/// first that counts them.
+public struct CombinedTrustAnchor: TrustAnchor {
+    public let anchors: [any TrustAnchor]
+
+    public init(_ anchors: [any TrustAnchor]) { self.anchors = anchors }
+
+    public func generation(pool: [UInt8]) throws(PoolError) -> UInt64? {
+        var newest: UInt64?
+        for anchor in anchors {
+            if let found = try anchor.generation(pool: pool) { newest = max(newest ?? 0, found) }
+        }
+        return newest
+    }
+
+    public func record(pool: [UInt8], generation: UInt64) throws(PoolError) {
+        for anchor in anchors { try anchor.record(pool: pool, generation: generation) }
+    }
+
+    public func epoch(pool: [UInt8]) throws(PoolError) -> AnchorEpoch? {
+        for anchor in anchors {
+            if let found = try anchor.epoch(pool: pool) { return found }
+        }
+        return nil
+    }
+
+    public func advanceEpoch(pool: [UInt8], to epoch: UInt64) throws(PoolError) {
+        for anchor in anchors { try anchor.advanceEpoch(pool: pool, to: epoch) }
+    }
+}
+
+extension Pool {
+    /// The anchor epoch new superblocks carry.
+    public var anchorEpoch: UInt64 { state.withLock { $0.anchorEpoch } }
+
+    /// After open: holds the loaded state against the epoch counter. A pool
+    /// whose epoch is behind the counter was rolled back to a state before
+    /// the counter's last advance, and is refused. A pool ahead of it
+    /// crashed between committing a new epoch and counting it: the counter
+    /// catches up. On first use the pool takes the counter's value.
+    func settleAnchorEpoch() throws(PoolError) {
+        guard let anchor, let counter = try anchor.epoch(pool: poolID) else { return }
+        let claimed = state.withLock { $0.anchorEpoch }
+        if claimed < counter.value {
+            guard counter.firstUse else {
+                throw .rolledBackEpoch(pool: hex(poolID), found: claimed, counter: counter.value, anchor: counter.name)
+            }
+            state.withLock { $0.anchorEpoch = counter.value }
+            try exclusiveCommit { _, _ in }
+        } else if claimed > counter.value {
+            try anchor.advanceEpoch(pool: poolID, to: claimed)
+        }
+    }
+
+    /// Starts the next anchor epoch (at clean close, and at most once per
+    /// interval while serving): commits a checkpoint whose superblock
+    /// carries epoch e+1, then moves the counter to e+1. Every state before
+    /// that checkpoint is from then on refused as rolled back. A crash
+    /// between the two leaves the pool ahead of the counter, which the next
+    /// open accepts and counts. Without an epoch anchor this is a checkpoint.
+    public func advanceAnchorEpoch() throws(PoolError) {
+        guard let anchor, try anchor.epoch(pool: poolID) != nil else {
+            try exclusiveCommit { _, _ in }
+            return
+        }
+        let next = state.withLock { state -> UInt64 in
+            state.anchorEpoch += 1
+            return state.anchorEpoch
+        }
+        try exclusiveCommit { _, _ in }
+        try anchor.advanceEpoch(pool: poolID, to: next)
+    }
 }
 
 /// A trust anchor kept as one small file per pool in the crypt domain's

@@ -162,14 +162,18 @@ public final class TPMNVCounter: Sendable {
 /// the crypt domain's state; not a rollback within the current epoch.
 public final class TPMCounterAnchor: Sendable {
     public let counter: TPMNVCounter
+    /// Whether this init defined the counter (it did not exist before).
+    public let defined: Bool
 
     /// Opens the counter at `index`, defining it first if it does not exist
     /// and `create` is set.
     public init(context: TPMContext, index: UInt32, create: Bool = true, primaryName: [UInt8]? = nil) throws(TPMError) {
         do {
             counter = try TPMNVCounter.open(context: context, index: index, primaryName: primaryName)
+            defined = false
         } catch .nvIndexUndefined(let missing) where create {
             counter = try TPMNVCounter.define(context: context, index: missing, primaryName: primaryName)
+            defined = true
         }
     }
 

@@ -43,7 +43,7 @@ public enum TPMError: Error, Sendable, Equatable, CustomStringConvertible {
             return "\(operation) failed: \(Self.decode(code)) (0x\(hex(code)))"
         case .pcrMismatch(let pcrs):
             let list = pcrs.map(String.init).joined(separator: ", ")
-            return "PCR \(list) (sha256) differ from the values the key was sealed to; unlock with the recovery key"
+            return "PCR \(list) (sha256) differ from the values the key was sealed to; unlock with the recovery key (--recovery-key-file) and enrol the TPM again"
         case .authorizationFailed(let operation):
             return "\(operation): wrong PIN (the TPM counts failures towards its dictionary-attack lockout)"
         case .pinRequired:

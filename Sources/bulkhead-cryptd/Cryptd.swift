@@ -8,6 +8,7 @@ import Keys
 import Logging
 import NBDServer
 import Sockets
+import TPM
 
 /// `bulkhead-cryptd`: the crypt domain. Holds the pool's keys, opens the
 /// pool on the storage domain's export, and serves each volume to its
@@ -50,11 +51,32 @@ struct Cryptd: ParsableCommand {
     @Option(name: .customLong("checkpoint-records"), help: ArgumentHelp("Log records between tree checkpoints (memory bound).", valueName: "count"))
     var checkpointRecords: Int = 65_536
 
+    @Flag(name: .customLong("tpm2"), help: "Unlock with the pool's tpm2 keyslots (each is tried).")
+    var tpm2 = false
+
+    @Option(name: .customLong("tpm2-device"), help: ArgumentHelp("The TPM's TCTI (default device:/dev/tpmrm0; tests: swtpm:host=127.0.0.1,port=N).", valueName: "tcti"))
+    var tpm2Device = TPMContext.defaultTCTI
+
+    @Option(name: .customLong("tpm2-pin-file"), help: ArgumentHelp("The PIN of PIN-protected tpm2 keyslots, from this file.", valueName: "path"))
+    var tpm2PINFile: String?
+
+    @Option(name: .customLong("anchor"), help: ArgumentHelp("Trust anchor: file (state directory) or tpm2 (TPM NV counter); repeatable to combine. Default: file.", valueName: "kind"))
+    var anchors: [String] = []
+
+    @Option(name: .customLong("anchor-interval"), help: ArgumentHelp("With --anchor tpm2: advance the counter at most once per this many seconds while serving (and at clean close).", valueName: "seconds"))
+    var anchorInterval: Double = 3600
+
+    @Option(name: .customLong("anchor-nv-index"), help: ArgumentHelp("With --anchor tpm2: the NV index (hex); default derived from the pool UUID.", valueName: "index"))
+    var anchorNVIndex: String?
+
+    @Option(name: .customLong("control"), help: ArgumentHelp("Control socket for bulkhead --control (default unix:STATE_DIR/control.sock; 'none' for no socket).", valueName: "address"))
+    var control: String?
+
+    @Option(name: .customLong("control-allow-uid"), help: ArgumentHelp("Besides root, this uid may use the control socket (repeatable).", valueName: "uid"))
+    var controlUIDs: [UInt32] = []
+
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
     var logLevel = "info"
-
-    /// Threads serving one consumer connection (see above).
-    static let workersPerConnection = 32
 
     func run() throws {
         let program = "bulkhead-cryptd"
@@ -68,6 +90,26 @@ struct Cryptd: ParsableCommand {
         do { location = try StorageLocation(parsing: storage) } catch {
             throw commandFailure(program, "bad --storage: \(error)", status: usageExitCode)
         }
+        let anchorKinds = anchors.isEmpty ? ["file"] : anchors
+        guard anchorKinds.allSatisfy({ $0 == "file" || $0 == "tpm2" }), anchorInterval >= 1 else {
+            throw commandFailure(program, "--anchor takes file or tpm2, --anchor-interval at least 1 second", status: usageExitCode)
+        }
+        var nvIndex: UInt32?
+        if let anchorNVIndex {
+            guard let value = UInt32(anchorNVIndex.hasPrefix("0x") ? String(anchorNVIndex.dropFirst(2)) : anchorNVIndex, radix: 16),
+                TPMNVCounter.indexRange.contains(value)
+            else { throw commandFailure(program, "--anchor-nv-index must be a hex NV index 0x01000000...0x01FFFFFF", status: usageExitCode) }
+            nvIndex = value
+        }
+        guard !tpm2 || (keyFile == nil && recoveryKeyFile == nil) else {
+            throw commandFailure(program, "--tpm2 unlocks with the TPM: leave out --key-file and --recovery-key-file", status: usageExitCode)
+        }
+        let controlAddress: SocketAddress?
+        do {
+            controlAddress = control == "none" ? nil : try SocketAddress(parsing: control ?? "unix:\(stateDirectory)/control.sock")
+        } catch {
+            throw commandFailure(program, "bad --control: \(error)", status: usageExitCode)
+        }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
@@ -76,9 +118,20 @@ struct Cryptd: ParsableCommand {
         let logger = Logger(label: program)
         for problem in hardenProcessForSecrets() { logger.warning("hardening: \(problem)") }
 
+        let tpm = TPMConnection(tcti: tpm2Device)
         let secret: KeyslotSecret
-        do { secret = try SecretInput.poolSecret(keyFile: keyFile, recoveryKeyFile: recoveryKeyFile) } catch {
-            throw commandFailure(program, error.description)
+        do {
+            if tpm2 {
+                let pin = try tpm2PINFile.map { path throws(SecretInputError) in
+                    var bytes = try SecretInput.keyFile(path)
+                    return SecretBytes.taking(&bytes)
+                }
+                secret = .tpm2(TPMKeyslotUnsealer(context: try tpm.context(), pin: pin))
+            } else {
+                secret = try SecretInput.poolSecret(keyFile: keyFile, recoveryKeyFile: recoveryKeyFile)
+            }
+        } catch {
+            throw commandFailure(program, "\(error)")
         }
         let device: any BlockDevice
         do { device = try location.open(retryWindow: retryWindow) } catch {
@@ -86,10 +139,14 @@ struct Cryptd: ParsableCommand {
         }
         let pool: Pool
         do {
-            let anchor = try FileTrustAnchor(directory: stateDirectory)
+            var parts: [any TrustAnchor] = []
+            if anchorKinds.contains("file") { parts.append(try FileTrustAnchor(directory: stateDirectory)) }
+            if anchorKinds.contains("tpm2") { parts.append(TPMTrustAnchor(context: try tpm.context(), index: nvIndex)) }
             pool = try Pool.open(
-                storage: device, secret: secret, anchor: anchor,
+                storage: device, secret: secret, anchor: CombinedTrustAnchor(parts),
                 configuration: PoolConfiguration(checkpointRecords: checkpointRecords))
+        } catch PoolError.unlockFailed(let reasons) where tpm2 && reasons.isEmpty {
+            throw commandFailure(program, "the pool on \(location) has no tpm2 keyslot: unlock with --key-file or --recovery-key-file, then enrol with bulkhead keyslot add --tpm2")
         } catch {
             throw commandFailure(program, "cannot open the pool on \(location): \(error)")
         }
@@ -102,35 +159,38 @@ struct Cryptd: ParsableCommand {
         } catch {
             throw commandFailure(program, "cannot create \(serveDirectory): \(error.localizedDescription)")
         }
-        var servers: [NBDServer] = []
-        let allowed = Set(allowedUIDs)
+        let servers = VolumeServers(pool: pool, directory: serveDirectory, allowedUIDs: Set(allowedUIDs), logger: logger)
         for name in served {
-            do {
-                let volume = try pool.volume(named: name)
-                // Requests here wait on the storage domain, not on the CPU: enough
-                // workers keep a QD32 consumer's requests all in flight.
-                var configuration = NBDServerConfiguration(workersPerConnection: Self.workersPerConnection)
-                if !allowed.isEmpty {
-                    configuration.acceptPeer = { socket in
-                        guard let credentials = socket.peerCredentials() else { return false }
-                        return allowed.contains(credentials.uid)
-                    }
-                }
-                let server = try NBDServer(
-                    exports: [NBDExport(name: name, description: "Bulkhead volume \(name)", device: volume)],
-                    defaultExport: name, configuration: configuration, logger: logger)
-                let listener = try Listener(binding: .unix(path: "\(serveDirectory)/\(name).sock"), permissions: 0o660)
-                server.start([listener])
-                servers.append(server)
-            } catch {
-                servers.forEach { _ = $0.shutdown() }
+            do { try servers.serve(name) } catch {
+                servers.stopAll()
                 throw commandFailure(program, "cannot serve volume \(name): \(error)")
             }
         }
-        logger.info("serving", metadata: ["volumes": "\(served.joined(separator: ","))", "generation": "\(pool.generation)"])
+        var controlServer: ControlServer?
+        if let controlAddress {
+            do {
+                controlServer = try ControlServer(
+                    address: controlAddress, pool: pool, volumes: servers, tpm: tpm, allowedUIDs: Set(controlUIDs), logger: logger)
+            } catch {
+                servers.stopAll()
+                throw commandFailure(program, "cannot listen on the control socket \(controlAddress): \(error)")
+            }
+            controlServer?.start()
+        }
+        let ticker = anchorKinds.contains("tpm2") ? EpochTicker(pool: pool, interval: anchorInterval, logger: logger) : nil
+        ticker?.start()
+        logger.info(
+            "serving",
+            metadata: [
+                "volumes": "\(served.joined(separator: ","))", "generation": "\(pool.generation)", "epoch": "\(pool.anchorEpoch)",
+                "control": "\(controlAddress?.description ?? "none")",
+            ])
         let signal = waitForTerminationSignal()
         logger.info("shutting down", metadata: ["signal": "\(signal)"])
-        servers.forEach { _ = $0.shutdown() }
-        do { try pool.close() } catch { logger.error("final checkpoint failed: \(error)") }
+        controlServer?.stop()
+        ticker?.stop()
+        servers.stopAll()
+        // A clean close starts a new anchor epoch (a plain checkpoint without a TPM counter).
+        do { try pool.advanceAnchorEpoch() } catch { logger.error("final checkpoint failed: \(error)") }
     }
 }

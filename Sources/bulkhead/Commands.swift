@@ -4,6 +4,7 @@ import DaemonSupport
 import Foundation
 import Keys
 import PoolFormat
+import TPM
 
 struct Format: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -18,6 +19,7 @@ struct Format: ParsableCommand {
     var recoveryKeyOut: String?
 
     func run() throws {
+        guard options.control == nil else { throw commandFailure(program, "format works offline: leave out --control", status: usageExitCode) }
         guard options.recoveryKeyFile == nil else {
             throw commandFailure(program, "format makes a new recovery key; --recovery-key-file does not apply", status: usageExitCode)
         }
@@ -74,6 +76,11 @@ struct VolumeCommand: ParsableCommand {
 
         func run() throws {
             let bytes = try parseSize(size)
+            if let address = try options.controlAddress() {
+                let response = try options.ask(ControlRequest(operation: .volumeCreate, name: name, size: bytes), at: address)
+                print(response.message ?? "Created volume \(name).")
+                return
+            }
             let pool = try options.openPool()
             do {
                 let info = try pool.createVolume(name: name, size: bytes)
@@ -89,6 +96,11 @@ struct VolumeCommand: ParsableCommand {
         @OptionGroup var options: PoolOptions
 
         func run() throws {
+            if let address = try options.controlAddress() {
+                let status = try options.ask(ControlRequest(operation: .status), at: address).status
+                for volume in status?.volumes ?? [] { print("\(volume.name)\t\(volume.size)\t\(formatSize(volume.size))") }
+                return
+            }
             let pool = try options.openPool()
             for volume in pool.volumes { print("\(volume.name)\t\(volume.size)\t\(formatSize(volume.size))") }
         }
@@ -100,6 +112,11 @@ struct VolumeCommand: ParsableCommand {
         @Argument(help: "The volume's name.") var name: String
 
         func run() throws {
+            if let address = try options.controlAddress() {
+                let response = try options.ask(ControlRequest(operation: .volumeDelete, name: name), at: address)
+                print(response.message ?? "Deleted volume \(name).")
+                return
+            }
             let pool = try options.openPool()
             do { try pool.deleteVolume(name: name) } catch { throw commandFailure(program, "\(error)") }
             print("Deleted volume \(name).")
@@ -112,16 +129,38 @@ struct Dump: ParsableCommand {
     @OptionGroup var options: PoolOptions
 
     func run() throws {
-        let summary = try options.openPool().summary()
+        if let address = try options.controlAddress() {
+            guard let status = try options.ask(ControlRequest(operation: .status), at: address).status else {
+                throw commandFailure(program, "the crypt domain sent no status")
+            }
+            print("Pool:        \(status.poolID) (served by the crypt domain at \(address))")
+            print("Size:        \(formatSize(status.blockCount * 4096)) (\(status.blockCount) blocks, \(status.freeBlocks) free)")
+            print("Generation:  \(status.generation)")
+            print("Epoch:       \(status.anchorEpoch)")
+            print("Keyslots:")
+            for slot in status.keyslots {
+                let tpm = slot.pcrs.map { pcrs in
+                    "  pcrs sha256:" + (pcrs.isEmpty ? "none" : pcrs.map(String.init).joined(separator: ",")) + (slot.pin == true ? " +pin" : "")
+                }
+                print("  \(slot.slot): \(slot.type)\(tpm ?? "")")
+            }
+            print("Volumes:")
+            for volume in status.volumes { print("  \(volume.name)  \(formatSize(volume.size))\(volume.served ? "  served" : "")") }
+            return
+        }
+        let pool = try options.openPool()
+        let summary = pool.summary()
         print("Pool:        \(summary.poolID)")
         print("Format:      Bulkhead pool version \(PoolLayout.formatVersion), \(PoolLayout.blockSize)-byte blocks")
         print("Size:        \(formatSize(summary.blockCount * 4096)) (\(summary.blockCount) blocks, \(summary.freeBlocks) free)")
         print("Generation:  \(summary.generation)")
+        print("Epoch:       \(pool.anchorEpoch)")
         print("Log records: \(summary.logRecords) since the last checkpoint")
         print("Keyslots:")
         for slot in summary.keyslots {
             let cost = slot.cost.map { "  scrypt N=2^\($0.log2N) r=\($0.r) p=\($0.p)" } ?? ""
-            print("  \(slot.slot): \(slot.type)\(cost)")
+            let tpm = slot.sealedObject.map { TPMKeyslotInfo(extra: $0).map { "  \($0)" } ?? "  (unreadable sealed object)" } ?? ""
+            print("  \(slot.slot): \(slot.type)\(cost)\(tpm)")
         }
         print("Volumes:")
         for volume in summary.volumes { print("  \(volume.name)  id \(volume.id)  \(formatSize(volume.size))") }
@@ -133,14 +172,26 @@ struct KeyslotCommand: ParsableCommand {
         commandName: "keyslot", abstract: "Add and remove keyslots.", subcommands: [Add.self, Remove.self])
 
     struct Add: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Add a passphrase keyslot, unlocking with an existing one.")
+        static let configuration = CommandConfiguration(
+            abstract: "Add a passphrase keyslot, or with --tpm2 a keyslot the TPM unseals, unlocking with an existing one.")
         @OptionGroup var options: PoolOptions
+        @OptionGroup var tpm2: TPM2EnrolmentOptions
         @Option(name: .customLong("new-key-file"), help: ArgumentHelp("The new passphrase, from this file.", valueName: "path"))
         var newKeyFile: String?
         @Option(name: .customLong("scrypt-log2n"), help: ArgumentHelp("scrypt cost as log2(N); default: tuned.", valueName: "n"))
         var scryptLog2N: UInt8?
 
         func run() throws {
+            if tpm2.tpm2 {
+                guard newKeyFile == nil, scryptLog2N == nil else {
+                    throw commandFailure(program, "--tpm2 adds a TPM keyslot: leave out --new-key-file and --scrypt-log2n", status: usageExitCode)
+                }
+                print(try tpm2.enrol(options: options))
+                return
+            }
+            guard options.control == nil else {
+                throw commandFailure(program, "a passphrase keyslot is added offline; --control takes --tpm2", status: usageExitCode)
+            }
             let pool = try options.openPool()
             let passphrase: [UInt8]
             do {
@@ -165,6 +216,10 @@ struct KeyslotCommand: ParsableCommand {
         @Argument(help: "The keyslot number.") var slot: UInt32
 
         func run() throws {
+            if let address = try options.controlAddress() {
+                print(try options.ask(ControlRequest(operation: .keyslotRemove, slot: slot), at: address).message ?? "Removed keyslot \(slot).")
+                return
+            }
             let pool = try options.openPool()
             do { try pool.removeKeyslot(slot) } catch { throw commandFailure(program, "\(error)") }
             print("Removed keyslot \(slot).")
@@ -177,6 +232,7 @@ struct Verify: ParsableCommand {
     @OptionGroup var options: PoolOptions
 
     func run() throws {
+        guard options.control == nil else { throw commandFailure(program, "verify works offline: leave out --control", status: usageExitCode) }
         let pool = try options.openPool()
         let start = Date()
         let report = pool.verify { done, total, name in

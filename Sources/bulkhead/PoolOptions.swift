@@ -3,13 +3,22 @@ import BlockDevice
 import CryptPool
 import DaemonSupport
 import Keys
+import Sockets
+#if canImport(Glibc)
+import Glibc
+#endif
 
 let program = "bulkhead"
 
 /// Where the pool is and how to unlock it: shared by every pool command.
+/// With `--control`, the command is done by the crypt domain serving the
+/// pool, and this process neither opens the pool nor holds its key.
 struct PoolOptions: ParsableArguments {
-    @Argument(help: ArgumentHelp("The pool: nbd:unix:PATH[#EXPORT] or an image file.", valueName: "storage"))
-    var storage: String
+    @Argument(help: ArgumentHelp("The pool: nbd:unix:PATH[#EXPORT] or an image file (not with --control).", valueName: "storage"))
+    var storage: String?
+
+    @Option(name: .customLong("control"), help: ArgumentHelp("Ask the crypt domain serving the pool, on its control socket (unix:PATH or PATH).", valueName: "socket"))
+    var control: String?
 
     @Option(name: .customLong("key-file"), help: ArgumentHelp("Read the passphrase from this file (its exact bytes).", valueName: "path"))
     var keyFile: String?
@@ -20,7 +29,34 @@ struct PoolOptions: ParsableArguments {
     @Option(name: .customLong("state-dir"), help: ArgumentHelp("The crypt domain's state directory, to keep its trust anchor current.", valueName: "dir"))
     var stateDirectory: String?
 
+    /// The control socket's address, or nil for offline use.
+    func controlAddress() throws -> SocketAddress? {
+        guard let control else {
+            guard storage != nil else { throw commandFailure(program, "name the pool's STORAGE, or a crypt domain's --control socket", status: usageExitCode) }
+            return nil
+        }
+        guard storage == nil, keyFile == nil, recoveryKeyFile == nil, stateDirectory == nil else {
+            throw commandFailure(
+                program, "--control asks the crypt domain, which holds the key: leave out STORAGE, --key-file, --recovery-key-file and --state-dir",
+                status: usageExitCode)
+        }
+        do { return try SocketAddress(parsing: control.hasPrefix("unix:") ? control : "unix:" + control) } catch {
+            throw commandFailure(program, "bad --control: \(error)", status: usageExitCode)
+        }
+    }
+
+    /// Sends `request` to the crypt domain; a refusal is a one-line failure.
+    func ask(_ request: ControlRequest, at address: SocketAddress) throws -> ControlResponse {
+        let response: ControlResponse
+        do { response = try ControlProtocol.exchange(request, with: address) } catch {
+            throw commandFailure(program, "crypt domain at \(address): \(error)")
+        }
+        pauseForTestsAfterControl()
+        return response
+    }
+
     func location() throws -> StorageLocation {
+        guard let storage else { throw commandFailure(program, "this command needs the pool's STORAGE", status: usageExitCode) }
         do { return try StorageLocation(parsing: storage) } catch {
             throw commandFailure(program, "bad storage \"\(storage)\": \(error)", status: usageExitCode)
         }
@@ -72,4 +108,12 @@ func formatSize(_ bytes: UInt64) -> String {
         return value == value.rounded() ? "\(Int(value)) \(unit)" : String(format: "%.1f %@", value, unit)
     }
     return "\(bytes) B"
+}
+
+/// Test hook: with BULKHEAD_TEST_STOP_AFTER_CONTROL=1 in the environment,
+/// the process stops itself (SIGSTOP) once its control exchange is done, so
+/// a test can scan its memory for key material before letting it go on.
+func pauseForTestsAfterControl() {
+    guard getenv("BULKHEAD_TEST_STOP_AFTER_CONTROL").map({ String(cString: $0) }) == "1" else { return }
+    raise(SIGSTOP)
 }
