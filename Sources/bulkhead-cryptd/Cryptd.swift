@@ -104,11 +104,15 @@ struct Cryptd: ParsableCommand {
         guard !tpm2 || (keyFile == nil && recoveryKeyFile == nil) else {
             throw commandFailure(program, "--tpm2 unlocks with the TPM: leave out --key-file and --recovery-key-file", status: usageExitCode)
         }
+        // The default socket is a convenience: a state directory whose path
+        // is too long for a socket, or a socket in use, leaves it out.
         let controlAddress: SocketAddress?
+        let controlIsDefault = control == nil
         do {
             controlAddress = control == "none" ? nil : try SocketAddress(parsing: control ?? "unix:\(stateDirectory)/control.sock")
         } catch {
-            throw commandFailure(program, "bad --control: \(error)", status: usageExitCode)
+            guard controlIsDefault else { throw commandFailure(program, "bad --control: \(error)", status: usageExitCode) }
+            controlAddress = nil
         }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -168,9 +172,15 @@ struct Cryptd: ParsableCommand {
         }
         var controlServer: ControlServer?
         if let controlAddress {
+            if controlIsDefault {
+                try? FileManager.default.createDirectory(
+                    atPath: stateDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            }
             do {
                 controlServer = try ControlServer(
                     address: controlAddress, pool: pool, volumes: servers, tpm: tpm, allowedUIDs: Set(controlUIDs), logger: logger)
+            } catch where controlIsDefault {
+                logger.warning("no control socket: cannot listen on \(controlAddress): \(error)")
             } catch {
                 servers.stopAll()
                 throw commandFailure(program, "cannot listen on the control socket \(controlAddress): \(error)")
@@ -183,7 +193,7 @@ struct Cryptd: ParsableCommand {
             "serving",
             metadata: [
                 "volumes": "\(served.joined(separator: ","))", "generation": "\(pool.generation)", "epoch": "\(pool.anchorEpoch)",
-                "control": "\(controlAddress?.description ?? "none")",
+                "control": "\(controlServer.map { $0.listener.address.description } ?? "none")",
             ])
         let signal = waitForTerminationSignal()
         logger.info("shutting down", metadata: ["signal": "\(signal)"])

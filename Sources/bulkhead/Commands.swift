@@ -71,10 +71,11 @@ struct VolumeCommand: ParsableCommand {
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a thin volume; it reads as zeroes until written.")
         @OptionGroup var options: PoolOptions
-        @Argument(help: "The volume's name (letters, digits, '-', '_', '.').") var name: String
+        @Argument(help: "The volume's name (letters, digits, '-', '_', '.').") var name: String?
         @Option(name: .customLong("size"), help: ArgumentHelp("Size, e.g. 10G; a multiple of 4096.", valueName: "size")) var size: String
 
         func run() throws {
+            let (options, name) = try options.withOperand(name)
             let bytes = try parseSize(size)
             if let address = try options.controlAddress() {
                 let response = try options.ask(ControlRequest(operation: .volumeCreate, name: name, size: bytes), at: address)
@@ -109,9 +110,10 @@ struct VolumeCommand: ParsableCommand {
     struct Delete: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Delete a volume; its key is erased from the volume table.")
         @OptionGroup var options: PoolOptions
-        @Argument(help: "The volume's name.") var name: String
+        @Argument(help: "The volume's name.") var name: String?
 
         func run() throws {
+            let (options, name) = try options.withOperand(name)
             if let address = try options.controlAddress() {
                 let response = try options.ask(ControlRequest(operation: .volumeDelete, name: name), at: address)
                 print(response.message ?? "Deleted volume \(name).")
@@ -213,9 +215,11 @@ struct KeyslotCommand: ParsableCommand {
     struct Remove: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Wipe a keyslot (the last one is refused).")
         @OptionGroup var options: PoolOptions
-        @Argument(help: "The keyslot number.") var slot: UInt32
+        @Argument(help: "The keyslot number.") var slot: UInt32?
 
         func run() throws {
+            let (options, operand) = try options.withOperand(slot.map(String.init))
+            guard let slot = UInt32(operand) else { throw commandFailure(program, "bad keyslot number \"\(operand)\"", status: usageExitCode) }
             if let address = try options.controlAddress() {
                 print(try options.ask(ControlRequest(operation: .keyslotRemove, slot: slot), at: address).message ?? "Removed keyslot \(slot).")
                 return

@@ -29,6 +29,17 @@ struct PoolOptions: ParsableArguments {
     @Option(name: .customLong("state-dir"), help: ArgumentHelp("The crypt domain's state directory, to keep its trust anchor current.", valueName: "dir"))
     var stateDirectory: String?
 
+    /// The command's own operand (a volume name, a keyslot number). With
+    /// `--control` there is no STORAGE, so the parser hands the operand over
+    /// as STORAGE: it is taken back here.
+    func withOperand(_ operand: String?) throws -> (PoolOptions, String) {
+        if let operand { return (self, operand) }
+        guard control != nil, let storage else { throw commandFailure(program, "missing operand (see --help)", status: usageExitCode) }
+        var options = self
+        options.storage = nil
+        return (options, storage)
+    }
+
     /// The control socket's address, or nil for offline use.
     func controlAddress() throws -> SocketAddress? {
         guard let control else {

@@ -52,8 +52,8 @@ struct KeyslotProductTests {
         let pool = try EnrolledPool(tcti: tpm.tcti)
         let pinFile = pool.directory.file("pin")
         let wrongFile = pool.directory.file("wrong-pin")
-        FileManager.default.createFile(atPath: pinFile, contents: Data("2468".utf8))
-        FileManager.default.createFile(atPath: wrongFile, contents: Data("1357".utf8))
+        _ = FileManager.default.createFile(atPath: pinFile, contents: Data("2468".utf8))
+        _ = FileManager.default.createFile(atPath: wrongFile, contents: Data("1357".utf8))
         try pool.enrol(["--tpm2-pcrs", "7", "--tpm2-pin-file", pinFile])
 
         let missing = try pool.cryptdRefusal(["--tpm2", "--tpm2-device", tpm.tcti])

@@ -20,7 +20,7 @@ final class EnrolledPool {
     init(tcti: String) throws {
         directory = try TemporaryDirectory()
         self.tcti = tcti
-        FileManager.default.createFile(atPath: passphraseFile, contents: Data(Self.passphrase.utf8), attributes: [.posixPermissions: 0o600])
+        _ = FileManager.default.createFile(atPath: passphraseFile, contents: Data(Self.passphrase.utf8), attributes: [.posixPermissions: 0o600])
         guard FileManager.default.createFile(atPath: image, contents: nil), truncate(image, 64 << 20) == 0 else {
             throw TestFailure("cannot create \(image)")
         }
