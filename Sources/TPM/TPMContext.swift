@@ -26,6 +26,10 @@ public final class TPMContext: @unchecked Sendable {
     /// Opens the TPM at `tcti`: "device:/dev/tpmrm0", "swtpm:host=127.0.0.1,port=2321", ...
     public init(tcti: String = TPMContext.defaultTCTI) throws(TPMError) {
         self.tcti = tcti
+        // tpm2-tss logs failed commands to stderr; this layer reports them as
+        // TPMError instead, so a refusal stays one line. TSS2_LOG set by the
+        // user (e.g. all+debug) still wins.
+        setenv("TSS2_LOG", "all+NONE", 0)
         lock = .allocate(capacity: 1)
         lock.initialize(to: pthread_mutex_t())
         var attributes = pthread_mutexattr_t()

@@ -36,6 +36,7 @@ struct AnchorAndControlTests {
         let refused = try pool.cryptdRefusal(arguments())
         let errors = lines(of: refused.output, startingWith: "bulkhead-cryptd:")
         #expect(errors.count == 1, "\(refused.output)")
+        #expect(!refused.output.contains("ERROR") && !refused.output.contains("WARNING"), "\(refused.output)")
         #expect(errors.first?.contains("rolled back") == true && errors.first?.contains("TPM NV counter") == true, "\(refused.output)")
 
         // The newest copy back in place opens again.

@@ -37,6 +37,7 @@ struct KeyslotProductTests {
         let refused = try pool.cryptdRefusal(["--tpm2", "--tpm2-device", tpm.tcti])
         let errors = lines(of: refused.output, startingWith: "bulkhead-cryptd:")
         #expect(errors.count == 1, "\(refused.output)")
+        #expect(refused.output.split(separator: "\n").count == 1, "more than one line: \(refused.output)")
         #expect(errors.first?.contains("PCR 15 (sha256) differ") == true, "\(refused.output)")
         #expect(errors.first?.contains("PCR 7,") != true && errors.first?.contains("PCR 7 ") != true)
         #expect(errors.first?.contains("--recovery-key-file") == true, "\(refused.output)")
