@@ -139,13 +139,14 @@ extension Pool {
                     reasons.append("keyslot \(index): does not match the header's digest")
                     continue
                 }
-                // Both areas usually hold the same keyslot: one that did not
-                // open is not tried again (a TPM counts wrong PINs).
-                guard !failed.contains(slotBlock) else { continue }
+                // Both areas usually hold the same keyslot: a TPM keyslot that
+                // did not open under this pool ID is not tried again (the TPM
+                // counts wrong PINs towards its lockout).
+                guard slot.type != .tpm2 || !failed.contains(slotBlock + header.poolID) else { continue }
                 let master: MasterKey
                 do { master = try KeyslotSealer.open(slot, secret: secret, poolID: header.poolID) } catch {
                     reasons.append(error.description)
-                    failed.insert(slotBlock)
+                    failed.insert(slotBlock + header.poolID)
                     continue
                 }
                 let keys = PoolKeys(master: master, poolID: header.poolID)
