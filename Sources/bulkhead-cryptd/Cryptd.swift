@@ -20,7 +20,9 @@ struct Cryptd: ParsableCommand {
         discussion: """
             The pool is read from STORAGE: nbd:unix:PATH[#EXPORT] for a storage domain, or a path to an \
             image file. Each volume is served on its own socket, SERVE_DIR/NAME.sock, as the NBD export \
-            NAME (which also answers the empty name). Exits 0 on SIGTERM or SIGINT after a final commit.
+            NAME (which also answers the empty name). With --tpm2 the pool is unlocked by its tpm2 keyslots; \
+            with --anchor tpm2 a TPM NV counter refuses rolled-back pools. The control socket lets bulkhead \
+            --control administer the served pool (docs/control.md). Exits 0 on SIGTERM or SIGINT after a final commit.
             """,
         version: BulkheadVersion.string)
 

@@ -3,9 +3,11 @@ import BulkheadVersion
 
 /// The toolstack: what runs in dom0's initramfs. It measures and launches the
 /// storage and crypt domains, supervises them, attaches root through the
-/// chain and administers pools. `bulkhead boot` never holds key material;
-/// the administration commands below open the pool themselves, like
-/// cryptsetup, and must not run while a crypt domain serves the same pool.
+/// chain and administers pools. `bulkhead boot` never holds key material.
+/// The administration commands below either open the pool themselves, like
+/// cryptsetup, which must not happen while a crypt domain serves it, or,
+/// with `--control SOCKET`, ask the crypt domain serving it to do the work
+/// where the key is (docs/control.md).
 @main
 struct Bulkhead: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -16,7 +18,7 @@ struct Bulkhead: ParsableCommand {
             bulkhead-storaged serves raw ciphertext blocks over NBD and is untrusted; \
             bulkhead-cryptd holds the keys and serves authenticated, rollback-protected volumes. \
             STORAGE is nbd:unix:PATH[#EXPORT] (a storage domain's export) or the path of an image file. \
-            Do not administer a pool while a crypt domain serves it.
+            Do not open a pool a crypt domain serves: administer it through the crypt domain with --control SOCKET.
             """,
         version: BulkheadVersion.string,
         subcommands: [Format.self, VolumeCommand.self, Dump.self, KeyslotCommand.self, Verify.self])
