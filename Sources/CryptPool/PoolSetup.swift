@@ -48,6 +48,7 @@ extension Pool {
         try pool.writeHeaderAreas(slots: slots, updateCounter: 1)
         try pool.writeBlocks(PoolLayout.superblockSlots[0], [UInt8](repeating: 0, count: 4 * PoolLayout.blockSize))
         try pool.gate.withExclusive { () throws(PoolError) in try pool.checkpoint() }
+        pool.startCommitTimer()
         return FormatResult(pool: pool, recoveryKey: recovery)
     }
 
@@ -88,6 +89,7 @@ extension Pool {
             configuration: configuration, state: placeholder,
             header: HeaderImage(slots: slots, updateCounter: header.updateCounter))
         try pool.recover()
+        pool.startCommitTimer()
         return pool
     }
 

@@ -89,9 +89,10 @@ extension Pool {
 }
 
 extension Pool {
-    /// Commits everything and folds the log into the trees, so the next open
-    /// replays nothing (a clean close).
+    /// Stops the commit timer, then commits everything and folds the log
+    /// into the trees, so the next open replays nothing (a clean close).
     public func close() throws(PoolError) {
+        commitTimer?.stop()
         try exclusiveCommit { _, _ in }
     }
 }

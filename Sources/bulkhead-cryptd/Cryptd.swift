@@ -50,6 +50,9 @@ struct Cryptd: ParsableCommand {
     @Option(name: .customLong("checkpoint-records"), help: ArgumentHelp("Log records between tree checkpoints (memory bound).", valueName: "count"))
     var checkpointRecords: Int = 65_536
 
+    @Option(name: .customLong("commit-interval"), help: ArgumentHelp("Seconds after which unflushed writes are committed (0: only on FLUSH).", valueName: "seconds"))
+    var commitInterval: Double = 5
+
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
     var logLevel = "info"
 
@@ -63,6 +66,9 @@ struct Cryptd: ParsableCommand {
         }
         guard retryWindow > 0, checkpointRecords >= 100 else {
             throw commandFailure(program, "--retry-window must be positive and --checkpoint-records at least 100", status: usageExitCode)
+        }
+        guard commitInterval >= 0, commitInterval.isFinite else {
+            throw commandFailure(program, "--commit-interval must be 0 or a positive number of seconds", status: usageExitCode)
         }
         let location: StorageLocation
         do { location = try StorageLocation(parsing: storage) } catch {
@@ -89,7 +95,7 @@ struct Cryptd: ParsableCommand {
             let anchor = try FileTrustAnchor(directory: stateDirectory)
             pool = try Pool.open(
                 storage: device, secret: secret, anchor: anchor,
-                configuration: PoolConfiguration(checkpointRecords: checkpointRecords))
+                configuration: PoolConfiguration(checkpointRecords: checkpointRecords, commitInterval: commitInterval))
         } catch {
             throw commandFailure(program, "cannot open the pool on \(location): \(error)")
         }

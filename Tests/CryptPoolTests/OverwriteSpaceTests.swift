@@ -12,7 +12,7 @@ import Testing
 /// Found by bench/chain (bench/CHAIN.md): copy-on-write keeps every block
 /// overwritten since the last commit allocated until the next commit, and
 /// nothing commits until the consumer sends FLUSH (docs/format.md, section 7
-/// promises a commit timer; there is none), so an overwrite burst without
+/// promised a commit timer; there was none), so an overwrite burst without
 /// FLUSH gets ENOSPC once it exceeds the pool's free space, although the
 /// volume is fully provisioned. A commit on allocation failure (and retry)
 /// would reclaim the overwritten blocks.
