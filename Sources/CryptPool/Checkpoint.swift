@@ -28,6 +28,9 @@ extension Pool {
         }
         var releases = releasedEarlier
         var writes: [(PhysicalBlock, [UInt8])] = []
+        // Blocks this checkpoint allocated: released again if it fails
+        // before the state switches to it, since nothing then refers to them.
+        var allocated: [PhysicalBlock] = []
         // The region this checkpoint rewrites, until its blocks are durable:
         // if the checkpoint fails before then, the region's blocks may hold
         // anything, so its image must not be trusted by the next checkpoint.
@@ -48,7 +51,7 @@ extension Pool {
                 let tree = TreeIdentity(kind: .volumeTreeNode, object: id.rawValue, depth: volume.depth, volumeName: volume.name)
                 volumes[id]!.root = try rebuild(
                     volume.root, tree: tree, level: volume.depth, firstIndex: 0, changes: changes, generation: generation,
-                    writes: &writes, releases: &releases)
+                    writes: &writes, releases: &releases, allocated: &allocated)
                 volumes[id]!.overlay = Overlay()
             }
 
@@ -61,6 +64,7 @@ extension Pool {
                 ($0.volumeTable, $0.poolObject, $0.logBlocks, $0.nextVolumeID, 1 - $0.spaceMapRegion)
             }
             guard let locations = state.withLock({ $0.space.allocate(tableBlocks.count + 1) }) else { throw .noSpace }
+            allocated += locations
             releases += oldTable.map(\.block) + oldLog
             if !oldObject.isNull { releases.append(oldObject.block) }
             var tablePointers: [BlockPointer] = []
@@ -119,6 +123,7 @@ extension Pool {
                 // allocated until the pool is reopened: freeing them before
                 // its superblock is durable could hand out live blocks.
                 if !stateSwitched {
+                    for block in allocated { state.space.release(block) }
                     state.pending.insert(contentsOf: taken, at: 0)
                     state.releaseAfterCommit.insert(contentsOf: releasedEarlier, at: 0)
                 }
