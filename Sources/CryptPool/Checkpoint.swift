@@ -16,14 +16,16 @@ extension Pool {
         // The space map region this checkpoint overwrites is the one the
         // previous checkpoint did not use; that holds only once the newest
         // superblock is durable, so a failed superblock write is retried first.
+        try checkUsable()
         if let unsynced = state.withLock({ $0.unsyncedSuperblock }) { try writeSuperblock(unsynced) }
-        let (taken, releasedEarlier, generation) = state.withLock { state in
+        let (taken, releasedEarlier, generation, takenEpoch) = state.withLock { state in
             // A rollover in the middle would be harmless but is avoided so
             // one checkpoint seals under one session key.
             if state.metadataCounter > maxSealsPerSessionKey - (1 << 24) { startSession(in: &state) }
-            let taken = (state.pending, state.releaseAfterCommit, state.generation + 1)
+            let taken = (state.pending, state.releaseAfterCommit, state.generation + 1, state.pendingEpoch)
             state.pending = []
             state.releaseAfterCommit = []
+            state.pendingEpoch = nil
             return taken
         }
         var releases = releasedEarlier
@@ -96,8 +98,10 @@ extension Pool {
                 object.encoded(), kind: .poolObject, object: 0, level: 0, firstIndex: 0, at: objectBlock, generation: generation)
             writes.append((objectBlock, sealedObject.ciphertext))
 
+            let writesEpoch = storageEpoch
             try writeScattered(writes)
-            try flushStorage()
+            try flushStorage(
+                covering: UnflushedWrites(metadata: writes, records: taken, oldestEpoch: min(takenEpoch ?? writesEpoch, writesEpoch)))
             unsettledRegion = nil
 
             let superblock = Superblock(
@@ -126,6 +130,7 @@ extension Pool {
                     for block in allocated { state.space.release(block) }
                     state.pending.insert(contentsOf: taken, at: 0)
                     state.releaseAfterCommit.insert(contentsOf: releasedEarlier, at: 0)
+                    state.notePendingWrites(since: takenEpoch)
                 }
             }
             throw error

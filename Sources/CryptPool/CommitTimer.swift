@@ -59,7 +59,7 @@ final class CommitTimer: Sendable {
         while true {
             let stopping = state.wait(until: { $0.stopping }, timeout: poll) { _ in true } ?? false
             guard !stopping, let pool = reference.pool else { return }
-            guard pool.isDirty else {
+            guard pool.isDirty, !pool.hasFailed else {
                 dirtySince = nil
                 continue
             }

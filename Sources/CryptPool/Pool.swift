@@ -2,6 +2,7 @@ import BlockDevice
 import Crypto
 import Keys
 import PoolFormat
+import Synchronization
 import Threads
 
 /// Tunables of an open pool.
@@ -48,6 +49,11 @@ public final class Pool: Sendable {
     let header: Guarded<HeaderImage>
     /// Commits uncommitted changes in the background; nil when disabled.
     let commitTimer: CommitTimer?
+    /// Why the pool stopped serving, once storage lost acknowledged data
+    /// writes (docs/format.md, section 7, "Storage restarts"); `failed`
+    /// says whether it is set without taking the lock.
+    let failure = Guarded<PoolError?>(nil)
+    let failed = Atomic<Bool>(false)
 
     struct HeaderImage {
         var slots: [KeyslotBlock]

@@ -63,8 +63,12 @@ extension Pool {
         let header = PoolHeader(poolID: poolID, blockCount: blockCount, updateCounter: updateCounter, keyslotDigests: digests)
         let area = header.block(mac: keys.mac(header.authenticatedBytes())) + slotBlocks.flatMap { $0 }
         for start in [PoolLayout.headerAreaB, PoolLayout.headerAreaA] {
+            let epoch = storageEpoch
             try writeBlocks(start, area)
-            try flushStorage()
+            let blocks = (0..<(area.count / PoolLayout.blockSize)).map { index in
+                (start + UInt64(index), Array(area[(index * PoolLayout.blockSize)..<((index + 1) * PoolLayout.blockSize)]))
+            }
+            try flushStorage(covering: UnflushedWrites(metadata: blocks, oldestEpoch: epoch))
         }
     }
 

@@ -253,6 +253,7 @@ public final class Volume: BlockDevice {
             writes.append((locations[index], sealed.ciphertext))
             pointers.append(BlockPointer(block: locations[index], salt: salt, counter: counter, generation: generation, tag: sealed.tag))
         }
+        let epoch = pool.storageEpoch
         do {
             try pool.writeScattered(writes)
         } catch {
@@ -261,6 +262,7 @@ public final class Volume: BlockDevice {
         }
         try pool.state.withLock { (state) throws(PoolError) in
             guard state.volumes[id] != nil else { throw .noSuchVolume(name) }
+            state.notePendingWrites(since: epoch)
             // Mutated in place: a copy of the volume state would copy its
             // whole overlay on every write.
             for (index, logical) in blocks.enumerated() {
@@ -286,6 +288,7 @@ public final class Volume: BlockDevice {
     /// Maps pool errors onto block device errors for the NBD server.
     private func run(_ body: () throws(PoolError) -> Void) throws(BlockDeviceError) {
         do {
+            try pool.checkUsable()
             try body()
         } catch {
             switch error {
