@@ -73,6 +73,12 @@ public protocol BlockDevice: AnyObject, Sendable {
     /// Smallest unit of access in bytes (1 for byte-addressable devices, 512
     /// or 4096 with O_DIRECT).
     var minimumBlockSize: UInt32 { get }
+    /// Changes whenever the device starts a new session with what backs it
+    /// (a remote device reconnected, perhaps to a restarted server): a flush
+    /// then covers only writes acknowledged in its own session, and writes
+    /// acknowledged earlier may be lost without any error. 0 and never
+    /// changing for local devices.
+    var sessionEpoch: UInt64 { get }
 
     /// Reads `buffer.count` bytes at `offset` (NBD_CMD_READ).
     func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockDeviceError)
@@ -87,6 +93,9 @@ public protocol BlockDevice: AnyObject, Sendable {
 }
 
 extension BlockDevice {
+    /// A local device has one session for its lifetime.
+    public var sessionEpoch: UInt64 { 0 }
+
     /// Checks that `offset..<offset+length` lies inside the device, without overflow.
     public func checkRange(_ offset: UInt64, _ length: UInt64) throws(BlockDeviceError) {
         let (end, overflow) = offset.addingReportingOverflow(length)

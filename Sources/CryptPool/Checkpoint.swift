@@ -16,18 +16,23 @@ extension Pool {
         // The space map region this checkpoint overwrites is the one the
         // previous checkpoint did not use; that holds only once the newest
         // superblock is durable, so a failed superblock write is retried first.
+        try checkUsable()
         if let unsynced = state.withLock({ $0.unsyncedSuperblock }) { try writeSuperblock(unsynced) }
-        let (taken, releasedEarlier, generation) = state.withLock { state in
+        let (taken, releasedEarlier, generation, takenEpoch) = state.withLock { state in
             // A rollover in the middle would be harmless but is avoided so
             // one checkpoint seals under one session key.
             if state.metadataCounter > maxSealsPerSessionKey - (1 << 24) { startSession(in: &state) }
-            let taken = (state.pending, state.releaseAfterCommit, state.generation + 1)
+            let taken = (state.pending, state.releaseAfterCommit, state.generation + 1, state.pendingEpoch)
             state.pending = []
             state.releaseAfterCommit = []
+            state.pendingEpoch = nil
             return taken
         }
         var releases = releasedEarlier
         var writes: [(PhysicalBlock, [UInt8])] = []
+        // Blocks this checkpoint allocated: released again if it fails
+        // before the state switches to it, since nothing then refers to them.
+        var allocated: [PhysicalBlock] = []
         // The region this checkpoint rewrites, until its blocks are durable:
         // if the checkpoint fails before then, the region's blocks may hold
         // anything, so its image must not be trusted by the next checkpoint.
@@ -48,7 +53,7 @@ extension Pool {
                 let tree = TreeIdentity(kind: .volumeTreeNode, object: id.rawValue, depth: volume.depth, volumeName: volume.name)
                 volumes[id]!.root = try rebuild(
                     volume.root, tree: tree, level: volume.depth, firstIndex: 0, changes: changes, generation: generation,
-                    writes: &writes, releases: &releases)
+                    writes: &writes, releases: &releases, allocated: &allocated)
                 volumes[id]!.overlay = Overlay()
             }
 
@@ -61,6 +66,7 @@ extension Pool {
                 ($0.volumeTable, $0.poolObject, $0.logBlocks, $0.nextVolumeID, 1 - $0.spaceMapRegion)
             }
             guard let locations = state.withLock({ $0.space.allocate(tableBlocks.count + 1) }) else { throw .noSpace }
+            allocated += locations
             releases += oldTable.map(\.block) + oldLog
             if !oldObject.isNull { releases.append(oldObject.block) }
             var tablePointers: [BlockPointer] = []
@@ -92,8 +98,10 @@ extension Pool {
                 object.encoded(), kind: .poolObject, object: 0, level: 0, firstIndex: 0, at: objectBlock, generation: generation)
             writes.append((objectBlock, sealedObject.ciphertext))
 
+            let writesEpoch = storageEpoch
             try writeScattered(writes)
-            try flushStorage()
+            try flushStorage(
+                covering: UnflushedWrites(metadata: writes, records: taken, oldestEpoch: min(takenEpoch ?? writesEpoch, writesEpoch)))
             unsettledRegion = nil
 
             let superblock = Superblock(
@@ -119,8 +127,10 @@ extension Pool {
                 // allocated until the pool is reopened: freeing them before
                 // its superblock is durable could hand out live blocks.
                 if !stateSwitched {
+                    for block in allocated { state.space.release(block) }
                     state.pending.insert(contentsOf: taken, at: 0)
                     state.releaseAfterCommit.insert(contentsOf: releasedEarlier, at: 0)
+                    state.notePendingWrites(since: takenEpoch)
                 }
             }
             throw error

@@ -28,10 +28,15 @@ extension Pool {
     /// Appends the records since the last commit to the log and writes the
     /// next superblock (docs/format.md, section 7). Callers serialise commits.
     func commit() throws(PoolError) {
-        let (records, releases, generation, previous, logSequence) = state.withLock { state in
-            let taken = (state.pending, state.releaseAfterCommit, state.generation + 1, state.logHead, UInt64(state.logBlocks.count))
+        try checkUsable()
+        let (records, releases, generation, previous, logSequence, recordsEpoch) = state.withLock { state in
+            let taken = (
+                state.pending, state.releaseAfterCommit, state.generation + 1, state.logHead, UInt64(state.logBlocks.count),
+                state.pendingEpoch
+            )
             state.pending = []
             state.releaseAfterCommit = []
+            state.pendingEpoch = nil
             return taken
         }
         guard !records.isEmpty else {
@@ -48,7 +53,7 @@ extension Pool {
             Array(records[$0..<min($0 + PoolLayout.logRecordsPerBlock, records.count)])
         }
         guard let locations = state.withLock({ $0.space.allocate(chunks.count) }) else {
-            restore(records, releases)
+            restore(records, releases, recordsEpoch)
             throw .noSpace
         }
         var writes: [(PhysicalBlock, [UInt8])] = []
@@ -62,11 +67,15 @@ extension Pool {
                 writes.append((locations[index], sealed.ciphertext))
                 head = sealed.pointer
             }
+            let logEpoch = storageEpoch
             try writeScattered(writes)
-            try flushStorage()
+            // The records' data blocks and the log, checked if the storage
+            // restarted since: no superblock may name a lost block.
+            try flushStorage(
+                covering: UnflushedWrites(metadata: writes, records: records, oldestEpoch: min(recordsEpoch ?? logEpoch, logEpoch)))
         } catch {
             state.withLock { state in for block in locations { state.space.release(block) } }
-            restore(records, releases)
+            restore(records, releases, recordsEpoch)
             throw error
         }
         let superblock = state.withLock { state in
@@ -87,10 +96,11 @@ extension Pool {
         state.withLock { state in for block in releases { state.space.release(block) } }
     }
 
-    private func restore(_ records: [LogRecord], _ releases: [PhysicalBlock]) {
+    private func restore(_ records: [LogRecord], _ releases: [PhysicalBlock], _ epoch: UInt64?) {
         state.withLock { state in
             state.pending.insert(contentsOf: records, at: 0)
             state.releaseAfterCommit.insert(contentsOf: releases, at: 0)
+            state.notePendingWrites(since: epoch)
         }
     }
 
@@ -99,8 +109,12 @@ extension Pool {
     func writeSuperblock(_ superblock: Superblock) throws(PoolError) {
         state.withLock { $0.unsyncedSuperblock = superblock }
         let slot = PoolLayout.superblockSlots[Int(superblock.generation % UInt64(PoolLayout.superblockSlots.count))]
-        try writeBlocks(slot, superblock.block(mac: keys.mac(superblock.authenticatedBytes())))
-        try flushStorage()
+        let bytes = superblock.block(mac: keys.mac(superblock.authenticatedBytes()))
+        let epoch = storageEpoch
+        try writeBlocks(slot, bytes)
+        // A superblock lost in a storage restart is written again (it stays
+        // unsynced); the anchor must not move past what the storage holds.
+        try flushStorage(covering: UnflushedWrites(metadata: [(slot, bytes)], oldestEpoch: epoch))
         try anchor?.record(pool: poolID, generation: superblock.generation)
         state.withLock { state in
             if state.unsyncedSuperblock?.generation == superblock.generation { state.unsyncedSuperblock = nil }

@@ -2,6 +2,7 @@ import BlockDevice
 import Crypto
 import Keys
 import PoolFormat
+import Synchronization
 import Threads
 
 /// Tunables of an open pool.
@@ -11,10 +12,14 @@ public struct PoolConfiguration: Sendable {
     public var checkpointRecords: Int = 65_536
     /// Decoded tree nodes kept in memory (about 6 KiB each).
     public var nodeCacheCapacity: Int = 8192
+    /// Seconds after which uncommitted changes are committed without a
+    /// FLUSH (docs/format.md, section 7); 0 disables the commit timer.
+    public var commitInterval: Double = 5
 
-    public init(checkpointRecords: Int = 65_536, nodeCacheCapacity: Int = 8192) {
+    public init(checkpointRecords: Int = 65_536, nodeCacheCapacity: Int = 8192, commitInterval: Double = 5) {
         self.checkpointRecords = checkpointRecords
         self.nodeCacheCapacity = nodeCacheCapacity
+        self.commitInterval = commitInterval
     }
 }
 
@@ -42,6 +47,13 @@ public final class Pool: Sendable {
     let master: MasterKey
     /// The keyslots of the newest header area and its update counter.
     let header: Guarded<HeaderImage>
+    /// Commits uncommitted changes in the background; nil when disabled.
+    let commitTimer: CommitTimer?
+    /// Why the pool stopped serving, once storage lost acknowledged data
+    /// writes (docs/format.md, section 7, "Storage restarts"); `failed`
+    /// says whether it is set without taking the lock.
+    let failure = Guarded<PoolError?>(nil)
+    let failed = Atomic<Bool>(false)
 
     struct HeaderImage {
         var slots: [KeyslotBlock]
@@ -69,7 +81,10 @@ public final class Pool: Sendable {
         self.configuration = configuration
         self.state = Guarded(state)
         self.nodeCache = NodeCache(capacity: configuration.nodeCacheCapacity)
+        commitTimer = configuration.commitInterval > 0 ? CommitTimer(interval: configuration.commitInterval) : nil
     }
+
+    deinit { commitTimer?.requestStop() }
 
     /// The newest committed generation.
     public var generation: UInt64 { state.withLock { $0.generation } }

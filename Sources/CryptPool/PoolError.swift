@@ -53,6 +53,9 @@ public enum PoolError: Error, Sendable, Equatable, CustomStringConvertible {
     case invalidArgument(String)
     /// Administrative operations on keyslots.
     case keyslot(String)
+    /// The storage domain lost data writes it had acknowledged (a restart
+    /// behind a reconnect); the pool refuses everything until reopened.
+    case writesLost(String)
 
     public var description: String {
         switch self {
@@ -75,6 +78,9 @@ public enum PoolError: Error, Sendable, Equatable, CustomStringConvertible {
         case .tooManyVolumes: "the pool holds the maximum of \(PoolLayout.maxVolumeTableBlocks * PoolLayout.volumesPerTableBlock) volumes"
         case .invalidArgument(let why): why
         case .keyslot(let why): why
+        case .writesLost(let what):
+            "the storage domain lost \(what) it had acknowledged before a restart; "
+                + "the pool stopped serving and must be opened again (its last commit is intact)"
         }
     }
 }

@@ -48,6 +48,7 @@ extension Pool {
         try pool.writeHeaderAreas(slots: slots, updateCounter: 1)
         try pool.writeBlocks(PoolLayout.superblockSlots[0], [UInt8](repeating: 0, count: 4 * PoolLayout.blockSize))
         try pool.gate.withExclusive { () throws(PoolError) in try pool.checkpoint() }
+        pool.startCommitTimer()
         return FormatResult(pool: pool, recoveryKey: recovery)
     }
 
@@ -62,8 +63,12 @@ extension Pool {
         let header = PoolHeader(poolID: poolID, blockCount: blockCount, updateCounter: updateCounter, keyslotDigests: digests)
         let area = header.block(mac: keys.mac(header.authenticatedBytes())) + slotBlocks.flatMap { $0 }
         for start in [PoolLayout.headerAreaB, PoolLayout.headerAreaA] {
+            let epoch = storageEpoch
             try writeBlocks(start, area)
-            try flushStorage()
+            let blocks = (0..<(area.count / PoolLayout.blockSize)).map { index in
+                (start + UInt64(index), Array(area[(index * PoolLayout.blockSize)..<((index + 1) * PoolLayout.blockSize)]))
+            }
+            try flushStorage(covering: UnflushedWrites(metadata: blocks, oldestEpoch: epoch))
         }
     }
 
@@ -89,6 +94,7 @@ extension Pool {
             header: HeaderImage(slots: slots, updateCounter: header.updateCounter))
         try pool.recover()
         try pool.settleAnchorEpoch()
+        pool.startCommitTimer()
         return pool
     }
 

@@ -104,6 +104,9 @@ struct PoolState: Sendable {
     var nextVolumeID: VolumeID
     /// Records written since the last commit, in order.
     var pending: [LogRecord] = []
+    /// The storage session epoch sampled before the oldest data write whose
+    /// record is pending; nil when none is.
+    var pendingEpoch: UInt64?
     /// Blocks freed since the last commit; allocatable once it is durable.
     var releaseAfterCommit: [PhysicalBlock] = []
     // The log since the checkpoint.
@@ -120,6 +123,14 @@ struct PoolState: Sendable {
     /// hold only the previous one. Written again before the next commit
     /// reports success and before the next checkpoint.
     var unsyncedSuperblock: Superblock?
+}
+
+extension PoolState {
+    /// Notes that pending records name data written from storage epoch `epoch` on.
+    mutating func notePendingWrites(since epoch: UInt64?) {
+        guard let epoch else { return }
+        pendingEpoch = min(pendingEpoch ?? epoch, epoch)
+    }
 }
 
 struct VolumeSessionKey: Hashable, Sendable {

@@ -111,11 +111,13 @@ extension Pool {
 
     /// Rebuilds the part of a tree that `changes` touch, copy-on-write: new
     /// nodes go to newly allocated blocks (sealed and queued in `writes`),
-    /// replaced nodes and replaced or cleared units go to `releases`.
+    /// replaced nodes and replaced or cleared units go to `releases`, and
+    /// the blocks allocated for new nodes to `allocated`.
     /// Returns the new pointer for this subtree (null if it became empty).
     func rebuild(
         _ pointer: BlockPointer, tree: TreeIdentity, level: Int, firstIndex: UInt64, changes: TreeChanges,
-        generation: UInt64, writes: inout [(PhysicalBlock, [UInt8])], releases: inout [PhysicalBlock]
+        generation: UInt64, writes: inout [(PhysicalBlock, [UInt8])], releases: inout [PhysicalBlock],
+        allocated: inout [PhysicalBlock]
     ) throws(PoolError) -> BlockPointer {
         var node = pointer.isNull ? TreeNode() : try loadNode(pointer, tree: tree, level: level, firstIndex: firstIndex)
         let span = childSpan(level: level)
@@ -141,12 +143,13 @@ extension Pool {
             } else {
                 node.children[slot] = try rebuild(
                     old, tree: tree, level: level - 1, firstIndex: childFirst, changes: inside, generation: generation,
-                    writes: &writes, releases: &releases)
+                    writes: &writes, releases: &releases, allocated: &allocated)
             }
         }
         if !pointer.isNull { releases.append(pointer.block) }
         if node.isEmpty { return .null }
         guard let block = state.withLock({ $0.space.allocate(1) })?.first else { throw .noSpace }
+        allocated.append(block)
         let sealed = try sealMetadata(
             node.encoded(), kind: tree.kind, object: tree.object, level: level, firstIndex: firstIndex, at: block,
             generation: generation)

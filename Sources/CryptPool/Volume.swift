@@ -58,7 +58,7 @@ public final class Volume: BlockDevice {
         guard buffer.count > 0 else { return }
         let blocks = Self.blockRange(offset, UInt64(buffer.count))
         try run { () throws(PoolError) in
-            try pool.gate.withShared { () throws(PoolError) in
+            try pool.reclaimingSpace { () throws(PoolError) in try pool.gate.withShared { () throws(PoolError) in
                 try pool.ranges.withLock(key: id.rawValue, range: blocks) { () throws(PoolError) in
                     let start = Int(offset - blocks.lowerBound * Self.blockSize)
                     let total = Int(UInt64(blocks.count) * Self.blockSize)
@@ -74,7 +74,7 @@ public final class Volume: BlockDevice {
                     try writePlain(blocks, plain)
                     plain.withUnsafeMutableBytes { zeroize($0) }
                 }
-            }
+            } }
             if fua { try pool.flush() }
         }
     }
@@ -238,7 +238,7 @@ public final class Volume: BlockDevice {
         let (locations, salt, firstCounter, sealer) = try pool.state.withLock {
             (state) throws(PoolError) -> ([PhysicalBlock], SessionSalt, UInt64, BlockSealer) in
             guard state.volumes[id] != nil else { throw .noSuchVolume(name) }
-            guard let locations = state.space.allocate(count) else { throw .noSpace }
+            guard let locations = pool.allocateData(count, in: &state) else { throw .noSpace }
             let (salt, first) = pool.reserveDataCounters(id, count, in: &state)
             return (locations, salt, first, try pool.dataSealer(id, salt, in: &state))
         }
@@ -253,6 +253,7 @@ public final class Volume: BlockDevice {
             writes.append((locations[index], sealed.ciphertext))
             pointers.append(BlockPointer(block: locations[index], salt: salt, counter: counter, generation: generation, tag: sealed.tag))
         }
+        let epoch = pool.storageEpoch
         do {
             try pool.writeScattered(writes)
         } catch {
@@ -261,6 +262,7 @@ public final class Volume: BlockDevice {
         }
         try pool.state.withLock { (state) throws(PoolError) in
             guard state.volumes[id] != nil else { throw .noSuchVolume(name) }
+            state.notePendingWrites(since: epoch)
             // Mutated in place: a copy of the volume state would copy its
             // whole overlay on every write.
             for (index, logical) in blocks.enumerated() {
@@ -286,6 +288,7 @@ public final class Volume: BlockDevice {
     /// Maps pool errors onto block device errors for the NBD server.
     private func run(_ body: () throws(PoolError) -> Void) throws(BlockDeviceError) {
         do {
+            try pool.checkUsable()
             try body()
         } catch {
             switch error {

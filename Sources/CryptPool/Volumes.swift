@@ -63,13 +63,22 @@ extension Pool {
     func exclusiveCommit(
         _ change: (inout [VolumeID: VolumeState], inout [PhysicalBlock]) throws(PoolError) -> Void
     ) throws(PoolError) {
+        try serialisedCommit { () throws(PoolError) in
+            try gate.withExclusive { () throws(PoolError) in try checkpoint(volumeTableChange: change) }
+        }
+    }
+
+    /// Runs `body` (a commit or checkpoint) as the only one running; once it
+    /// succeeds, every FLUSH issued before it started counts as done.
+    func serialisedCommit<T>(_ body: () throws(PoolError) -> T) throws(PoolError) -> T {
         let covering = commits.wait(until: { !$0.running }) { tickets -> UInt64 in
             tickets.running = true
             return tickets.issued
         }!
         defer { commits.update { $0.running = false } }
-        try gate.withExclusive { () throws(PoolError) in try checkpoint(volumeTableChange: change) }
+        let result = try body()
         commits.update { $0.completed = max($0.completed, covering) }
+        return result
     }
 
     /// Opens the volume named `name` for I/O.
@@ -80,9 +89,10 @@ extension Pool {
 }
 
 extension Pool {
-    /// Commits everything and folds the log into the trees, so the next open
-    /// replays nothing (a clean close).
+    /// Stops the commit timer, then commits everything and folds the log
+    /// into the trees, so the next open replays nothing (a clean close).
     public func close() throws(PoolError) {
+        commitTimer?.stop()
         try exclusiveCommit { _, _ in }
     }
 }

@@ -47,6 +47,8 @@ final class ConnectionSupervisor: Sendable {
         var version = 0
         /// Failures since a request last got an answer.
         var failureStreak = 0
+        /// Connections made after the first (`RemoteBlockDevice.sessionEpoch`).
+        var reconnects: UInt64 = 0
 
         /// Replaces a dead connection: the first failure reconnects at
         /// once, later ones wait longer and longer.
@@ -89,6 +91,9 @@ final class ConnectionSupervisor: Sendable {
         guard streak > 1 else { return 0 }
         return min(options.initialBackoff * Double(1 << min(streak - 2, 30)), options.maxBackoff)
     }
+
+    /// How many times the device has reconnected.
+    var reconnects: UInt64 { state.withLock { $0.reconnects } }
 
     /// A usable connection. While there is none, waits for (or makes) a
     /// reconnect; `deadline` is set to now plus the retry window on the
@@ -184,6 +189,7 @@ final class ConnectionSupervisor: Sendable {
                 } else {
                     logger.notice("reconnected to NBD export \"\(export)\" at \(address)")
                     state.link = .connected(connection)
+                    state.reconnects += 1
                 }
                 state.version += 1
             case .failure(let error):

@@ -98,6 +98,11 @@ public final class RemoteBlockDevice: BlockDevice {
             options: options)
     }
 
+    /// The number of reconnects so far: a new connection may reach a new
+    /// server instance, which a flush cannot vouch for writes acknowledged
+    /// before it (see above).
+    public var sessionEpoch: UInt64 { supervisor.reconnects }
+
     deinit { supervisor.close() }
 
     /// Closes the connection; requests waiting or sent later fail with `.closed`.

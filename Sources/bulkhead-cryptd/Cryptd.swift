@@ -77,6 +77,9 @@ struct Cryptd: ParsableCommand {
     @Option(name: .customLong("control-allow-uid"), help: ArgumentHelp("Besides root, this uid may use the control socket (repeatable).", valueName: "uid"))
     var controlUIDs: [UInt32] = []
 
+    @Option(name: .customLong("commit-interval"), help: ArgumentHelp("Seconds after which unflushed writes are committed (0: only on FLUSH).", valueName: "seconds"))
+    var commitInterval: Double = 5
+
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
     var logLevel = "info"
 
@@ -87,6 +90,9 @@ struct Cryptd: ParsableCommand {
         }
         guard retryWindow > 0, checkpointRecords >= 100 else {
             throw commandFailure(program, "--retry-window must be positive and --checkpoint-records at least 100", status: usageExitCode)
+        }
+        guard commitInterval >= 0, commitInterval.isFinite else {
+            throw commandFailure(program, "--commit-interval must be 0 or a positive number of seconds", status: usageExitCode)
         }
         let location: StorageLocation
         do { location = try StorageLocation(parsing: storage) } catch {
@@ -150,7 +156,7 @@ struct Cryptd: ParsableCommand {
             if anchorKinds.contains("tpm2") { parts.append(TPMTrustAnchor(context: try tpm.context(), index: nvIndex)) }
             pool = try Pool.open(
                 storage: device, secret: secret, anchor: CombinedTrustAnchor(parts),
-                configuration: PoolConfiguration(checkpointRecords: checkpointRecords))
+                configuration: PoolConfiguration(checkpointRecords: checkpointRecords, commitInterval: commitInterval))
         } catch PoolError.unlockFailed(let reasons) where tpm2 && reasons.isEmpty {
             throw commandFailure(program, "the pool on \(location) has no tpm2 keyslot: unlock with --key-file or --recovery-key-file, then enrol with bulkhead keyslot add --tpm2")
         } catch {

@@ -73,12 +73,8 @@ import Testing
         }
         let clean = try freeAfterCreate(failFirst: false)
         let retried = try freeAfterCreate(failFirst: true)
-        // Known and reported, not yet fixed in Sources/CryptPool/Checkpoint.swift:
-        // when this starts passing, remove withKnownIssue.
-        withKnownIssue("a failed checkpoint leaks the blocks it allocated (reported to the lead)") {
-            #expect(retried.live == clean.live, "blocks leaked in memory by the failed checkpoint")
-            #expect(retried.reopened == clean.reopened, "blocks leaked on disk by the failed checkpoint")
-        }
+        #expect(retried.live == clean.live, "blocks leaked in memory by the failed checkpoint")
+        #expect(retried.reopened == clean.reopened, "blocks leaked on disk by the failed checkpoint")
     }
 
     /// The superblock slots, as a block range.
@@ -172,14 +168,13 @@ import Testing
     /// comes back at once. The NBD client reconnects and sends the FLUSH to
     /// the new instance, which succeeds: it covers nothing that was lost
     /// (NBDClient/RemoteBlockDevice.swift says callers must detect this).
-    /// The pool does not: the commit writes a superblock naming the lost
-    /// blocks and the consumer's FLUSH succeeds. Reads of those blocks then
-    /// fail their integrity check, in this session and after a restart: an
-    /// honest crash produces integrity errors and loses acknowledged,
-    /// flushed writes (design notes, invariant 2). Expected instead: the
-    /// FLUSH fails (the writes are gone and the consumer must be told), and
-    /// the committed state never names blocks written before a reconnect
-    /// unless they were verified or written again.
+    /// The pool did not: the commit wrote a superblock naming the lost
+    /// blocks and the consumer's FLUSH succeeded. Reads of those blocks then
+    /// failed their integrity check, in this session and after a restart: an
+    /// honest crash produced integrity errors and lost acknowledged, flushed
+    /// writes (design notes, invariant 2). Now the commit sees the storage
+    /// session changed, reads the blocks back, finds them missing, fails the
+    /// FLUSH and stops the pool; the durable state is the last commit.
     @Test func storageRestartLosingCachedWritesBeforeFlushGoesUnnoticed() throws {
         let setup = try HostileSetup(seed: 40)
         setup.storage.device.misbehaviour = .writeBackCache
@@ -188,12 +183,42 @@ import Testing
         let flushed = Result { () throws(BlockDeviceError) in try setup.consumer.flush() }
         let reads = setup.consumer.checkAll(setup.blocksToRead)
         #expect(reads.wrong == 0)
-        withKnownIssue("a storage restart between data writes and the commit's flush goes unnoticed (reported to the lead)") {
-            // Either the FLUSH reports the loss, or nothing was lost.
-            #expect(!flushed.isSuccess || reads.correct == setup.blocksToRead.count, "flush \(flushed), then \(reads)")
-            if flushed.isSuccess, case .success(let pool) = setup.reopen() {
-                #expect(pool.verify().failures.isEmpty, "an honest crash must not leave integrity errors")
-            }
+        #expect(!flushed.isSuccess, "the FLUSH must report the writes the storage lost, then \(reads)")
+        // The pool stopped: nothing more is served or committed.
+        #expect(throws: BlockDeviceError.self) { try setup.consumer.write(20, seed: 40_100) }
+        #expect(throws: PoolError.self) { try setup.pool.close() }
+
+        // Reopened, it is the state of the last successful FLUSH, intact.
+        let reopened = setup.reopen()
+        #expect(reopened.succeeded, "the pool must open after an honest restart: \(reopened)")
+        if case .success(let pool) = reopened {
+            #expect(pool.verify().failures.isEmpty, "an honest crash must not leave integrity errors")
+            let again = try setup.consumer(of: pool).checkAll(setup.blocksToRead, .afterReopen)
+            #expect(again.wrong == 0 && again.failed == 0, "after the reopen: \(again)")
+        }
+    }
+
+    /// The same restart with the storage keeping its cache (a storage domain
+    /// killed with its file intact): the read-back finds every block and
+    /// the FLUSH succeeds, in this session and after a reopen.
+    @Test func storageRestartKeepingCachedWritesBeforeFlushIsVerified() throws {
+        let setup = try HostileSetup(seed: 41)
+        setup.storage.device.misbehaviour = .writeBackCache
+        for block in UInt64(0)..<16 { try setup.consumer.write(block, seed: 41_000 + block) }
+        try setup.storage.restart(losingCache: false)
+        let epoch = setup.remote.sessionEpoch
+        let flushed = Result { () throws(BlockDeviceError) in try setup.consumer.flush() }
+        #expect(flushed.isSuccess, "nothing was lost, the FLUSH must succeed: \(flushed)")
+        #expect(setup.remote.sessionEpoch > epoch, "the FLUSH went to a new storage session")
+        let reads = setup.consumer.checkAll(setup.blocksToRead)
+        #expect(reads.correct == setup.blocksToRead.count, "\(reads)")
+        try setup.pool.close()
+        let reopened = setup.reopen()
+        #expect(reopened.succeeded, "the pool must reopen: \(reopened)")
+        if case .success(let pool) = reopened {
+            #expect(pool.verify().failures.isEmpty)
+            let again = try setup.consumer(of: pool).checkAll(setup.blocksToRead, .afterReopen)
+            #expect(again.correct == setup.blocksToRead.count, "after the reopen: \(again)")
         }
     }
 }

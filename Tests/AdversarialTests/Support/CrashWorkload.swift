@@ -30,7 +30,8 @@ enum WorkloadEvent {
 /// and checkpoints, chosen by a seeded generator.
 struct CrashWorkload {
     static let deviceSize: UInt64 = 8 << 20
-    static let configuration = PoolConfiguration(checkpointRecords: 24)
+    // No commit timer: a recorded stream must not depend on timing.
+    static let configuration = PoolConfiguration(checkpointRecords: 24, commitInterval: 0)
 
     let device: RecordingDevice
     /// Consumer flushes (and other durable points) the workload made.
