@@ -4,9 +4,13 @@ import PoolFormat
 extension Pool {
     /// Chooses the superblock to trust and loads its state (docs/format.md,
     /// sections 6 and 9). A slot whose HMAC fails is torn or forged and is
-    /// passed over; a slot older than the trust anchor is refused; a newer
-    /// slot whose checkpoint or log does not verify is passed over only in
-    /// favour of one the anchor still accepts.
+    /// passed over; a slot older than the trust anchor is refused. The
+    /// newest authenticated slot is the state: if its checkpoint or log
+    /// does not verify, open fails with that integrity error. An honest
+    /// crash never needs an older slot then, since a superblock is written
+    /// only after everything it names is durable, and nothing it names is
+    /// reused before a newer superblock is; falling back would let the
+    /// storage side roll the pool back by corrupting one block.
     func recover() throws(PoolError) {
         let slots = try readBlocks(PoolLayout.superblockSlots[0], count: PoolLayout.superblockSlots.count)
         var candidates: [Superblock] = []
@@ -21,23 +25,15 @@ extension Pool {
         guard !candidates.isEmpty else { throw .noValidSuperblock }
         candidates.sort { $0.generation > $1.generation }
         let anchored = try anchor?.generation(pool: poolID)
-        var failures: [PoolError] = []
-        for superblock in candidates {
-            if let anchored, superblock.generation < anchored {
-                throw failures.first ?? .rolledBack(pool: hex(poolID), found: superblock.generation, anchor: anchored)
-            }
-            do {
-                try load(superblock)
-                state.withLock { $0.anchorEpoch = superblock.anchorEpoch }
-                if anchored == nil || anchored! < superblock.generation {
-                    try anchor?.record(pool: poolID, generation: superblock.generation)
-                }
-                return
-            } catch {
-                failures.append(error)
-            }
+        let newest = candidates[0]
+        if let anchored, newest.generation < anchored {
+            throw .rolledBack(pool: hex(poolID), found: newest.generation, anchor: anchored)
         }
-        throw failures.first!
+        try load(newest)
+        state.withLock { $0.anchorEpoch = newest.anchorEpoch }
+        if anchored == nil || anchored! < newest.generation {
+            try anchor?.record(pool: poolID, generation: newest.generation)
+        }
     }
 
     /// Loads the checkpoint a superblock names and replays its log.

@@ -143,6 +143,35 @@ import Testing
         }
     }
 
+    /// Found by the VM boot test (Tests/VMTests): with one bit flipped in
+    /// the newest volume table, open passed over the newest superblock
+    /// (its checkpoint did not verify) and loaded an older one; with no
+    /// anchor (a crypt domain whose state is on tmpfs at boot) it served
+    /// the volume as it was before the file system was written, with no
+    /// error. Only a torn (HMAC-failing) superblock may be passed over.
+    @Test func corruptNewestCheckpointFallsBackToAnOlderSuperblock() throws {
+        let memory = try MemoryBlockDevice(size: 16 << 20)
+        let pool = try Pool.format(storage: memory, passphrase: testPassphrase, cost: testCost, anchor: nil).pool
+        try pool.createVolume(name: "root", size: 1 << 20)
+        try pool.volume(named: "root").writeBytes(at: 0, blockContents(seed: 7))
+        try pool.close()
+        let table = try #require(pool.state.withLock { $0.volumeTable.first })
+        var bytes = try memory.readBytes(at: table.block * UInt64(blockSize), count: blockSize)
+        bytes[100] ^= 0x04
+        try memory.writeBytes(at: table.block * UInt64(blockSize), bytes)
+
+        let reopened = Result { try Pool.open(storage: memory, secret: .passphrase(testPassphrase), anchor: nil) }
+        switch reopened {
+        case .success(let older):
+            Issue.record("opened generation \(older.generation) (newest \(pool.generation)) with volumes \(older.volumes.map(\.name))")
+        case .failure(let error):
+            guard case PoolError.integrity = error else {
+                Issue.record("expected an integrity failure naming the volume table, got \(error)")
+                return
+            }
+        }
+    }
+
     /// Found by fuzz-pool-format: a volume table record whose name is not
     /// UTF-8 decoded with replacement characters, so encoding the decoded
     /// block gave other bytes (a longer name, cut at 64 bytes) and a
