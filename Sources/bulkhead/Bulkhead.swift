@@ -19,5 +19,5 @@ struct Bulkhead: ParsableCommand {
             Do not administer a pool while a crypt domain serves it.
             """,
         version: BulkheadVersion.string,
-        subcommands: [Format.self, VolumeCommand.self, Dump.self, KeyslotCommand.self, Verify.self])
+        subcommands: [Format.self, VolumeCommand.self, Dump.self, KeyslotCommand.self, Verify.self, Boot.self, Status.self, EventLog.self])
 }
