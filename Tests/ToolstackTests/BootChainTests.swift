@@ -78,7 +78,7 @@ import Toolstack
             executable: fio,
             argv: [
                 fio, "--name=verify", "--ioengine=nbd", "--uri=\(fixture.uri("vm1"))", "--rw=randwrite", "--bs=4k",
-                "--size=24M", "--iodepth=8", "--verify=crc32c", "--verify_fatal=1", "--output-format=normal",
+                "--size=64M", "--iodepth=8", "--verify=crc32c", "--verify_fatal=1", "--output-format=normal",
             ], outputPath: log)
         defer {
             if ProcessLaunch.reap(job) == nil {
@@ -90,7 +90,7 @@ import Toolstack
         var status: Int32?
         let deadline = monotonicNow() + 240
         while status == nil, monotonicNow() < deadline {
-            usleep(3_000_000)
+            usleep(2_000_000)
             status = ProcessLaunch.reap(job)
             guard status == nil else { break }
             let storage = try fixture.domain(.storage)
