@@ -34,7 +34,9 @@ public struct SandboxCommand: Sendable {
         if launch.sandboxed {
             let bwrap = try ProcessLaunch.findExecutable("bwrap")
             executable = bwrap
-            argv = [bwrap] + Self.bwrapOptions(launch: launch, libraryDirectories: libraryDirectories) + ["--"] + drop + launch.arguments
+            // argv[0] "@...": systemd's shutdown spares such processes
+            // (root storage daemons); the domain dies with its bwrap.
+            argv = ["@bulkhead-\(launch.role.rawValue)-sandbox"] + Self.bwrapOptions(launch: launch, libraryDirectories: libraryDirectories) + ["--"] + drop + launch.arguments
         } else {
             executable = setpriv
             argv = drop + launch.arguments

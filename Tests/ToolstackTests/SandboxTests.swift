@@ -20,7 +20,7 @@ import Toolstack
         sandbox.argv.removeSubrange(seccomp...(seccomp + 1))
         let info = sandbox.argv.firstIndex(of: "--info-fd")!
         sandbox.argv.removeSubrange(info...(info + 1))
-        return try run(sandbox.argv, timeout: 30)
+        return try run([sandbox.executable] + sandbox.argv.dropFirst(), timeout: 30)
     }
 
     /// A shell test of whether `path` can be opened for reading.
