@@ -112,4 +112,23 @@ import Toolstack
         #expect(try fixture.domain(.crypt).restarts == 0)
         try fixture.stop()
     }
+
+    @Test("a crashed crypt domain is reported loudly and restarted; its volume is served again")
+    func cryptRestart() throws {
+        try requireBootPrivileges()
+        let fixture = try BootFixture()
+        try fixture.boot()
+        let before = try fixture.domain(.crypt)
+        kill(try #require(before.pid), SIGKILL)
+        #expect(eventually(timeout: 60) {
+            guard let crypt = try? fixture.domain(.crypt) else { return false }
+            return crypt.state == "running" && crypt.restarts == 1
+        }, "\(fixture.logs)")
+        let log = (try? String(contentsOfFile: "\(fixture.runtimeDirectory)/log/supervisor.log", encoding: .utf8)) ?? ""
+        #expect(log.contains("CRITICAL: CRYPT DOMAIN CRASHED: the crypt domain (pid \(before.pid!)) killed by signal 9 (SIGKILL)"), "\(log)")
+        let info = try run([try tool("nbdinfo", package: "libnbd-bin"), "--size", fixture.uri("vm1")])
+        #expect(info.output == String(128 << 20), "\(info.output)")
+        #expect(try fixture.domain(.storage).restarts == 0)
+        try fixture.stop()
+    }
 }
