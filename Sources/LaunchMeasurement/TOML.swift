@@ -49,6 +49,11 @@ public struct TOMLTable: Sendable, Equatable {
 public struct TOMLSyntaxError: Error, Sendable, Equatable {
     public var line: Int
     public var message: String
+
+    public init(line: Int, message: String) {
+        self.line = line
+        self.message = message
+    }
 }
 
 /// Parses TOML text of the subset above into its root table.

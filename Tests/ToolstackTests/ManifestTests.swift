@@ -99,4 +99,52 @@ import Toolstack
         #expect(outcome.output == "bulkhead: \(path):14: crypt.poool: unknown key")
         #expect(!FileManager.default.fileExists(atPath: runtime), "nothing may be created on a bad manifest")
     }
+
+    @Test("the TOML subset: literal strings, escapes, multi-line arrays, dotted headers, arrays of tables; syntax errors with lines")
+    func tomlSubset() throws {
+        let table = try parseTOML("""
+            a = 'C:\\raw'   # literal
+            b = "x\\ty\\"z"
+            c = [
+              1, # one
+              2_000,
+            ]
+            [t.u]
+            d = true
+            [[e]]
+            f = -3
+            [[e]]
+            f = 4
+            """)
+        #expect(table["a"]?.value == .string("C:\\raw"))
+        #expect(table["b"]?.value == .string("x\ty\"z"))
+        #expect(table["c"]?.value == .array([.integer(1), .integer(2000)]))
+        #expect(table["c"]?.line == 3)
+        guard case .table(let t)? = table["t"]?.value, case .table(let u)? = t["u"]?.value else {
+            Issue.record("no [t.u]")
+            return
+        }
+        #expect(u["d"]?.value == .boolean(true) && u["d"]?.line == 8)
+        guard case .array(let e)? = table["e"]?.value else {
+            Issue.record("no [[e]]")
+            return
+        }
+        #expect(e.count == 2)
+
+        func syntaxError(_ text: String) -> TOMLSyntaxError? {
+            do {
+                _ = try parseTOML(text)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        #expect(syntaxError("a = 1\na = 2") == TOMLSyntaxError(line: 2, message: "the key \"a\" is set twice"))
+        #expect(syntaxError("[s]\n[s]") == TOMLSyntaxError(line: 2, message: "table [s] is defined twice"))
+        #expect(syntaxError("a = \"open\nb = 1")?.line == 1)
+        #expect(syntaxError("a = 1 2")?.message == "unexpected text after the value")
+        #expect(syntaxError("a = { b = 1 }")?.message == "inline tables are not supported here; use a [table] header")
+        #expect(syntaxError("a = 1\n[a]\nb = 2")?.line == 2)
+        #expect(syntaxError(String(repeating: "[", count: 20))?.line == 1)
+    }
 }
