@@ -78,7 +78,7 @@ import Toolstack
             executable: fio,
             argv: [
                 fio, "--name=verify", "--ioengine=nbd", "--uri=\(fixture.uri("vm1"))", "--rw=randwrite", "--bs=4k",
-                "--size=64M", "--iodepth=8", "--verify=crc32c", "--verify_fatal=1", "--output-format=normal",
+                "--size=64M", "--iodepth=8", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0", "--output-format=normal",
             ], outputPath: log)
         defer {
             if ProcessLaunch.reap(job) == nil {
