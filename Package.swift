@@ -118,8 +118,30 @@ let package = Package(
         .executableTarget(
             name: "bulkhead",
             dependencies: [
-                "BulkheadVersion", "CryptPool", "Keys", "PoolFormat", "BlockDevice", "DaemonSupport", "TPM", "Sockets",
+                "BulkheadVersion", "CryptPool", "Keys", "PoolFormat", "BlockDevice", "DaemonSupport",
+                "Toolstack", "LaunchMeasurement", "TPM", "Sockets",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
+        // The pure part of the boot toolstack (issue 6): the boot manifest,
+        // what is measured and in which canonical form, the event log format,
+        // the seccomp allowlists as data, PCR prediction. No I/O.
+        .target(
+            name: "LaunchMeasurement",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict),
+        // libseccomp, to compile the allowlists into BPF for bwrap --seccomp.
+        .systemLibrary(
+            name: "CSeccomp",
+            pkgConfig: "libseccomp",
+            providers: [.apt(["libseccomp-dev"])]),
+        // The boot toolstack's I/O (issue 6): measured launch into the TPM,
+        // bubblewrap sandboxes with seccomp, supervision, status, root attach.
+        .target(
+            name: "Toolstack",
+            dependencies: [
+                "LaunchMeasurement", "TPM", "CSeccomp", "Sockets",
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
@@ -143,6 +165,9 @@ let package = Package(
         .testTarget(
             name: "AdversarialTests",
             dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "NBDServer", "NBDClient", "NBDProtocol", "Sockets", "Threads"]),
+        // The boot toolstack (issue 6) with real processes: bwrap, swtpm,
+        // the domains, nbdfuse, fio.
+        .testTarget(name: "ToolstackTests", dependencies: ["Toolstack", "LaunchMeasurement", "TPM", "Sockets"]),
     ],
     swiftLanguageModes: [.v6]
 )

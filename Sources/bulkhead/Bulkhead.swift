@@ -21,5 +21,5 @@ struct Bulkhead: ParsableCommand {
             Do not open a pool a crypt domain serves: administer it through the crypt domain with --control SOCKET.
             """,
         version: BulkheadVersion.string,
-        subcommands: [Format.self, VolumeCommand.self, Dump.self, KeyslotCommand.self, Verify.self])
+        subcommands: [Format.self, VolumeCommand.self, Dump.self, KeyslotCommand.self, Verify.self, Boot.self, Status.self, EventLog.self])
 }

@@ -1,0 +1,100 @@
+import Foundation
+import LaunchMeasurement
+import TPM
+import Testing
+import Toolstack
+
+/// What is measured, in which canonical form, and the PCR prediction,
+/// checked against a real swtpm and a real measured boot.
+@Suite("Measured launch") struct MeasurementTests {
+    static let digests: [DomainRole: [UInt8]] = [.storage: sha256(Array("storaged".utf8)), .crypt: sha256(Array("cryptd".utf8))]
+
+    @Test("the canonical configuration ignores spelling and follows what runs")
+    func canonicalForm() throws {
+        let base = try BootManifest(parsing: ManifestTests.minimal, file: "a.toml")
+        let respelled = try BootManifest(
+            parsing: "# comment\n" + ManifestTests.minimal.replacingOccurrences(of: "user = 900", with: "user   =   900   # the storage uid"),
+            file: "b.toml")
+        #expect(base.launchEvents(executableDigests: Self.digests) == respelled.launchEvents(executableDigests: Self.digests))
+
+        let events = base.launchEvents(executableDigests: Self.digests)
+        #expect(events.map(\.kind) == [.executable, .configuration, .executable, .configuration])
+        #expect(events.map(\.domain) == [.storage, .storage, .crypt, .crypt])
+        #expect(events[1].detail.hasPrefix("bulkhead-launch v1\ndomain=storage\nuser=900\nsandbox=true\nseccomp="))
+        #expect(events[1].detail.contains("arg=--export\narg=pool=/dev/vdb\n"))
+        #expect(events[3].detail.contains("grant=ro:/etc/bulkhead/pool.key\n"))
+
+        let changed = try BootManifest(
+            parsing: ManifestTests.minimal.replacingOccurrences(of: "path = \"/dev/vdb\"", with: "path = \"/dev/vdc\""), file: "c.toml")
+        let other = changed.launchEvents(executableDigests: Self.digests)
+        #expect(other[1].digest != events[1].digest, "a different disk is a different storage configuration")
+        #expect(other[3].digest == events[3].digest)
+        #expect(predictedPCRs(for: changed, executableDigests: Self.digests) != predictedPCRs(for: base, executableDigests: Self.digests))
+    }
+
+    @Test("the prediction is the extend fold of the events from the reset value")
+    func fold() throws {
+        let manifest = try BootManifest(parsing: "pcr = 12\n" + ManifestTests.minimal, file: "m.toml")
+        var value = [UInt8](repeating: 0, count: 32)
+        for event in manifest.launchEvents(executableDigests: Self.digests) {
+            #expect(event.pcr == 12)
+            value = sha256(value + event.digestBytes!)
+        }
+        #expect(predictedPCRs(for: manifest, executableDigests: Self.digests) == [12: value])
+        let text = manifest.launchEvents(executableDigests: Self.digests).map(EventLogFormat.line(for:)).joined()
+        #expect(replay(try EventLogFormat.events(from: text)) == [12: value])
+        // A log whose configuration text was altered after the fact is refused.
+        let forged = text.replacingOccurrences(of: "user=901", with: "user=902")
+        #expect(throws: EventLogFormat.DecodeError.self) { try EventLogFormat.events(from: forged) }
+    }
+
+    @Test("extending a real swtpm PCR with the event list reaches the predicted value")
+    func swtpmReachesPrediction() throws {
+        let tpm = try SoftwareTPM()
+        let manifest = try BootManifest(parsing: ManifestTests.minimal, file: "m.toml")
+        let context = try TPMContext(tcti: tpm.tcti)
+        let selection = try PCRSelection([15])
+        #expect(try context.readPCRs(selection)[15] == resetPCRValue)
+        for event in manifest.launchEvents(executableDigests: Self.digests) {
+            try context.extendPCR(event.pcr, digest: event.digestBytes!)
+        }
+        #expect(try context.readPCRs(selection) == predictedPCRs(for: manifest, executableDigests: Self.digests))
+    }
+
+    @Test("a measured boot: the event log replays to the TPM's PCR, which the prediction foresaw; another storage executable changes it")
+    func measuredBoot() throws {
+        try requireBootPrivileges()
+        let tpm = try SoftwareTPM()
+        let fixture = try BootFixture(tcti: tpm.tcti)
+        let predicted = try Measurement.predictedPCRs(forManifestAt: fixture.manifestPath)
+        try fixture.boot()
+        let eventlog = try fixture.bulkhead(["eventlog"])
+        #expect(eventlog.succeeded, "\(eventlog.output)")
+        #expect(eventlog.output.contains("match") && !eventlog.output.contains("MISMATCH"), "\(eventlog.output)")
+        let measured = try TPMContext(tcti: tpm.tcti).readPCRs(PCRSelection([15]))
+        #expect(measured == predicted)
+        #expect(measured[15] != resetPCRValue)
+        try fixture.stop()
+
+        // The same boot with a storage executable that differs by one byte,
+        // on a TPM fresh from reset.
+        let tpm2 = try SoftwareTPM()
+        let copy = fixture.scratch.file("bulkhead-storaged-modified")
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: fixture.storageExecutable))
+        bytes.append(0)
+        try bytes.write(to: URL(fileURLWithPath: copy))
+        chmod(copy, 0o755)
+        fixture.storageExecutable = copy
+        fixture.tcti = tpm2.tcti
+        try fixture.writeManifest()
+        try FileManager.default.removeItem(atPath: fixture.runtimeDirectory)
+        try fixture.boot()
+        let other = try TPMContext(tcti: tpm2.tcti).readPCRs(PCRSelection([15]))
+        #expect(other[15] != measured[15], "a different storage executable must give a different PCR 15")
+        #expect(try fixture.bulkhead(["eventlog"]).succeeded)
+        // The first boot's log does not describe this TPM: eventlog flags it.
+        try fixture.stop()
+        let mismatch = try run([try built("bulkhead"), "eventlog", "--manifest", fixture.manifestPath, "--tcti", tpm.tcti])
+        #expect(mismatch.status == 2 && mismatch.output.contains("MISMATCH"), "\(mismatch.output)")
+    }
+}
