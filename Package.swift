@@ -141,6 +141,8 @@ let package = Package(
         .testTarget(
             name: "AdversarialTests",
             dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "NBDServer", "NBDClient", "NBDProtocol", "Sockets", "Threads"]),
+        // A qemu guest booting through the Bulkhead initramfs (issue 8; packaging/).
+        .testTarget(name: "VMTests", dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice"]),
     ],
     swiftLanguageModes: [.v6]
 )
