@@ -60,7 +60,7 @@ struct BootArtifacts: Sendable {
         let initramfs = folder + "/initramfs.img"
         report += try runChecked(
             [repository + "/packaging/initramfs/build", "--output", initramfs, "--kernel-version", kernel.version,
-             "--test-key-file", keyFile, "--on-failure", "poweroff"],
+             "--test-key-file", keyFile, "--on-failure", "poweroff", "--compress", "zstd", "--level", "3"],
             timeout: stepTimeout)
         return BootArtifacts(
             kernel: kernel.path, initramfs: initramfs, pristinePool: pool, keyFile: keyFile, passphrase: passphrase,
