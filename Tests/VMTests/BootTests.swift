@@ -42,43 +42,49 @@ struct BootTests {
         print(artifacts.report)
     }
 
-    /// A flipped bit in the root volume's record of the volume table (the
-    /// record holds its key and tree root; the block is sealed whole): the
-    /// crypt domain refuses the pool, /init prints the integrity failure and
-    /// powers off instead of leaving a kernel panic.
-    @Test func aFlippedBitInTheRootVolumeRecordStopsTheBoot() throws {
+    /// A flipped bit in the root of the root volume's tree: the pool opens
+    /// (tree nodes authenticate when read), every read of the volume fails
+    /// its check, the mount fails, and /init prints the crypt domain's
+    /// integrity message and powers off instead of leaving a kernel panic.
+    @Test func aFlippedBitInTheRootVolumeTreeStopsTheBoot() throws {
         let artifacts = try BootArtifacts.shared.get()
         let machine = try VirtualMachine()
         defer { machine.remove() }
         try FileManager.default.copyItem(atPath: artifacts.pristinePool, toPath: machine.pool)
-        let table = try volumeTableBlock(artifacts)
-        // Record 0 (volume ID 1, "root"), the root pointer at offset 88.
-        try flipBit(machine.pool, at: table * UInt64(PoolLayout.blockSize) + 88 + 5, bit: 3)
+        let root = try rootVolumeTreeRoot(artifacts)
+        try flipBit(machine.pool, at: root * UInt64(PoolLayout.blockSize) + 3000, bit: 5)
 
         let boot = try machine.boot(artifacts, marker: "BOOT STOPPED")
         let console = boot.console
         #expect(boot.markerSeconds != nil, "/init did not stop the boot; console:\n\(lastPart(console))")
-        #expect(console.contains("the crypt domain refused the pool"))
-        #expect(console.contains("integrity failure: volume table"), "no integrity message; console:\n\(lastPart(console))")
+        #expect(console.contains("cannot mount volume root"))
+        #expect(
+            console.contains("integrity failure: volume root, volume tree node at index 0, tree level 3, physical block \(root):"),
+            "no integrity message for block \(root); console:\n\(lastPart(console))")
         #expect(!console.contains(Self.rootUp))
         #expect(!console.contains("Kernel panic"))
         #expect(boot.qemuStatus == 0, "the guest did not power off")
         expectNoSecrets(console, artifacts)
+        print("VMTests: the failure boot stopped \(boot.markerSeconds.map { String(format: "%.1f", $0) } ?? "-") s after qemu started:")
+        for line in console.split(whereSeparator: \.isNewline) where line.contains("BOOT STOPPED") || line.contains("integrity failure") {
+            print("  " + line)
+        }
     }
 
     // MARK: Helpers
 
-    /// The physical block of the pool's first volume table block, read with
-    /// the engine from a scratch copy (opening may write to the copy).
-    private func volumeTableBlock(_ artifacts: BootArtifacts) throws -> UInt64 {
+    /// The physical block of the root volume's checkpointed tree root, read
+    /// with the engine from a scratch copy (opening may write to the copy).
+    private func rootVolumeTreeRoot(_ artifacts: BootArtifacts) throws -> UInt64 {
         let scratch = try VirtualMachine()
         defer { scratch.remove() }
         try FileManager.default.copyItem(atPath: artifacts.pristinePool, toPath: scratch.pool)
         let device = try FileBlockDevice(path: scratch.pool)
         let pool = try Pool.open(storage: device, secret: .passphrase(Array(artifacts.passphrase.utf8)), anchor: nil)
-        let table = try #require(pool.state.withLock { $0.volumeTable.first })
-        #expect(pool.volumes.map(\.name) == ["root"])
-        return table.block
+        let volume = try #require(pool.state.withLock { $0.volumes.values.first { $0.name == "root" } })
+        // The crypt domain's final checkpoint folded everything into the tree.
+        #expect(volume.overlay.isEmpty && volume.depth == 3 && !volume.root.isNull)
+        return volume.root.block
     }
 
     private func flipBit(_ path: String, at offset: UInt64, bit: UInt8) throws {
