@@ -91,11 +91,10 @@ final class Child: @unchecked Sendable {
 /// Runs `command` to completion within `timeout` seconds (killed and thrown
 /// otherwise) and throws unless it exits 0; returns its output.
 @discardableResult
-func runChecked(_ command: [String], timeout: Double, environment: [String: String] = [:]) throws -> String {
+func runChecked(_ command: [String], timeout: Double) throws -> String {
     let logPath = NSTemporaryDirectory() + "/bh-vm-cmd-" + UUID().uuidString
     defer { unlink(logPath) }
-    let wrapped = environment.isEmpty ? command : ["env"] + environment.map { "\($0.key)=\($0.value)" } + command
-    let child = try Child(wrapped, logPath: logPath)
+    let child = try Child(command, logPath: logPath)
     guard let status = child.waitForExit(seconds: timeout) else {
         child.stop(grace: 5)
         throw VMTestError("`\(child.commandLine)` did not finish within \(Int(timeout)) s:\n\(lastPart(child.log))")
