@@ -168,6 +168,8 @@ let package = Package(
         // The boot toolstack (issue 6) with real processes: bwrap, swtpm,
         // the domains, nbdfuse, fio.
         .testTarget(name: "ToolstackTests", dependencies: ["Toolstack", "LaunchMeasurement", "TPM", "Sockets"]),
+        // A qemu guest booting through the Bulkhead initramfs (issue 8; packaging/).
+        .testTarget(name: "VMTests", dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice"]),
     ],
     swiftLanguageModes: [.v6]
 )
