@@ -140,6 +140,8 @@ extension BootManifest {
         case "key-file": keyslot = .keyFile(try cryptTable.absolutePath("key_file"))
         case "tpm2":
             if cryptTable.table["key_file"] != nil { throw cryptTable.error("key_file", "not used with keyslot = \"tpm2\"") }
+            // The crypt domain unseals through the same TPM the launch is measured into.
+            guard tcti != "none" else { throw cryptTable.error("keyslot", "\"tpm2\" needs a TPM: tpm_tcti is \"none\"") }
             keyslot = .tpm2
         case let other: throw cryptTable.error("keyslot", "\"\(other)\" is not a keyslot policy (key-file or tpm2)")
         }

@@ -84,6 +84,7 @@ extension BootManifest {
                 argv += ["--key-file", path]
                 grants.append(DomainLaunch.Grant(access: .readOnly, path: path))
             case .tpm2:
+                argv += ["--tpm2", "--tpm2-device", tcti]
                 if let device = tpmDevice { grants.append(DomainLaunch.Grant(access: .device, path: device)) }
             }
             argv += crypt.arguments

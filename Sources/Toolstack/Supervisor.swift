@@ -112,9 +112,6 @@ public final class Supervisor {
     }
 
     private func prepare() throws(ToolstackError) {
-        if manifest.crypt.keyslot == .tpm2 {
-            throw ToolstackError("keyslot = \"tpm2\": this bulkhead-cryptd cannot unseal TPM keyslots yet; use key-file")
-        }
         for role in DomainRole.allCases {
             let launch = manifest.launch(role)
             guard access(launch.executable, X_OK) == 0 else { throw ToolstackError("\(launch.executable): not an executable: \(systemMessage(errno))") }

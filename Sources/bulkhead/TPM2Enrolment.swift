@@ -5,10 +5,12 @@ import DaemonSupport
 import Keys
 import Sockets
 import TPM
+import Toolstack
 
 /// `bulkhead keyslot add --tpm2`: seals the pool master key in the TPM to a
 /// PCR policy (current values of `--tpm2-pcrs`, or explicit future values
-/// from `--tpm2-pcr-values`), with a PIN when asked. Offline, this process
+/// from `--tpm2-pcr-values`, or the values the launch a boot manifest
+/// describes will produce, from `--tpm2-predict`), with a PIN when asked. Offline, this process
 /// opens the pool with an existing keyslot and seals; with `--control`, the
 /// crypt domain serving the pool seals the key it holds, in its TPM.
 struct TPM2EnrolmentOptions: ParsableArguments {
@@ -20,6 +22,9 @@ struct TPM2EnrolmentOptions: ParsableArguments {
 
     @Option(name: .customLong("tpm2-pcr-values"), help: ArgumentHelp("Seal to these values instead, e.g. 15=HEX[,7=HEX] (64 hex digits each).", valueName: "list"))
     var pcrValues: String?
+
+    @Option(name: .customLong("tpm2-predict"), help: ArgumentHelp("Seal to the PCR values `bulkhead boot` will measure from this manifest and the executables it names (before an update).", valueName: "manifest"))
+    var predictManifest: String?
 
     @Flag(name: .customLong("tpm2-pin"), help: "Also require a PIN (asked twice, or read from --tpm2-pin-file).")
     var pin = false
@@ -33,9 +38,21 @@ struct TPM2EnrolmentOptions: ParsableArguments {
     /// Enrols as the options say; returns the line to print.
     func enrol(options: PoolOptions) throws -> String {
         let selection = try parsePCRList(pcrs ?? "")
-        let predicted = try parsePCRValues(pcrValues ?? "")
+        var predicted = try parsePCRValues(pcrValues ?? "")
+        if let predictManifest {
+            let launch: [Int: [UInt8]]
+            do { launch = try Measurement.predictedPCRs(forManifestAt: predictManifest) } catch {
+                throw commandFailure(program, "cannot predict the launch of \(predictManifest): \(error)")
+            }
+            for (index, value) in launch {
+                guard predicted[index] == nil else {
+                    throw commandFailure(program, "PCR \(index) is given by both --tpm2-pcr-values and --tpm2-predict", status: usageExitCode)
+                }
+                predicted[index] = value
+            }
+        }
         guard !selection.isEmpty || !predicted.isEmpty else {
-            throw commandFailure(program, "--tpm2 needs --tpm2-pcrs or --tpm2-pcr-values", status: usageExitCode)
+            throw commandFailure(program, "--tpm2 needs --tpm2-pcrs, --tpm2-pcr-values or --tpm2-predict", status: usageExitCode)
         }
         let pin = try readPIN()
         if let address = try options.controlAddress() {

@@ -97,4 +97,47 @@ import Toolstack
         let mismatch = try run([try built("bulkhead"), "eventlog", "--manifest", fixture.manifestPath, "--tcti", tpm.tcti])
         #expect(mismatch.status == 2 && mismatch.output.contains("MISMATCH"), "\(mismatch.output)")
     }
+
+    @Test("a tpm2 keyslot sealed with --tpm2-predict unseals at the predicted launch only; another storage executable gets the one-line refusal")
+    func predictedKeyslotUnsealsOnlyAtThePredictedLaunch() throws {
+        try requireBootPrivileges()
+        let tpm = try SoftwareTPM()
+        // A swtpm reached over loopback TCP is outside a sandboxed domain's
+        // network namespace; the sandbox has its own tests.
+        let fixture = try BootFixture(tcti: tpm.tcti)
+        fixture.sandbox = false
+        fixture.keyFileKeyslot = false
+        try fixture.writeManifest()
+        let enrol = try run([
+            try built("bulkhead"), "keyslot", "add", fixture.image, "--key-file", fixture.keyFile,
+            "--tpm2", "--tpm2-predict", fixture.manifestPath, "--tpm2-device", tpm.tcti,
+        ])
+        #expect(enrol.succeeded, "\(enrol.output)")
+
+        // Before the launch PCR 15 is at its reset value: the keyslot stays sealed.
+        let early = try TPMContext(tcti: tpm.tcti).readPCRs(PCRSelection([15]))
+        #expect(early[15] == resetPCRValue)
+        try fixture.boot()
+        let served = try run(["nbdinfo", "--size", fixture.uri("vm1")])
+        #expect(served.succeeded && served.output.trimmingCharacters(in: .whitespacesAndNewlines) == String(128 << 20), "\(served.output)")
+        try fixture.stop()
+
+        // The same manifest naming a storage executable that differs by one
+        // byte, after a reboot of the same TPM: the launch measures
+        // differently and the crypt domain cannot unseal.
+        try tpm.reboot()
+        let copy = fixture.scratch.file("bulkhead-storaged-modified")
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: fixture.storageExecutable))
+        bytes.append(0)
+        try bytes.write(to: URL(fileURLWithPath: copy))
+        chmod(copy, 0o755)
+        fixture.storageExecutable = copy
+        fixture.tcti = tpm.tcti
+        try fixture.writeManifest()
+        try FileManager.default.removeItem(atPath: fixture.runtimeDirectory)
+        let refused = try fixture.bulkhead(["boot"], timeout: 200)
+        let logs = fixture.logs
+        #expect(!refused.succeeded, "\(refused.output)")
+        #expect(logs.contains("PCR 15") && logs.contains("recovery key"), "the crypt domain must name the PCR and the recovery key:\n\(refused.output)\n\(logs)")
+    }
 }

@@ -17,6 +17,10 @@ final class BootFixture {
     let manifestPath: String
     let volumes: [String]
     var tcti = "none"
+    /// Unlock with the key file (false: the pool's tpm2 keyslots).
+    var keyFileKeyslot = true
+    /// Run the domains in their sandboxes (a swtpm over TCP is out of a sandboxed domain's reach).
+    var sandbox = true
     var storageExecutable: String
     var mountPoints: [String] = []
 
@@ -53,6 +57,7 @@ final class BootFixture {
         # a test manifest
         runtime_dir = "\(runtimeDirectory)"
         tpm_tcti = "\(tcti)"
+        sandbox = \(sandbox)
 
         [restart]
         initial_delay_ms = 100
@@ -70,8 +75,7 @@ final class BootFixture {
         executable = "\(try built("bulkhead-cryptd"))"
         user = \(Self.cryptUID)
         pool = "pool"
-        keyslot = "key-file"
-        key_file = "\(keyFile)"
+        \(keyFileKeyslot ? "keyslot = \"key-file\"\nkey_file = \"\(keyFile)\"" : "keyslot = \"tpm2\"")
         state_dir = "\(stateDirectory)"
         retry_window = 60
 

@@ -13,6 +13,17 @@ final class SoftwareTPM {
 
     init() throws {
         scratch = try Scratch()
+        try start()
+    }
+
+    /// Stops and starts again on the same state: the power cycle of a
+    /// reboot (PCRs back at their reset values, seeds and NV kept).
+    func reboot() throws {
+        stop()
+        try start()
+    }
+
+    private func start() throws {
         let swtpm = try tool("swtpm", package: "swtpm")
         for _ in 0..<8 {
             port = UInt16.random(in: 20_000...59_998)
