@@ -79,15 +79,8 @@ import Toolstack
         // The same boot with a storage executable that differs by one byte,
         // on a TPM fresh from reset.
         let tpm2 = try SoftwareTPM()
-        let copy = fixture.scratch.file("bulkhead-storaged-modified")
-        var bytes = try Data(contentsOf: URL(fileURLWithPath: fixture.storageExecutable))
-        bytes.append(0)
-        try bytes.write(to: URL(fileURLWithPath: copy))
-        chmod(copy, 0o755)
-        fixture.storageExecutable = copy
         fixture.tcti = tpm2.tcti
-        try fixture.writeManifest()
-        try FileManager.default.removeItem(atPath: fixture.runtimeDirectory)
+        try fixture.useModifiedStorageExecutable()
         try fixture.boot()
         let other = try TPMContext(tcti: tpm2.tcti).readPCRs(PCRSelection([15]))
         #expect(other[15] != measured[15], "a different storage executable must give a different PCR 15")
@@ -126,15 +119,8 @@ import Toolstack
         // byte, after a reboot of the same TPM: the launch measures
         // differently and the crypt domain cannot unseal.
         try tpm.reboot()
-        let copy = fixture.scratch.file("bulkhead-storaged-modified")
-        var bytes = try Data(contentsOf: URL(fileURLWithPath: fixture.storageExecutable))
-        bytes.append(0)
-        try bytes.write(to: URL(fileURLWithPath: copy))
-        chmod(copy, 0o755)
-        fixture.storageExecutable = copy
         fixture.tcti = tpm.tcti
-        try fixture.writeManifest()
-        try FileManager.default.removeItem(atPath: fixture.runtimeDirectory)
+        try fixture.useModifiedStorageExecutable()
         let refused = try fixture.bulkhead(["boot"], timeout: 200)
         let logs = fixture.logs
         #expect(!refused.succeeded, "\(refused.output)")

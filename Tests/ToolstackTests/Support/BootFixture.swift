@@ -88,6 +88,20 @@ final class BootFixture {
 
     func manifest() throws -> BootManifest { try ManifestFile.load(manifestPath) }
 
+    /// Names a copy of the storage executable with one byte appended (another
+    /// build, as far as measurement goes) and rewrites the manifest, for a
+    /// fresh boot (the old runtime folder is removed).
+    func useModifiedStorageExecutable() throws {
+        let copy = scratch.file("bulkhead-storaged-modified")
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: storageExecutable))
+        bytes.append(0)
+        try bytes.write(to: URL(fileURLWithPath: copy))
+        chmod(copy, 0o755)
+        storageExecutable = copy
+        try writeManifest()
+        try FileManager.default.removeItem(atPath: runtimeDirectory)
+    }
+
     func socket(_ volume: String) -> String { "\(runtimeDirectory)/volumes/\(volume).sock" }
     func uri(_ volume: String) -> String { "nbd+unix:///\(volume)?socket=\(socket(volume))" }
 
