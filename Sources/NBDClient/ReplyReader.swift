@@ -66,15 +66,17 @@ extension ConnectionCore {
                 guard deliver(cookie, at: offset, count: length, { $0.initializeMemory(as: UInt8.self, repeating: 0) })
                 else { return false }
             case .completed(let cookie, let error, let message):
-                state.update { state in
-                    guard state.requests[cookie]?.outcome == nil else { return }
+                let waiter = state.withLock { state -> ReplyWaiter? in
+                    guard let request = state.requests[cookie], request.outcome == nil else { return nil }
                     if let error {
                         state.requests[cookie]?.outcome = .failure(.server(error, message: message))
                         if error == .shutdown { state.serverShuttingDown = true }
                     } else {
                         state.requests[cookie]?.outcome = .success(())
                     }
+                    return request.waiter
                 }
+                waiter?.wake()
             }
         }
     }
@@ -113,7 +115,14 @@ extension ConnectionCore {
             // untouched until its request has an outcome and `copyingCookie`
             // no longer names it; both hold until the update below.
             fill(region)
-            state.update { $0.copyingCookie = nil }
+            // The connection may have died meanwhile; its caller then waits
+            // only for this copy to end.
+            let waiter = state.withLock { state -> ReplyWaiter? in
+                state.copyingCookie = nil
+                guard let request = state.requests[cookie], request.outcome != nil else { return nil }
+                return request.waiter
+            }
+            waiter?.wake()
             return true
         }
     }
