@@ -48,7 +48,7 @@ let package = Package(
         .target(
             name: "Keys",
             dependencies: [
-                "PoolFormat", "CSystemShims", "CLibCrypto",
+                "PoolFormat", "CSystemShims", "CLibCrypto", "Threads",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CryptoExtras", package: "swift-crypto"),
             ],
