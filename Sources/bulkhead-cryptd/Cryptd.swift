@@ -51,11 +51,16 @@ struct Cryptd: ParsableCommand {
     @Option(name: .customLong("checkpoint-records"), help: ArgumentHelp("Log records between tree checkpoints (memory bound).", valueName: "count"))
     var checkpointRecords: Int = 65_536
 
+    @Option(name: .customLong("workers"), help: ArgumentHelp("Threads serving each consumer connection (requests in flight to storage).", valueName: "count"))
+    var workers: Int = Self.defaultWorkersPerConnection
+
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
     var logLevel = "info"
 
-    /// Threads serving one consumer connection (see above).
-    static let workersPerConnection = 32
+    /// Threads serving one consumer connection by default. Each waits on
+    /// the storage domain for its request, so they bound the requests in
+    /// flight to storage.
+    static let defaultWorkersPerConnection = 32
     /// malloc arenas for the whole process. Every request thread allocates,
     /// and with glibc's default of 8 per core the arenas grew cryptd to
     /// over 1 GB under 4k random writes (bench/CHAIN.md); two keep it at
@@ -69,6 +74,9 @@ struct Cryptd: ParsableCommand {
         }
         guard retryWindow > 0, checkpointRecords >= 100 else {
             throw commandFailure(program, "--retry-window must be positive and --checkpoint-records at least 100", status: usageExitCode)
+        }
+        guard (1...256).contains(workers) else {
+            throw commandFailure(program, "--workers must be between 1 and 256", status: usageExitCode)
         }
         let location: StorageLocation
         do { location = try StorageLocation(parsing: storage) } catch {
@@ -114,9 +122,7 @@ struct Cryptd: ParsableCommand {
         for name in served {
             do {
                 let volume = try pool.volume(named: name)
-                // Requests here wait on the storage domain, not on the CPU: enough
-                // workers keep a QD32 consumer's requests all in flight.
-                var configuration = NBDServerConfiguration(workersPerConnection: Self.workersPerConnection)
+                var configuration = NBDServerConfiguration(workersPerConnection: workers)
                 if !allowed.isEmpty {
                     configuration.acceptPeer = { socket in
                         guard let credentials = socket.peerCredentials() else { return false }
