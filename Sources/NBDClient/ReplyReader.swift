@@ -11,9 +11,19 @@ extension ConnectionCore {
 
     func readReplies(leftover: [UInt8]) {
         var decoder = ReplyDecoder(structuredReplies: session.structuredReplies, maxPayload: maxPayload)
+        // Callers are woken only after everything read so far is decoded: a
+        // woken caller tends to preempt this thread, and the replies behind
+        // it would wait.
+        var completed: [ReplyWaiter] = []
+        func decodeAndWake() -> Bool {
+            let alive = decodeAvailable(&decoder, completed: &completed)
+            for waiter in completed { waiter.wake() }
+            completed.removeAll(keepingCapacity: true)
+            return alive
+        }
         if !leftover.isEmpty {
             decoder.receive(leftover)
-            guard decodeAvailable(&decoder) else { return }
+            guard decodeAndWake() else { return }
         }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.readChunkSize, alignment: 16)
         defer { buffer.deallocate() }
@@ -41,12 +51,13 @@ extension ConnectionCore {
             }
             for header in sent { decoder.expect(header) }
             decoder.receive(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
-            guard decodeAvailable(&decoder) else { return }
+            guard decodeAndWake() else { return }
         }
     }
 
-    /// Handles every complete event; false once the connection has died.
-    private func decodeAvailable(_ decoder: inout ReplyDecoder) -> Bool {
+    /// Handles every complete event, adding the callers of completed
+    /// requests to `completed`; false once the connection has died.
+    private func decodeAvailable(_ decoder: inout ReplyDecoder, completed: inout [ReplyWaiter]) -> Bool {
         while true {
             let event: ReplyEvent?
             do throws(NBDProtocolError) {
@@ -76,7 +87,7 @@ extension ConnectionCore {
                     }
                     return request.waiter
                 }
-                waiter?.wake()
+                if let waiter { completed.append(waiter) }
             }
         }
     }
