@@ -63,9 +63,10 @@ struct Cryptd: ParsableCommand {
     static let defaultWorkersPerConnection = 32
     /// malloc arenas for the whole process. Every request thread allocates,
     /// and with glibc's default of 8 per core the arenas grew cryptd to
-    /// over 1 GB under 4k random writes (bench/CHAIN.md); two keep it at
-    /// about a third of that on a 2-core machine without measurable contention.
-    static let mallocArenas: Int32 = 2
+    /// 1.07 GB under 60 s of 4k random writes, two arenas to 615 MB, one to
+    /// about 320 MB at the same write rate (bench/CHAIN.md); per-thread
+    /// caches in front of the arena keep its lock off the request path.
+    static let mallocArenas: Int32 = 1
 
     func run() throws {
         let program = "bulkhead-cryptd"
