@@ -39,10 +39,16 @@ let package = Package(
         // (AES-256-GCM), passphrase KDF, recovery keys, keyslot wrapping.
         // C shims for Linux calls Swift cannot make directly (prctl, getrandom).
         .target(name: "CSystemShims"),
+        // OpenSSL's libcrypto as a system library: AES-256-GCM with one
+        // cipher context per key and thread, reused across blocks.
+        .systemLibrary(
+            name: "CLibCrypto",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]),
         .target(
             name: "Keys",
             dependencies: [
-                "PoolFormat", "CSystemShims",
+                "PoolFormat", "CSystemShims", "CLibCrypto", "Threads",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CryptoExtras", package: "swift-crypto"),
             ],
@@ -109,7 +115,7 @@ let package = Package(
         .executableTarget(
             name: "bulkhead-cryptd",
             dependencies: [
-                "CryptPool", "Keys", "NBDServer", "BlockDevice", "Sockets", "DaemonSupport", "BulkheadVersion", "TPM", "Threads", "PoolFormat",
+                "CryptPool", "Keys", "CSystemShims", "NBDServer", "BlockDevice", "Sockets", "DaemonSupport", "BulkheadVersion", "TPM", "Threads", "PoolFormat",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,8 +1,11 @@
 #define _GNU_SOURCE
 #include "CSystemShims.h"
+#include <malloc.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
 
 int bulkhead_set_not_dumpable(void) { return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); }
 
 ssize_t bulkhead_getrandom(void *buffer, size_t length) { return getrandom(buffer, length, 0); }
+
+int bulkhead_limit_malloc_arenas(int count) { return mallopt(M_ARENA_MAX, count); }

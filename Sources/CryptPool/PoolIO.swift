@@ -20,6 +20,18 @@ extension Pool {
         return bytes
     }
 
+    /// Reads whole blocks straight into `buffer`.
+    func readBlocks(_ first: PhysicalBlock, into buffer: UnsafeMutableRawBufferPointer) throws(PoolError) {
+        precondition(buffer.count % Self.blockSize == 0)
+        do { try storage.read(at: first * UInt64(Self.blockSize), into: buffer) } catch { throw .storage(error) }
+    }
+
+    /// Writes whole blocks straight from `buffer`.
+    func writeBlocks(_ first: PhysicalBlock, from buffer: UnsafeRawBufferPointer) throws(PoolError) {
+        precondition(buffer.count % Self.blockSize == 0)
+        do { try storage.write(at: first * UInt64(Self.blockSize), from: buffer, fua: false) } catch { throw .storage(error) }
+    }
+
     func writeBlocks(_ first: PhysicalBlock, _ bytes: [UInt8]) throws(PoolError) {
         precondition(bytes.count % Self.blockSize == 0)
         var failure: BlockDeviceError?
@@ -48,10 +60,10 @@ extension Pool {
 
     /// Checks that a pointer read from authenticated metadata points into
     /// the allocatable part of the pool.
-    func checkPlacement(_ pointer: BlockPointer, what: String) throws(PoolError) {
+    func checkPlacement(_ pointer: BlockPointer, what: @autoclosure () -> String) throws(PoolError) {
         guard pointer.block >= geometry.firstAllocatable || geometry.region(of: pointer.block) != nil,
             pointer.block < blockCount
-        else { throw .malformed("\(what) points at physical block \(pointer.block), outside the pool's allocatable blocks") }
+        else { throw .malformed("\(what()) points at physical block \(pointer.block), outside the pool's allocatable blocks") }
     }
 
     func metadataSealer(_ salt: SessionSalt, in state: inout PoolState) -> BlockSealer {

@@ -38,18 +38,7 @@ public final class Volume: BlockDevice {
     public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockDeviceError) {
         try checkRange(offset, UInt64(buffer.count))
         guard buffer.count > 0 else { return }
-        let blocks = Self.blockRange(offset, UInt64(buffer.count))
-        try run { () throws(PoolError) in
-            try pool.gate.withShared { () throws(PoolError) in
-                try pool.ranges.withLock(key: id.rawValue, range: blocks) { () throws(PoolError) in
-                    let plain = try readPlain(blocks)
-                    let skip = Int(offset - blocks.lowerBound * Self.blockSize)
-                    plain.withUnsafeBytes { source in
-                        buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[skip..<(skip + buffer.count)]))
-                    }
-                }
-            }
-        }
+        try run { () throws(PoolError) in try readChecked(at: offset, into: buffer) }
     }
 
     /// NBD_CMD_WRITE; with `fua`, committed before returning.
@@ -62,17 +51,17 @@ public final class Volume: BlockDevice {
                 try pool.ranges.withLock(key: id.rawValue, range: blocks) { () throws(PoolError) in
                     let start = Int(offset - blocks.lowerBound * Self.blockSize)
                     let total = Int(UInt64(blocks.count) * Self.blockSize)
-                    var plain: [UInt8]
                     if start == 0, buffer.count == total {
-                        plain = Array(buffer)
-                    } else {
-                        plain = try readPlain(blocks, onlyEdges: true)
-                        plain.withUnsafeMutableBytes { target in
-                            UnsafeMutableRawBufferPointer(rebasing: target[start..<(start + buffer.count)]).copyMemory(from: buffer)
-                        }
+                        try writePlain(blocks, from: buffer)
+                        return
                     }
-                    try writePlain(blocks, plain)
-                    plain.withUnsafeMutableBytes { zeroize($0) }
+                    // Partial blocks: merge into the edge blocks' current plaintext.
+                    try withScratch(total) { (plain) throws(PoolError) in
+                        let edges = blocks.count == 1 ? [blocks.lowerBound] : [blocks.lowerBound, blocks.upperBound - 1]
+                        try readPlain(blocks, into: plain, only: edges)
+                        UnsafeMutableRawBufferPointer(rebasing: plain[start..<(start + buffer.count)]).copyMemory(from: buffer)
+                        try writePlain(blocks, from: UnsafeRawBufferPointer(plain))
+                    }
                 }
             } }
             if fua { try pool.flush() }
@@ -118,15 +107,22 @@ public final class Volume: BlockDevice {
 
     // MARK: - Internals
 
-    /// A read reporting the pool's own error, for verification.
+    /// A read reporting the pool's own error (NBD_CMD_READ and verification).
+    /// Whole-block reads are opened in the caller's buffer; others go
+    /// through a scratch buffer of whole blocks.
     func readChecked(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(PoolError) {
         let blocks = Self.blockRange(offset, UInt64(buffer.count))
         try pool.gate.withShared { () throws(PoolError) in
             try pool.ranges.withLock(key: id.rawValue, range: blocks) { () throws(PoolError) in
-                let plain = try readPlain(blocks)
                 let skip = Int(offset - blocks.lowerBound * Self.blockSize)
-                plain.withUnsafeBytes { source in
-                    buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[skip..<(skip + buffer.count)]))
+                let total = Int(UInt64(blocks.count) * Self.blockSize)
+                if skip == 0, buffer.count == total {
+                    try readPlain(blocks, into: buffer)
+                    return
+                }
+                try withScratch(total) { (plain) throws(PoolError) in
+                    try readPlain(blocks, into: plain)
+                    buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: plain[skip..<(skip + buffer.count)]))
                 }
             }
         }
@@ -176,6 +172,7 @@ public final class Volume: BlockDevice {
             guard let volume = state.volumes[id] else { throw .noSuchVolume(name) }
             return (blocks.map { volume.overlay.lookup($0) }, volume.root, volume.depth)
         }
+        if decided.allSatisfy({ $0 != nil }) { return decided.map { $0! } }
         let tree = TreeIdentity(kind: .volumeTreeNode, object: id.rawValue, depth: depth, volumeName: name)
         var result: [BlockPointer] = []
         result.reserveCapacity(blocks.count)
@@ -189,52 +186,108 @@ public final class Volume: BlockDevice {
         return result
     }
 
-    /// Reads and opens `blocks`; with `onlyEdges`, only the first and last
-    /// (the ones a partial write merges into) are read, the rest left zero.
-    private func readPlain(_ blocks: Range<UInt64>, onlyEdges: Bool = false) throws(PoolError) -> [UInt8] {
-        var plain = [UInt8](repeating: 0, count: blocks.count * Int(Self.blockSize))
-        var wanted = Array(blocks)
-        if onlyEdges { wanted = Array(Set([blocks.lowerBound, blocks.upperBound - 1])).sorted() }
-        var located: [(UInt64, BlockPointer)] = []
-        for run in contiguousLogicalRuns(wanted) {
-            let found = try pointers(run)
-            for (offset, pointer) in found.enumerated() where !pointer.isNull {
-                try pool.checkPlacement(pointer, what: "volume \(name) block \(run.lowerBound + UInt64(offset))")
-                located.append((run.lowerBound + UInt64(offset), pointer))
-            }
+    /// Runs `body` with a zeroed scratch buffer of `count` bytes, zeroed
+    /// again afterwards since it holds plaintext.
+    private func withScratch(_ count: Int, _ body: (UnsafeMutableRawBufferPointer) throws(PoolError) -> Void) throws(PoolError) {
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 64)
+        scratch.initializeMemory(as: UInt8.self, repeating: 0)
+        defer {
+            zeroize(scratch)
+            scratch.deallocate()
         }
-        located.sort { $0.1.block < $1.1.block }
-        for run in contiguousRuns(located.map(\.1.block)) {
-            let ciphertext = try pool.readBlocks(located[run.start].1.block, count: run.count)
-            for index in run.start..<(run.start + run.count) {
-                let (logical, pointer) = located[index]
-                let slice = ciphertext[((index - run.start) * Int(Self.blockSize))..<((index - run.start + 1) * Int(Self.blockSize))]
-                let opened = try openData(slice, logical: logical, pointer: pointer)
-                let target = Int(logical - blocks.lowerBound) * Int(Self.blockSize)
-                plain.replaceSubrange(target..<(target + Int(Self.blockSize)), with: opened)
-            }
-        }
-        return plain
+        try body(scratch)
     }
 
-    private func openData(_ ciphertext: ArraySlice<UInt8>, logical: UInt64, pointer: BlockPointer) throws(PoolError) -> [UInt8] {
-        let sealer = try pool.state.withLock { (state) throws(PoolError) in try pool.dataSealer(id, pointer.salt, in: &state) }
+    /// Reads and opens `blocks` into `plain` (whole blocks, the first at
+    /// offset 0); with `only`, just those blocks (the ones a partial write
+    /// merges into), the rest left untouched. Blocks consecutive both
+    /// logically and physically are read in one storage request straight
+    /// into place and opened there.
+    private func readPlain(_ blocks: Range<UInt64>, into plain: UnsafeMutableRawBufferPointer, only: [UInt64]? = nil) throws(PoolError) {
+        let blockSize = Int(Self.blockSize)
+        precondition(plain.count == blocks.count * blockSize)
+        func slot(_ logical: UInt64) -> Int { Int(logical - blocks.lowerBound) * blockSize }
+        var located: [(logical: UInt64, pointer: BlockPointer)] = []
+        located.reserveCapacity(only?.count ?? blocks.count)
+        for run in only.map(contiguousLogicalRuns) ?? [blocks] {
+            for (offset, pointer) in try pointers(run).enumerated() {
+                let logical = run.lowerBound + UInt64(offset)
+                if pointer.isNull {
+                    UnsafeMutableRawBufferPointer(rebasing: plain[slot(logical)..<(slot(logical) + blockSize)])
+                        .initializeMemory(as: UInt8.self, repeating: 0)
+                    continue
+                }
+                try pool.checkPlacement(pointer, what: "volume \(name) block \(logical)")
+                located.append((logical, pointer))
+            }
+        }
+        var sealers = SealerCache(volume: self)
+        var first = 0
+        while first < located.count {
+            var end = first + 1
+            while end < located.count, located[end].logical == located[end - 1].logical + 1,
+                located[end].pointer.block == located[end - 1].pointer.block + 1
+            {
+                end += 1
+            }
+            let start = slot(located[first].logical)
+            try pool.readBlocks(
+                located[first].pointer.block, into: UnsafeMutableRawBufferPointer(rebasing: plain[start..<(start + (end - first) * blockSize)]))
+            for (logical, pointer) in located[first..<end] {
+                let region = UnsafeMutableRawBufferPointer(rebasing: plain[slot(logical)..<(slot(logical) + blockSize)])
+                try openData(region, logical: logical, pointer: pointer, sealer: try sealers.sealer(pointer.salt))
+            }
+            first = end
+        }
+    }
+
+    /// The data sealers of the sessions one request meets (almost always
+    /// one), so the pool's state lock is taken once per session, not per block.
+    private struct SealerCache {
+        let volume: Volume
+        var last: (SessionSalt, BlockSealer)?
+
+        mutating func sealer(_ salt: SessionSalt) throws(PoolError) -> BlockSealer {
+            if let last, last.0 == salt { return last.1 }
+            let pool = volume.pool
+            let id = volume.id
+            let sealer = try pool.state.withLock { (state) throws(PoolError) in try pool.dataSealer(id, salt, in: &state) }
+            last = (salt, sealer)
+            return sealer
+        }
+    }
+
+    /// Opens one sealed block in place.
+    private func openData(
+        _ region: UnsafeMutableRawBufferPointer, logical: UInt64, pointer: BlockPointer, sealer: BlockSealer
+    ) throws(PoolError) {
         let ad = AssociatedData.data(
             pool: pool.poolID, volume: id, block: LogicalBlock(logical), salt: pointer.salt, counter: pointer.counter)
-        do {
-            return try sealer.open(ciphertext, tag: pointer.tag, counter: pointer.counter, associatedData: ad)
-        } catch {
-            let failure = IntegrityFailure(
-                volume: name, structure: "data block", index: logical, level: 0, physicalBlock: pointer.block,
-                expectedTag: hex(pointer.tag), foundDigest: hex(SHA256.hash(data: ciphertext)))
-            logger.error("\(failure.description)")
-            throw .integrity(failure)
+        let opened = pointer.tag.withUnsafeBytes { tag in
+            ad.withUnsafeBytes { adBytes in
+                do throws(SealError) {
+                    try sealer.open(UnsafeRawBufferPointer(region), into: region, tag: tag, counter: pointer.counter, associatedData: adBytes)
+                    return true
+                } catch { return false }
+            }
         }
+        guard !opened else { return }
+        // A failed in-place open leaves the ciphertext as it was read.
+        let failure = IntegrityFailure(
+            volume: name, structure: "data block", index: logical, level: 0, physicalBlock: pointer.block,
+            expectedTag: hex(pointer.tag), foundDigest: hex(SHA256.hash(data: UnsafeRawBufferPointer(region))))
+        region.initializeMemory(as: UInt8.self, repeating: 0)
+        logger.error("\(failure.description)")
+        throw .integrity(failure)
     }
 
-    /// Seals whole blocks into newly allocated places and maps them.
-    private func writePlain(_ blocks: Range<UInt64>, _ plain: [UInt8]) throws(PoolError) {
+    /// Seals whole blocks into newly allocated places and maps them. The
+    /// sealed blocks are laid out in physical order in one buffer, so each
+    /// run of consecutive places is written with one storage request.
+    private func writePlain(_ blocks: Range<UInt64>, from plain: UnsafeRawBufferPointer) throws(PoolError) {
         let count = blocks.count
+        let blockSize = Int(Self.blockSize)
+        precondition(plain.count == count * blockSize)
         let (locations, salt, firstCounter, sealer) = try pool.state.withLock {
             (state) throws(PoolError) -> ([PhysicalBlock], SessionSalt, UInt64, BlockSealer) in
             guard state.volumes[id] != nil else { throw .noSuchVolume(name) }
@@ -243,19 +296,35 @@ public final class Volume: BlockDevice {
             return (locations, salt, first, try pool.dataSealer(id, salt, in: &state))
         }
         let generation = pool.generation + 1
-        var pointers: [BlockPointer] = []
-        var writes: [(PhysicalBlock, [UInt8])] = []
-        for (index, logical) in blocks.enumerated() {
+        let order = locations.indices.sorted { locations[$0] < locations[$1] }
+        let sealed = UnsafeMutableRawBufferPointer.allocate(byteCount: count * blockSize, alignment: 64)
+        defer { sealed.deallocate() }
+        var pointers = [BlockPointer](repeating: .null, count: count)
+        var tag = [UInt8](repeating: 0, count: BlockSealer.tagLength)
+        for (position, index) in order.enumerated() {
+            let logical = blocks.lowerBound + UInt64(index)
             let counter = NonceCounter(rawValue: firstCounter + UInt64(index))
             let ad = AssociatedData.data(pool: pool.poolID, volume: id, block: LogicalBlock(logical), salt: salt, counter: counter)
-            let start = index * Int(Self.blockSize)
-            let sealed = sealer.seal(plain[start..<(start + Int(Self.blockSize))], counter: counter, associatedData: ad)
-            writes.append((locations[index], sealed.ciphertext))
-            pointers.append(BlockPointer(block: locations[index], salt: salt, counter: counter, generation: generation, tag: sealed.tag))
+            tag.withUnsafeMutableBytes { tagBytes in
+                ad.withUnsafeBytes { adBytes in
+                    sealer.seal(
+                        UnsafeRawBufferPointer(rebasing: plain[(index * blockSize)..<((index + 1) * blockSize)]),
+                        into: UnsafeMutableRawBufferPointer(rebasing: sealed[(position * blockSize)..<((position + 1) * blockSize)]),
+                        tag: tagBytes, counter: counter, associatedData: adBytes)
+                }
+            }
+            pointers[index] = BlockPointer(block: locations[index], salt: salt, counter: counter, generation: generation, tag: tag)
         }
         let epoch = pool.storageEpoch
         do {
-            try pool.writeScattered(writes)
+            var first = 0
+            while first < count {
+                var end = first + 1
+                while end < count, locations[order[end]] == locations[order[end - 1]] + 1 { end += 1 }
+                try pool.writeBlocks(
+                    locations[order[first]], from: UnsafeRawBufferPointer(rebasing: sealed[(first * blockSize)..<(end * blockSize)]))
+                first = end
+            }
         } catch {
             pool.state.withLock { state in for block in locations { state.space.release(block) } }
             throw error

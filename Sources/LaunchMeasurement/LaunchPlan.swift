@@ -73,7 +73,10 @@ extension BootManifest {
                 "--retry-window", String(crypt.retryWindowSeconds),
             ]
             for export in exports { argv += ["--volume", export.volume] }
-            for uid in Set(exports.flatMap(\.consumers)).sorted() { argv += ["--allow-uid", String(uid)] }
+            // Each export only to its own consumers.
+            for export in exports {
+                for uid in Set(export.consumers).sorted() { argv += ["--allow", "\(export.volume)=\(uid)"] }
+            }
             var grants = [
                 DomainLaunch.Grant(access: .readWrite, path: layout.storageSocketDirectory),
                 DomainLaunch.Grant(access: .readWrite, path: layout.volumeDirectory),

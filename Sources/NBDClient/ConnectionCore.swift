@@ -40,11 +40,12 @@ final class ConnectionCore: Sendable {
 
     /// Sends every operation back to back, then waits for all replies.
     func perform(_ operations: [NBDOperation]) -> [Result<Void, NBDClientError>] {
-        let slots = submit(operations)
+        let waiter = ReplyWaiter()
+        let slots = submit(operations, waiter: waiter)
         let cookies = slots.compactMap { slot -> UInt64? in
             if case .sent(let cookie) = slot { cookie } else { nil }
         }
-        let outcomes = cookies.isEmpty ? [:] : waitForReplies(cookies)
+        let outcomes = cookies.isEmpty ? [:] : waitForReplies(cookies, waiter: waiter)
         return slots.map { slot in
             switch slot {
             case .finished(let result): result
@@ -55,7 +56,7 @@ final class ConnectionCore: Sendable {
 
     // MARK: Sending
 
-    private func submit(_ operations: [NBDOperation]) -> [Slot] {
+    private func submit(_ operations: [NBDOperation], waiter: ReplyWaiter) -> [Slot] {
         sendLock.withLock { _ in
             state.withLock { $0.sending = true }
             defer { state.withLock { $0.sending = false } }
@@ -68,7 +69,7 @@ final class ConnectionCore: Sendable {
                     continue
                 }
                 let header: RequestHeader
-                switch register(operation) {
+                switch register(operation, waiter: waiter) {
                 case .failure(let error):
                     slots.append(.finished(.failure(error)))
                     continue
@@ -94,7 +95,7 @@ final class ConnectionCore: Sendable {
 
     /// Gives the operation a fresh cookie and records it as in flight,
     /// before any of its bytes leave, so its reply can never arrive first.
-    private func register(_ operation: NBDOperation) -> Result<RequestHeader, NBDClientError> {
+    private func register(_ operation: NBDOperation, waiter: ReplyWaiter) -> Result<RequestHeader, NBDClientError> {
         state.withLock { state in
             if let failure = state.failure { return .failure(failure) }
             if state.serverShuttingDown {
@@ -108,7 +109,7 @@ final class ConnectionCore: Sendable {
             if case .read(_, let target) = operation { buffer = target }
             state.requests[header.cookie] = PendingRequest(
                 command: header.command, buffer: buffer, deadline: requestTimeout.map { monotonicSeconds() + $0 },
-                outcome: nil)
+                outcome: nil, waiter: waiter)
             state.newlySent.append(header)
             return .success(header)
         }
@@ -136,32 +137,35 @@ final class ConnectionCore: Sendable {
     /// writing into any of their buffers, then takes them out of the table.
     /// The oldest unanswered request's deadline bounds each wait; when it
     /// passes, the connection is declared dead.
-    private func waitForReplies(_ cookies: [UInt64]) -> [UInt64: Result<Void, NBDClientError>] {
-        let waiting = Set(cookies)
+    private func waitForReplies(_ cookies: [UInt64], waiter: ReplyWaiter) -> [UInt64: Result<Void, NBDClientError>] {
         // Outcomes never revert, so the scan only moves forward.
         var answered = 0
+        let waiting = cookies.count > 8 ? Set(cookies) : []
+        func ours(_ cookie: UInt64) -> Bool { waiting.isEmpty ? cookies.contains(cookie) : waiting.contains(cookie) }
         func ready(_ state: ConnectionState) -> Bool {
             while answered < cookies.count, state.requests[cookies[answered]]?.outcome != nil { answered += 1 }
-            if let copying = state.copyingCookie, waiting.contains(copying) { return false }
+            if let copying = state.copyingCookie, ours(copying) { return false }
             return answered == cookies.count
         }
         while true {
             // Cookies were registered in order, so the first unanswered one
             // has the earliest deadline.
-            let deadline: Double? = state.withLock { state in
-                _ = ready(state)
-                return answered < cookies.count ? state.requests[cookies[answered]]?.deadline : nil
-            }
-            let timeout = deadline.map { max(0, $0 - monotonicSeconds()) }
-            let outcomes = state.wait(until: ready, timeout: timeout) { state in
+            let (outcomes, deadline) = state.withLock { state -> ([UInt64: Result<Void, NBDClientError>]?, Double?) in
+                guard ready(state) else {
+                    return (nil, answered < cookies.count ? state.requests[cookies[answered]]?.deadline : nil)
+                }
                 var outcomes: [UInt64: Result<Void, NBDClientError>] = [:]
                 for cookie in cookies {
                     outcomes[cookie] = state.requests.removeValue(forKey: cookie)?.outcome ?? .failure(.closed)
                 }
-                return outcomes
+                return (outcomes, nil)
             }
             if let outcomes { return outcomes }
-            fail(.timedOut(.reply))
+            if !waiter.sleep(timeout: deadline.map { max(0, $0 - monotonicSeconds()) }),
+                !state.withLock({ ready($0) })
+            {
+                fail(.timedOut(.reply))
+            }
         }
     }
 
@@ -170,7 +174,8 @@ final class ConnectionCore: Sendable {
     /// Kills the connection: every waiting request fails with `error`, the
     /// socket is shut down and the reader thread exits.
     func fail(_ error: NBDClientError) {
-        guard state.update({ $0.fail(error) }) else { return }
+        guard let waiters = state.withLock({ $0.fail(error) }) else { return }
+        for waiter in waiters { waiter.wake() }
         switch error {
         case .closed:
             logger.debug("NBD connection closed")
@@ -185,7 +190,8 @@ final class ConnectionCore: Sendable {
     /// middle of sending (a server that stopped reading must not block
     /// closing), and the socket is shut down.
     func close() {
-        guard state.update({ $0.fail(.closed) }) else { return }
+        guard let waiters = state.withLock({ $0.fail(.closed) }) else { return }
+        for waiter in waiters { waiter.wake() }
         logger.debug("closing NBD connection")
         // No request can be registered any more, so a sender that is not
         // busy now holds the lock only briefly.
@@ -210,7 +216,7 @@ final class ConnectionCore: Sendable {
     }
 
     private func shutDownSocket() {
-        state.update { $0.socketShutDown = true }
+        state.withLock { $0.socketShutDown = true }
         socket.shutdown()
     }
 }

@@ -1,4 +1,19 @@
 import NBDProtocol
+import Threads
+
+/// Wakes the one thread waiting for a batch of requests, and only it: with
+/// a shared condition every reply would wake every waiting caller.
+final class ReplyWaiter: Sendable {
+    private let signalled = Guarded(false)
+
+    func wake() { signalled.update { $0 = true } }
+
+    /// Sleeps until woken since the last sleep, or for at most `timeout`
+    /// seconds; false if the time ran out.
+    func sleep(timeout: Double?) -> Bool {
+        signalled.wait(until: { $0 }, timeout: timeout) { $0 = false } != nil
+    }
+}
 
 /// A request sent and not yet collected by its caller.
 struct PendingRequest {
@@ -11,6 +26,8 @@ struct PendingRequest {
     let deadline: Double?
     /// Set once the reply is complete or the connection died.
     var outcome: Result<Void, NBDClientError>?
+    /// The caller waiting for this request.
+    let waiter: ReplyWaiter
 }
 
 /// Everything the sending threads, the waiting threads and the reader
@@ -36,13 +53,15 @@ struct ConnectionState {
     var sending = false
 
     /// Ends the connection: every request without an outcome gets `error`.
-    /// Returns false if it had already ended.
-    mutating func fail(_ error: NBDClientError) -> Bool {
-        guard failure == nil else { return false }
+    /// Returns the callers to wake, or nil if it had already ended.
+    mutating func fail(_ error: NBDClientError) -> [ReplyWaiter]? {
+        guard failure == nil else { return nil }
         failure = error
+        var waiters: [ReplyWaiter] = []
         for (cookie, request) in requests where request.outcome == nil {
             requests[cookie]?.outcome = .failure(error)
+            waiters.append(request.waiter)
         }
-        return true
+        return waiters
     }
 }

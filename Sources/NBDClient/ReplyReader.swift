@@ -11,9 +11,19 @@ extension ConnectionCore {
 
     func readReplies(leftover: [UInt8]) {
         var decoder = ReplyDecoder(structuredReplies: session.structuredReplies, maxPayload: maxPayload)
+        // Callers are woken only after everything read so far is decoded: a
+        // woken caller tends to preempt this thread, and the replies behind
+        // it would wait.
+        var completed: [ReplyWaiter] = []
+        func decodeAndWake() -> Bool {
+            let alive = decodeAvailable(&decoder, completed: &completed)
+            for waiter in completed { waiter.wake() }
+            completed.removeAll(keepingCapacity: true)
+            return alive
+        }
         if !leftover.isEmpty {
             decoder.receive(leftover)
-            guard decodeAvailable(&decoder) else { return }
+            guard decodeAndWake() else { return }
         }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.readChunkSize, alignment: 16)
         defer { buffer.deallocate() }
@@ -41,12 +51,13 @@ extension ConnectionCore {
             }
             for header in sent { decoder.expect(header) }
             decoder.receive(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
-            guard decodeAvailable(&decoder) else { return }
+            guard decodeAndWake() else { return }
         }
     }
 
-    /// Handles every complete event; false once the connection has died.
-    private func decodeAvailable(_ decoder: inout ReplyDecoder) -> Bool {
+    /// Handles every complete event, adding the callers of completed
+    /// requests to `completed`; false once the connection has died.
+    private func decodeAvailable(_ decoder: inout ReplyDecoder, completed: inout [ReplyWaiter]) -> Bool {
         while true {
             let event: ReplyEvent?
             do throws(NBDProtocolError) {
@@ -66,15 +77,17 @@ extension ConnectionCore {
                 guard deliver(cookie, at: offset, count: length, { $0.initializeMemory(as: UInt8.self, repeating: 0) })
                 else { return false }
             case .completed(let cookie, let error, let message):
-                state.update { state in
-                    guard state.requests[cookie]?.outcome == nil else { return }
+                let waiter = state.withLock { state -> ReplyWaiter? in
+                    guard let request = state.requests[cookie], request.outcome == nil else { return nil }
                     if let error {
                         state.requests[cookie]?.outcome = .failure(.server(error, message: message))
                         if error == .shutdown { state.serverShuttingDown = true }
                     } else {
                         state.requests[cookie]?.outcome = .success(())
                     }
+                    return request.waiter
                 }
+                if let waiter { completed.append(waiter) }
             }
         }
     }
@@ -113,7 +126,14 @@ extension ConnectionCore {
             // untouched until its request has an outcome and `copyingCookie`
             // no longer names it; both hold until the update below.
             fill(region)
-            state.update { $0.copyingCookie = nil }
+            // The connection may have died meanwhile; its caller then waits
+            // only for this copy to end.
+            let waiter = state.withLock { state -> ReplyWaiter? in
+                state.copyingCookie = nil
+                guard let request = state.requests[cookie], request.outcome != nil else { return nil }
+                return request.waiter
+            }
+            waiter?.wake()
             return true
         }
     }

@@ -161,7 +161,7 @@ public final class NBDServer: Sendable {
                 continue
             }
             let connection = Connection(id: id, socket: socket, listener: listener.address, server: self)
-            let error = tryStartThread { connection.run() }
+            let error = tryStartThread(stackSize: configuration.threadStackSize) { connection.run() }
             if error != 0 {
                 logger.warning("cannot start a connection thread", metadata: ["errno": "\(error)"])
                 connection.end()

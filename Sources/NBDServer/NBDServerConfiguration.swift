@@ -21,6 +21,11 @@ public struct NBDServerConfiguration: Sendable {
     /// switches per request than 8. A client wanting more device calls in
     /// flight can open more connections (NBD_FLAG_CAN_MULTI_CONN).
     public static let defaultWorkersPerConnection = 4
+    /// Stack bytes of each connection and worker thread. glibc's default of
+    /// 8 MiB is address space only, until the process locks its memory
+    /// (the crypt domain's mlockall): then 32 workers kept 272 MB resident.
+    /// The request paths keep their buffers on the heap.
+    public static let defaultThreadStackSize = 1 << 20
     /// Bytes read from a socket at once in the transmission phase; large,
     /// so that one system call picks up many pipelined requests.
     public static let defaultReadChunkSize = 256 * 1024
@@ -31,6 +36,7 @@ public struct NBDServerConfiguration: Sendable {
     public var handshakeTimeout: Double
     public var replyTimeout: Double
     public var workersPerConnection: Int
+    public var threadStackSize: Int
     public var readChunkSize: Int
     public var shutdownTimeout: Double
     /// Decides whether an accepted peer may talk to the server at all, e.g.
@@ -42,6 +48,7 @@ public struct NBDServerConfiguration: Sendable {
         handshakeTimeout: Double = defaultHandshakeTimeout,
         replyTimeout: Double = defaultReplyTimeout,
         workersPerConnection: Int = defaultWorkersPerConnection,
+        threadStackSize: Int = defaultThreadStackSize,
         readChunkSize: Int = defaultReadChunkSize,
         shutdownTimeout: Double = defaultShutdownTimeout
     ) {
@@ -49,6 +56,7 @@ public struct NBDServerConfiguration: Sendable {
         self.handshakeTimeout = handshakeTimeout
         self.replyTimeout = replyTimeout
         self.workersPerConnection = max(1, workersPerConnection)
+        self.threadStackSize = max(256 * 1024, threadStackSize)
         self.readChunkSize = max(4096, readChunkSize)
         self.shutdownTimeout = shutdownTimeout
     }

@@ -67,7 +67,7 @@ final class Transmission: Sendable {
         let workers = connection.server.configuration.workersPerConnection
         activeWorkers.withLock { $0 = workers }
         for _ in 1..<workers {
-            let error = tryStartThread { self.work() }
+            let error = tryStartThread(stackSize: connection.server.configuration.threadStackSize) { self.work() }
             if error != 0 {
                 // Out of threads: serve with fewer workers. This thread's
                 // own count keeps the total above zero.

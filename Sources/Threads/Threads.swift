@@ -118,8 +118,10 @@ private func monotonicDeadline(after seconds: Double) -> timespec {
 /// Like `startThread`, but reports failure instead of trapping: returns 0,
 /// or pthread_create's error (EAGAIN when the process may not have more
 /// threads). For servers, where a client must not be able to crash the
-/// process by making it start threads.
-public func tryStartThread(_ body: @escaping @Sendable () -> Void) -> Int32 {
+/// process by making it start threads. `stackSize` (bytes) replaces the
+/// default of 8 MiB, which a process that locks its memory (mlockall)
+/// keeps resident for every thread.
+public func tryStartThread(stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void) -> Int32 {
     final class Box: Sendable {
         let body: @Sendable () -> Void
         init(body: @escaping @Sendable () -> Void) {
@@ -130,6 +132,13 @@ public func tryStartThread(_ body: @escaping @Sendable () -> Void) -> Int32 {
     var attributes = pthread_attr_t()
     pthread_attr_init(&attributes)
     defer { pthread_attr_destroy(&attributes) }
+    if let stackSize {
+        let result = pthread_attr_setstacksize(&attributes, stackSize)
+        if result != 0 {
+            box.release()
+            return result
+        }
+    }
     pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
     var thread = pthread_t()
     let result = pthread_create(&thread, &attributes, { raw in

@@ -8,21 +8,18 @@ import Synchronization
 /// The NBD servers of the served volumes, one socket each
 /// (SERVE_DIR/NAME.sock), started and stopped as volumes come and go.
 final class VolumeServers: Sendable {
-    /// Threads serving one consumer connection: requests here wait on the
-    /// storage domain, not on the CPU, so enough workers keep a QD32
-    /// consumer's requests all in flight.
-    static let workersPerConnection = 32
-
     let pool: Pool
     let directory: String
-    let allowedUIDs: Set<UInt32>
+    let workersPerConnection: Int
+    let access: VolumeAccess
     let logger: Logger
     private let servers = Mutex<[String: NBDServer]>([:])
 
-    init(pool: Pool, directory: String, allowedUIDs: Set<UInt32>, logger: Logger) {
+    init(pool: Pool, directory: String, workersPerConnection: Int, access: VolumeAccess, logger: Logger) {
         self.pool = pool
         self.directory = directory
-        self.allowedUIDs = allowedUIDs
+        self.workersPerConnection = workersPerConnection
+        self.access = access
         self.logger = logger
     }
 
@@ -33,8 +30,8 @@ final class VolumeServers: Sendable {
     /// Starts serving the volume `name`.
     func serve(_ name: String) throws {
         let volume = try pool.volume(named: name)
-        var configuration = NBDServerConfiguration(workersPerConnection: Self.workersPerConnection)
-        let allowed = allowedUIDs
+        var configuration = NBDServerConfiguration(workersPerConnection: workersPerConnection)
+        let allowed = access.uids(for: name)
         if !allowed.isEmpty {
             configuration.acceptPeer = { socket in
                 guard let credentials = socket.peerCredentials() else { return false }

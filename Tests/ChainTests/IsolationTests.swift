@@ -50,4 +50,18 @@ import Testing
         let after = try qemuIO(chain.uri("vm1"), ["write -P 0x42 0 64k", "read -P 0x42 0 64k"])
         #expect(after.succeeded, "\(after)\n\(chain.logs)")
     }
+
+    @Test("--allow VOLUME=UID: each volume's socket admits only its own consumers")
+    func perVolumeConsumers() throws {
+        // Root (this test) is vm1's consumer; vm2 belongs to uid 65534 alone.
+        let chain = try Chain(cryptdOptions: ["--allow", "vm1=0", "--allow", "vm2=65534"])
+        defer { chain.shutdown() }
+        let own = try run(["nbdinfo", "--size", chain.uri("vm1")])
+        #expect(own.succeeded, "\(own)\n\(chain.logs)")
+        let other = try run(["nbdinfo", "--size", chain.uri("vm2")])
+        #expect(!other.succeeded, "root opened vm2, which only uid 65534 may use: \(other)")
+        // A malformed value is a one-line usage error before anything opens.
+        let bad = try run(try chain.cryptdCommand(["--allow", "vm1"]))
+        #expect(!bad.succeeded && bad.output.contains("bad --allow"), "\(bad)")
+    }
 }

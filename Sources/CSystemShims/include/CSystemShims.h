@@ -1,5 +1,6 @@
 // Thin shims for Linux calls that Swift cannot reach directly: variadic
-// functions (prctl) and declarations hidden behind _GNU_SOURCE.
+// functions (prctl), declarations hidden behind _GNU_SOURCE, and
+// <malloc.h>, which Glibc's module leaves out.
 #ifndef BULKHEAD_C_SYSTEM_SHIMS_H
 #define BULKHEAD_C_SYSTEM_SHIMS_H
 
@@ -11,5 +12,10 @@ int bulkhead_set_not_dumpable(void);
 
 /// getrandom(2) with flags 0: blocks until the pool is initialised.
 ssize_t bulkhead_getrandom(void *buffer, size_t length);
+
+/// mallopt(M_ARENA_MAX, count): at most `count` malloc arenas. glibc's
+/// default (8 per core) lets a daemon with many request threads keep
+/// hundreds of megabytes in per-thread arenas. Returns 1 on success.
+int bulkhead_limit_malloc_arenas(int count);
 
 #endif
