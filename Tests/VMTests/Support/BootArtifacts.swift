@@ -46,7 +46,7 @@ struct BootArtifacts: Sendable {
     }
 
     private static func build() throws -> BootArtifacts {
-        for tool in ["qemu-system-x86_64", "swtpm", "cpio", "mkfs.ext4", "nbdcopy", "strip"] { _ = try Tools.path(of: tool) }
+        for tool in ["qemu-system-x86_64", "swtpm", "cpio", "mkfs.ext4", "nbdcopy", "strip", "bwrap", "setpriv"] { _ = try Tools.path(of: tool) }
         let kernel = try Tools.kernel()
         let repository = repository
         let folder = repository + "/.build/static/vmtests"
@@ -144,7 +144,7 @@ struct BootArtifacts: Sendable {
 enum Tools {
     private static let packages: [String: String] = [
         "qemu-system-x86_64": "qemu-system-x86", "swtpm": "swtpm", "cpio": "cpio",
-        "mkfs.ext4": "e2fsprogs", "nbdcopy": "libnbd-bin", "strip": "binutils",
+        "mkfs.ext4": "e2fsprogs", "nbdcopy": "libnbd-bin", "strip": "binutils", "bwrap": "bubblewrap", "setpriv": "util-linux",
     ]
 
     static func path(of name: String) throws -> String {
