@@ -95,7 +95,15 @@ final class RootAttachment {
             unmounted = (try? ProcessLaunch.run(["umount", mountPoint]))?.succeeded ?? false
             if !unmounted { usleep(100_000) }
         }
-        if !unmounted { _ = try? ProcessLaunch.run(["umount", "-l", mountPoint]) }
+        if !unmounted {
+            // After the initramfs hands over, root is mounted at the real
+            // root's /, not here: the device is still in use and stays.
+            if case .kernel = backend {
+                Supervisor.log("root: \(device) is not mounted on \(mountPoint) any more (the real root uses it); left attached")
+                return
+            }
+            _ = try? ProcessLaunch.run(["umount", "-l", mountPoint])
+        }
         release()
     }
 
