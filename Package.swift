@@ -146,7 +146,7 @@ let package = Package(
         .target(
             name: "Toolstack",
             dependencies: [
-                "LaunchMeasurement", "TPM", "CSeccomp", "Sockets",
+                "LaunchMeasurement", "TPM", "CSeccomp", "Sockets", "NBDProtocol",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict),

@@ -34,6 +34,10 @@ public struct BootManifest: Sendable, Equatable {
     public enum Keyslot: Sendable, Equatable {
         case keyFile(String)
         case tpm2
+        /// The recovery key in this file, typed at a recovery prompt when
+        /// the TPM refused to unseal (`bulkhead boot --recovery-key-file`;
+        /// never written in a manifest).
+        case recoveryKeyFile(String)
     }
 
     public struct StorageDomain: Sendable, Equatable {

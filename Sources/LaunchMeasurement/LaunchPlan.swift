@@ -86,6 +86,9 @@ extension BootManifest {
             case .keyFile(let path):
                 argv += ["--key-file", path]
                 grants.append(DomainLaunch.Grant(access: .readOnly, path: path))
+            case .recoveryKeyFile(let path):
+                argv += ["--recovery-key-file", path]
+                grants.append(DomainLaunch.Grant(access: .readOnly, path: path))
             case .tpm2:
                 argv += ["--tpm2", "--tpm2-device", tcti]
                 if let device = tpmDevice { grants.append(DomainLaunch.Grant(access: .device, path: device)) }
@@ -94,6 +97,15 @@ extension BootManifest {
             return DomainLaunch(
                 role: .crypt, executable: crypt.executable, arguments: argv, user: crypt.user, sandboxed: sandbox, grants: grants)
         }
+    }
+
+    /// This manifest with the crypt domain unlocking with the recovery key in
+    /// `file` instead of its keyslot: the recovery path when the TPM does not
+    /// unseal (a changed launch, docs/boot.md, "Recovery").
+    public func unlockingWithRecoveryKey(file: String) -> BootManifest {
+        var manifest = self
+        manifest.crypt.keyslot = .recoveryKeyFile(file)
+        return manifest
     }
 
     /// The TPM device node named by a `device:` TCTI, if any.

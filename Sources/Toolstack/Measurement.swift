@@ -28,19 +28,21 @@ public enum Measurement {
         return Array(hasher.finalize())
     }
 
-    /// The SHA-256 of each domain's executable as it is on disk now.
-    public static func executableDigests(for manifest: BootManifest) throws(ToolstackError) -> [DomainRole: [UInt8]] {
+    /// The SHA-256 of each domain's executable as it is on disk now, read
+    /// under `root` (a staged or unpacked initramfs) if given.
+    public static func executableDigests(for manifest: BootManifest, under root: String? = nil) throws(ToolstackError) -> [DomainRole: [UInt8]] {
         var digests: [DomainRole: [UInt8]] = [:]
-        for role in DomainRole.allCases { digests[role] = try fileDigest(manifest.launch(role).executable) }
+        for role in DomainRole.allCases { digests[role] = try fileDigest((root ?? "") + manifest.launch(role).executable) }
         return digests
     }
 
     /// The PCR values a boot from the manifest at `path` will reach, from
-    /// reset PCRs, with the executables as they are on disk now: what
-    /// `bulkhead keyslot add --tpm2 --tpm2-predict MANIFEST` seals to.
-    public static func predictedPCRs(forManifestAt path: String) throws(ToolstackError) -> [Int: [UInt8]] {
+    /// reset PCRs, with the executables as they are on disk now (under
+    /// `root`, the tree the boot will run from, if given): what
+    /// `bulkhead keyslot add --tpm2 --tpm2-predict MANIFEST [--tpm2-predict-root DIR]` seals to.
+    public static func predictedPCRs(forManifestAt path: String, under root: String? = nil) throws(ToolstackError) -> [Int: [UInt8]] {
         let manifest = try ManifestFile.load(path)
-        return LaunchMeasurement.predictedPCRs(for: manifest, executableDigests: try executableDigests(for: manifest))
+        return LaunchMeasurement.predictedPCRs(for: manifest, executableDigests: try executableDigests(for: manifest, under: root))
     }
 
     /// Logs then extends `events`. The log is appended to, never truncated:

@@ -5,30 +5,60 @@ import Foundation
 import LaunchMeasurement
 
 /// The root volume attached through the chain and mounted (docs/toolstack.md,
-/// "Root handover"). Where the kernel's nbd module is available, nbd-client
-/// would connect /dev/nbdN to the volume socket directly; here nbdfuse
-/// exposes the export as a file and a loop device makes it a block device.
+/// "Root handover"). With the kernel's NBD driver (`/dev/nbd0` exists), the
+/// supervisor connects the device to the volume socket itself
+/// (`KernelNBDDevice`: one kernel round trip per request); without it,
+/// nbdfuse exposes the export as a file and a loop device makes it a block
+/// device.
 final class RootAttachment {
+    /// The NBD device the kernel driver path uses.
+    static let kernelDevice = "/dev/nbd0"
+
+    private enum Backend {
+        case kernel(KernelNBDDevice)
+        case fuse(directory: String, pid: pid_t)
+    }
+
     let export: String
     let mountPoint: String
     let device: String
-    private let fuseDirectory: String
-    private let fusePID: pid_t
+    private let backend: Backend
 
-    private init(export: String, mountPoint: String, device: String, fuseDirectory: String, fusePID: pid_t) {
+    private init(export: String, mountPoint: String, device: String, backend: Backend) {
         self.export = export
         self.mountPoint = mountPoint
         self.device = device
-        self.fuseDirectory = fuseDirectory
-        self.fusePID = fusePID
+        self.backend = backend
     }
 
-    static func attach(_ request: Supervisor.RootRequest, socket: String, runtime: RuntimeLayout) throws(ToolstackError) -> RootAttachment {
+    /// Attaches the export at `socket` and mounts it; `log` receives what
+    /// happens to the device later (the kernel path's serving thread).
+    static func attach(
+        _ request: Supervisor.RootRequest, socket: String, runtime: RuntimeLayout, log: @escaping @Sendable (String) -> Void
+    ) throws(ToolstackError) -> RootAttachment {
+        mkdir(request.mountPoint, 0o755)
+        let attachment: RootAttachment
+        if KernelNBDDevice.available(kernelDevice) {
+            let nbd = try KernelNBDDevice.attach(socket: socket, export: request.export, device: kernelDevice) { reason in
+                log("CRITICAL: root device \(kernelDevice) stopped serving: \(reason)")
+            }
+            attachment = RootAttachment(export: request.export, mountPoint: request.mountPoint, device: kernelDevice, backend: .kernel(nbd))
+        } else {
+            attachment = try attachWithFuse(request, socket: socket, runtime: runtime)
+        }
+        let mounted = try ProcessLaunch.run(["mount", attachment.device, request.mountPoint], timeout: 120)
+        guard mounted.succeeded else {
+            attachment.release()
+            throw ToolstackError("mount \(attachment.device) on \(request.mountPoint): \(mounted.output)")
+        }
+        return attachment
+    }
+
+    private static func attachWithFuse(_ request: Supervisor.RootRequest, socket: String, runtime: RuntimeLayout) throws(ToolstackError) -> RootAttachment {
         let fuseDirectory = "\(runtime.root)/root-fuse"
         let pidFile = "\(runtime.root)/nbdfuse.pid"
         unlink(pidFile)
         mkdir(fuseDirectory, 0o700)
-        mkdir(request.mountPoint, 0o755)
         let nbdfuse = try ProcessLaunch.findExecutable("nbdfuse")
         let uri = "nbd+unix:///\(request.export)?socket=\(socket)"
         let pid = try ProcessLaunch.spawn(
@@ -53,27 +83,39 @@ final class RootAttachment {
             unmountFuse(fuseDirectory, pid: pid)
             throw ToolstackError("losetup \(file): \(loop.output)")
         }
-        let mounted = try ProcessLaunch.run(["mount", loop.output, request.mountPoint], timeout: 120)
-        guard mounted.succeeded else {
-            _ = try? ProcessLaunch.run(["losetup", "-d", loop.output])
-            unmountFuse(fuseDirectory, pid: pid)
-            throw ToolstackError("mount \(loop.output) on \(request.mountPoint): \(mounted.output)")
-        }
         return RootAttachment(
-            export: request.export, mountPoint: request.mountPoint, device: loop.output, fuseDirectory: fuseDirectory, fusePID: pid)
+            export: request.export, mountPoint: request.mountPoint, device: loop.output, backend: .fuse(directory: fuseDirectory, pid: pid))
     }
 
-    /// Unmounts, frees the loop device and ends nbdfuse (flushing through
-    /// the chain), before the domains stop.
+    /// Unmounts, then releases the device (flushing through the chain),
+    /// before the domains stop.
     func detach() {
         var unmounted = false
         for _ in 0..<50 where !unmounted {
             unmounted = (try? ProcessLaunch.run(["umount", mountPoint]))?.succeeded ?? false
             if !unmounted { usleep(100_000) }
         }
-        if !unmounted { _ = try? ProcessLaunch.run(["umount", "-l", mountPoint]) }
-        _ = try? ProcessLaunch.run(["losetup", "-d", device])
-        Self.unmountFuse(fuseDirectory, pid: fusePID)
+        if !unmounted {
+            // After the initramfs hands over, root is mounted at the real
+            // root's /, not here: the device is still in use and stays.
+            if case .kernel = backend {
+                Supervisor.log("root: \(device) is not mounted on \(mountPoint) any more (the real root uses it); left attached")
+                return
+            }
+            _ = try? ProcessLaunch.run(["umount", "-l", mountPoint])
+        }
+        release()
+    }
+
+    /// Disconnects the NBD device, or frees the loop device and ends nbdfuse.
+    private func release() {
+        switch backend {
+        case .kernel(let nbd):
+            nbd.detach()
+        case .fuse(let directory, let pid):
+            _ = try? ProcessLaunch.run(["losetup", "-d", device])
+            Self.unmountFuse(directory, pid: pid)
+        }
     }
 
     private static func unmountFuse(_ directory: String, pid: pid_t) {

@@ -69,7 +69,10 @@ public final class Supervisor {
         signal(SIGPIPE, SIG_IGN)
     }
 
-    func log(_ message: String) {
+    func log(_ message: String) { Self.log(message) }
+
+    /// One line to the supervisor's log (its stderr), from any thread.
+    static func log(_ message: String) {
         let line = "\(ISO8601DateFormatter().string(from: Date())) bulkhead-supervisor[\(getpid())]: \(message)\n"
         _ = line.utf8CString.withUnsafeBufferPointer { write(STDERR_FILENO, $0.baseAddress, $0.count - 1) }
     }
@@ -99,7 +102,7 @@ public final class Supervisor {
                 log("measured and started the \(role.rawValue) domain, pid \(domains[role]!.process!.pid)")
             }
             if let request {
-                root = try RootAttachment.attach(request, socket: layout.volumeSocket(request.export), runtime: layout)
+                root = try RootAttachment.attach(request, socket: layout.volumeSocket(request.export), runtime: layout) { Supervisor.log($0) }
                 log("root: \(request.export) mounted on \(request.mountPoint) from \(root!.device)")
             }
         } catch {
@@ -142,9 +145,19 @@ public final class Supervisor {
                 throw ToolstackError("cannot give the disk \(disk.path) to the storage domain: \(systemMessage(errno))")
             }
         }
-        if case .keyFile(let path) = manifest.crypt.keyslot {
+        switch manifest.crypt.keyslot {
+        case .keyFile(let path), .recoveryKeyFile(let path):
             guard chown(path, crypt.uid, crypt.gid) == 0, chmod(path, 0o400) == 0 else {
                 throw ToolstackError("cannot give the key file \(path) to the crypt domain: \(systemMessage(errno))")
+            }
+        case .tpm2:
+            // The crypt domain unseals through the TPM device itself
+            // (root:tss 0660 on a stock system); the supervisor, as root,
+            // still measures through it.
+            if let device = manifest.tpmDevice {
+                guard chown(device, 0, crypt.gid) == 0, chmod(device, 0o660) == 0 else {
+                    throw ToolstackError("cannot give the TPM \(device) to the crypt domain: \(systemMessage(errno))")
+                }
             }
         }
         try? "\(getpid())\n".write(toFile: layout.supervisorPID, atomically: true, encoding: .utf8)

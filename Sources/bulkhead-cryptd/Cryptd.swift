@@ -225,7 +225,7 @@ struct Cryptd: ParsableCommand {
         logger.info(
             "serving",
             metadata: [
-                "volumes": "\(served.joined(separator: ","))", "generation": "\(pool.generation)", "epoch": "\(pool.anchorEpoch)",
+                "volumes": "\(served.joined(separator: ","))", "unlocked": "\(tpm2 ? "tpm2 keyslot" : recoveryKeyFile != nil ? "recovery key" : "passphrase")", "generation": "\(pool.generation)", "epoch": "\(pool.anchorEpoch)",
                 "control": "\(controlServer.map { $0.listener.address.description } ?? "none")",
             ])
         let signal = waitForTerminationSignal()

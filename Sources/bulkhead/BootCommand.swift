@@ -32,6 +32,13 @@ struct Boot: ParsableCommand {
     @Option(name: .customLong("mount"), help: ArgumentHelp("Where to mount the root volume (with --root).", valueName: "dir"))
     var mountPoint: String?
 
+    @Option(
+        name: .customLong("recovery-key-file"),
+        help: ArgumentHelp(
+            "Unlock the pool with the recovery key in this file instead of the manifest's keyslot (the recovery path when the TPM does not unseal).",
+            valueName: "path"))
+    var recoveryKeyFile: String?
+
     @Flag(name: .customLong("supervise"), help: .hidden)
     var supervise = false
 
@@ -43,9 +50,15 @@ struct Boot: ParsableCommand {
 
     func run() throws {
         let path = absolute(manifest)
-        let manifest: BootManifest
+        var manifest: BootManifest
         do { manifest = try ManifestFile.load(path) } catch { throw commandFailure(program, error.description, status: configurationExitCode) }
         if stop { return try stopSupervisor(manifest) }
+        if let recoveryKeyFile {
+            guard access(recoveryKeyFile, R_OK) == 0 else {
+                throw commandFailure(program, "cannot read the recovery key file \(recoveryKeyFile): \(String(cString: strerror(errno)))", status: usageExitCode)
+            }
+            manifest = manifest.unlockingWithRecoveryKey(file: absolute(recoveryKeyFile))
+        }
         guard (rootExport == nil) == (mountPoint == nil) else {
             throw commandFailure(program, "--root and --mount go together", status: usageExitCode)
         }
@@ -98,6 +111,7 @@ struct Boot: ParsableCommand {
         }
         var argv = ["@bulkhead", "boot", "--supervise", "--manifest", path, "--ready-fd", "3"]
         if let rootExport, let mountPoint { argv += ["--root", rootExport, "--mount", absolute(mountPoint)] }
+        if let recoveryKeyFile { argv += ["--recovery-key-file", absolute(recoveryKeyFile)] }
         var ready: [Int32] = [0, 0]
         guard pipe(&ready) == 0 else { throw commandFailure(program, "pipe: \(String(cString: strerror(errno)))") }
         for end in ready { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }

@@ -26,6 +26,9 @@ struct TPM2EnrolmentOptions: ParsableArguments {
     @Option(name: .customLong("tpm2-predict"), help: ArgumentHelp("Seal to the PCR values `bulkhead boot` will measure from this manifest and the executables it names (before an update).", valueName: "manifest"))
     var predictManifest: String?
 
+    @Option(name: .customLong("tpm2-predict-root"), help: ArgumentHelp("Read the executables the --tpm2-predict manifest names under this folder (a staged or unpacked initramfs), not at /.", valueName: "dir"))
+    var predictRoot: String?
+
     @Flag(name: .customLong("tpm2-pin"), help: "Also require a PIN (asked twice, or read from --tpm2-pin-file).")
     var pin = false
 
@@ -41,7 +44,7 @@ struct TPM2EnrolmentOptions: ParsableArguments {
         var predicted = try parsePCRValues(pcrValues ?? "")
         if let predictManifest {
             let launch: [Int: [UInt8]]
-            do { launch = try Measurement.predictedPCRs(forManifestAt: predictManifest) } catch {
+            do { launch = try Measurement.predictedPCRs(forManifestAt: predictManifest, under: predictRoot) } catch {
                 throw commandFailure(program, "cannot predict the launch of \(predictManifest): \(error)")
             }
             for (index, value) in launch {
@@ -50,6 +53,9 @@ struct TPM2EnrolmentOptions: ParsableArguments {
                 }
                 predicted[index] = value
             }
+        }
+        guard predictRoot == nil || predictManifest != nil else {
+            throw commandFailure(program, "--tpm2-predict-root goes with --tpm2-predict", status: usageExitCode)
         }
         guard !selection.isEmpty || !predicted.isEmpty else {
             throw commandFailure(program, "--tpm2 needs --tpm2-pcrs, --tpm2-pcr-values or --tpm2-predict", status: usageExitCode)

@@ -51,6 +51,22 @@ import Toolstack
         #expect(minimal.pcr == 15 && minimal.sandbox && minimal.crypt.retryWindowSeconds == 30)
     }
 
+    @Test("the recovery path launches the crypt domain with --recovery-key-file instead of the TPM, and grants only that file")
+    func recoveryKeyLaunch() throws {
+        let tpm2 = Self.minimal.replacingOccurrences(of: "keyslot = \"key-file\"\nkey_file = \"/etc/bulkhead/pool.key\"", with: "keyslot = \"tpm2\"")
+        let manifest = try BootManifest(parsing: tpm2, file: "m.toml")
+        #expect(manifest.crypt.keyslot == .tpm2)
+        #expect(manifest.launch(.crypt).arguments.suffix(3) == ["--tpm2", "--tpm2-device", "device:/dev/tpmrm0"])
+
+        let recovery = manifest.unlockingWithRecoveryKey(file: "/run/bulkhead-recovery/key").launch(.crypt)
+        #expect(recovery.arguments.suffix(2) == ["--recovery-key-file", "/run/bulkhead-recovery/key"])
+        #expect(!recovery.arguments.contains("--tpm2"))
+        #expect(recovery.grants.contains { $0.access == .readOnly && $0.path == "/run/bulkhead-recovery/key" })
+        #expect(!recovery.grants.contains { $0.path == "/dev/tpmrm0" })
+        // The storage domain's launch, and so its measurement, is unchanged.
+        #expect(manifest.unlockingWithRecoveryKey(file: "/k").launch(.storage) == manifest.launch(.storage))
+    }
+
     /// The error for `text`, which must not parse.
     func error(_ text: String) -> String? {
         do {

@@ -125,5 +125,19 @@ import Toolstack
         let logs = fixture.logs
         #expect(!refused.succeeded, "\(refused.output)")
         #expect(logs.contains("PCR 15") && logs.contains("recovery key"), "the crypt domain must name the PCR and the recovery key:\n\(refused.output)\n\(logs)")
+
+        // The recovery path: the same launch, unlocked with the recovery key
+        // (what /init passes after its prompt) instead of the TPM.
+        let recovered = try fixture.bulkhead(["boot", "--recovery-key-file", fixture.scratch.file("recovery.key")], timeout: 200)
+        #expect(recovered.succeeded, "\(recovered.output)\n\(fixture.logs)")
+        let again = try run(["nbdinfo", "--size", fixture.uri("vm1")])
+        #expect(again.succeeded && again.output.trimmingCharacters(in: .whitespacesAndNewlines) == String(128 << 20), "\(again.output)")
+        #expect(fixture.logs.contains("unlocked=recovery key"), "\(fixture.logs)")
+        // What ran is what was measured: the crypt domain's configuration
+        // names the recovery key file, not the TPM.
+        let events = try Measurement.readLog("\(fixture.runtimeDirectory)/eventlog.jsonl")
+        let crypt = try #require(events.last { $0.domain == .crypt && $0.kind == .configuration })
+        #expect(crypt.detail.contains("arg=--recovery-key-file\n") && !crypt.detail.contains("arg=--tpm2\n"), "\(crypt.detail)")
+        try fixture.stop()
     }
 }

@@ -8,33 +8,42 @@ import Testing
 
 /// Issue 8: a real machine (qemu, software emulation) boots through Bulkhead.
 /// The Debian kernel starts the initramfs of packaging/initramfs/build,
-/// whose /init starts the storage and crypt domains on the virtio pool disk,
-/// attaches the root volume with the kernel NBD driver and switch_roots to
-/// it; the test root's /sbin/init (packaging/test-root/init) reports on the
-/// serial console and powers off. Two boots in all, run one after the other.
+/// whose /init runs `bulkhead boot`: it measures the storage and crypt
+/// domains into PCR 15 of the guest's TPM (swtpm) and launches them on the
+/// virtio pool disk; the crypt domain unseals the pool key from that TPM;
+/// the toolstack attaches the root volume with the kernel NBD driver and
+/// mounts it; /init moves it to / and the test root's /sbin/init
+/// (packaging/test-root/init) reports on the serial console and powers off.
+/// Three boots in all, run one after the other.
 @Suite(.serialized)
 struct BootTests {
     static let rootUp = "BULKHEAD-VM-TEST: real root is up"
+    static let recoveryPrompt = "Type the recovery key (input is not shown) and press Enter:"
 
-    @Test func bootsIntoTheRootVolumeWithTheDomainsStillRunning() throws {
+    @Test func bootsIntoTheRootVolumeWithTheKeyUnsealedFromTheTPM() throws {
         let artifacts = try BootArtifacts.shared.get()
         let machine = try VirtualMachine()
         defer { machine.remove() }
         try FileManager.default.copyItem(atPath: artifacts.pristinePool, toPath: machine.pool)
 
-        let boot = try machine.boot(artifacts, marker: Self.rootUp)
+        let boot = try machine.boot(artifacts, initramfs: artifacts.initramfs, marker: Self.rootUp)
         let console = boot.console
         #expect(console.contains(Self.rootUp), "the real root's init did not run; console:\n\(lastPart(console))")
         #expect(console.contains("BULKHEAD-VM-TEST: done"))
         // / is the root volume, through the kernel NBD driver.
         let mounts = section(of: console, from: "--- /proc/mounts ---", to: "--- end ---")
         #expect(mounts.contains { $0.hasPrefix("/dev/nbd0 / ext4 ") }, "/ is not /dev/nbd0 (ext4):\n\(mounts.joined(separator: "\n"))")
-        // The domains and the NBD attachment outlive switch_root.
+        // The supervisor (which holds the NBD attachment) and the domains
+        // outlive the move to the real root.
         let running = console.split(whereSeparator: \.isNewline).filter { $0.contains("BULKHEAD-VM-TEST: running pid") }
-        for program in ["bulkhead-storaged", "bulkhead-cryptd", "nbd-attach"] {
-            #expect(running.contains { $0.contains(program) }, "\(program) is not running after switch_root:\n\(running.joined(separator: "\n"))")
+        for program in ["bulkhead-storaged", "bulkhead-cryptd", "@bulkhead boot --supervise"] {
+            #expect(running.contains { $0.contains(program) }, "\(program) is not running under the real root:\n\(running.joined(separator: "\n"))")
         }
         #expect(console.contains("BULKHEAD-VM-TEST: root is writable"))
+        // The crypt domain unsealed the key from the guest's TPM: the image
+        // holds no key, and its log says which keyslot opened the pool.
+        #expect(console.contains("unlocked=tpm2 keyslot"), "the crypt domain did not report the tpm2 keyslot; console:\n\(lastPart(console))")
+        #expect(!console.contains(Self.recoveryPrompt))
         expectNoSecrets(console, artifacts)
         #expect(!console.contains("Kernel panic"))
         let seconds = boot.markerSeconds.map { String(format: "%.1f", $0) } ?? "-"
@@ -55,7 +64,7 @@ struct BootTests {
         let root = try rootVolumeTreeRoot(artifacts)
         try flipBit(machine.pool, at: root * UInt64(PoolLayout.blockSize) + 3000, bit: 5)
 
-        let boot = try machine.boot(artifacts, marker: "BOOT STOPPED")
+        let boot = try machine.boot(artifacts, initramfs: artifacts.initramfs, marker: "BOOT STOPPED")
         let console = boot.console
         #expect(boot.markerSeconds != nil, "/init did not stop the boot; console:\n\(lastPart(console))")
         #expect(
@@ -68,6 +77,33 @@ struct BootTests {
         #expect(boot.qemuStatus == 0, "the guest did not power off")
         expectNoSecrets(console, artifacts)
         print("VMTests: the failure boot stopped \(boot.markerSeconds.map { String(format: "%.1f", $0) } ?? "-") s after qemu started:")
+        for line in console.split(whereSeparator: \.isNewline) where line.contains("bulkhead-init:") {
+            print("  " + line)
+        }
+    }
+
+    /// A different storage domain executable (one byte appended) changes
+    /// the measured launch: the TPM refuses to unseal, /init asks for the
+    /// recovery key on the serial console, the test types it there, and
+    /// the boot goes on with it.
+    @Test func aChangedStorageDomainFallsBackToTheRecoveryKeyTypedOnTheConsole() throws {
+        let artifacts = try BootArtifacts.shared.get()
+        let machine = try VirtualMachine()
+        defer { machine.remove() }
+        try FileManager.default.copyItem(atPath: artifacts.pristinePool, toPath: machine.pool)
+
+        let boot = try machine.boot(
+            artifacts, initramfs: artifacts.changedInitramfs, marker: Self.rootUp, answer: (Self.recoveryPrompt, artifacts.recoveryKey))
+        let console = boot.console
+        #expect(console.contains(Self.recoveryPrompt), "no recovery prompt; console:\n\(lastPart(console))")
+        #expect(console.contains("PCR 15 (sha256) differ from the values the key was sealed to"), "no PCR mismatch message; console:\n\(lastPart(console))")
+        #expect(console.contains("bulkhead-init: booted with the recovery key"))
+        #expect(console.contains(Self.rootUp), "the real root did not come up after the recovery key; console:\n\(lastPart(console))")
+        #expect(console.contains("unlocked=recovery key"))
+        #expect(console.contains("BULKHEAD-VM-TEST: root is writable"))
+        #expect(!console.contains("Kernel panic"))
+        expectNoSecrets(console, artifacts)
+        print("VMTests: recovery boot: real root up \(boot.markerSeconds.map { String(format: "%.1f", $0) } ?? "-") s after qemu started")
         for line in console.split(whereSeparator: \.isNewline) where line.contains("bulkhead-init:") {
             print("  " + line)
         }
@@ -102,6 +138,7 @@ struct BootTests {
     private func expectNoSecrets(_ console: String, _ artifacts: BootArtifacts) {
         #expect(!console.contains(artifacts.passphrase), "the passphrase appeared on the serial console")
         #expect(!artifacts.recoveryKey.isEmpty && !console.contains(artifacts.recoveryKey), "the recovery key appeared on the serial console")
+        #expect(artifacts.masterKeyHex.count == 64 && !console.lowercased().contains(artifacts.masterKeyHex), "the master key appeared on the serial console")
     }
 
     /// The console lines between two marker lines.
