@@ -88,6 +88,9 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict),
+        // posix_spawn with a clean signal mask and descriptor table, and
+        // reaping: the toolstack's domains and the tests' real processes.
+        .target(name: "ProcessSpawn", swiftSettings: strict),
         // System threads and a mutex-with-condition for the blocking request paths.
         .target(name: "Threads", swiftSettings: strict),
         .target(
@@ -146,7 +149,7 @@ let package = Package(
         .target(
             name: "Toolstack",
             dependencies: [
-                "LaunchMeasurement", "TPM", "CSeccomp", "Sockets", "NBDProtocol",
+                "LaunchMeasurement", "TPM", "CSeccomp", "Sockets", "NBDProtocol", "ProcessSpawn",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict),
@@ -161,12 +164,12 @@ let package = Package(
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"]),
         .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
         .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
-        .testTarget(name: "InteropTests", dependencies: ["Sockets"]),
+        .testTarget(name: "InteropTests", dependencies: ["Sockets", "ProcessSpawn"]),
         // The whole chain as real processes: storage domain, crypt domain, clients.
-        .testTarget(name: "ChainTests", dependencies: ["Sockets"]),
+        .testTarget(name: "ChainTests", dependencies: ["Sockets", "ProcessSpawn"]),
         // The TPM layer against a real swtpm started by the tests, and the TPM
         // keyslots, counter anchor and control socket through the real executables.
-        .testTarget(name: "TPMTests", dependencies: ["TPM", "Keys", "Sockets", "Threads", "CryptPool", "BlockDevice", "PoolFormat"]),
+        .testTarget(name: "TPMTests", dependencies: ["TPM", "Keys", "Sockets", "Threads", "CryptPool", "BlockDevice", "PoolFormat", "ProcessSpawn"]),
         // A hostile storage domain, crash-point replay (issue 4).
         .testTarget(
             name: "AdversarialTests",
@@ -175,7 +178,7 @@ let package = Package(
         // the domains, nbdfuse, fio.
         .testTarget(name: "ToolstackTests", dependencies: ["Toolstack", "LaunchMeasurement", "TPM", "Sockets"]),
         // A qemu guest booting through the Bulkhead initramfs (issue 8; packaging/).
-        .testTarget(name: "VMTests", dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice"]),
+        .testTarget(name: "VMTests", dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "ProcessSpawn"]),
     ],
     swiftLanguageModes: [.v6]
 )

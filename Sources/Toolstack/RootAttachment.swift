@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import ProcessSpawn
 import Glibc
 #endif
 import Foundation

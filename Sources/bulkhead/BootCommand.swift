@@ -1,3 +1,4 @@
+import ProcessSpawn
 import ArgumentParser
 import DaemonSupport
 import Foundation

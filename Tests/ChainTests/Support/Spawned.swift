@@ -1,12 +1,8 @@
 import Foundation
+import ProcessSpawn
 
-/// A child process started with posix_spawn, its stdout and stderr going to
-/// one log file.
-///
-/// Foundation's `Process` is not used: on Linux it hands the spawning
-/// thread's signal mask to the child, and a daemon that inherits a blocked
-/// SIGTERM would never stop. Here the child starts with an empty mask,
-/// default handlers and no descriptor but 0, 1 and 2.
+/// A child process started with `ProcessSpawn` (clean signal mask and
+/// descriptors), its stdout and stderr going to one log file.
 final class Spawned: @unchecked Sendable {
     let pid: pid_t
     let commandLine: String
@@ -22,37 +18,13 @@ final class Spawned: @unchecked Sendable {
         commandLine = shellQuoted(command)
         self.logPath = logPath
 
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        // Tests run concurrently in this process: a child must not inherit
-        // descriptors another test holds (a socket, a file on a mount).
-        guard addCloseFrom(3, &actions) else {
-            throw ChainError.setup("posix_spawn_file_actions_addclosefrom_np is missing (glibc 2.34 or later needed)")
+        do {
+            pid = try ProcessSpawn.spawn(
+                executable: executable, argv: [executable] + command.dropFirst(),
+                output: ProcessSpawn.Output(standardOutput: logPath))
+        } catch {
+            throw ChainError.launchFailed(command: commandLine, reason: error.description)
         }
-
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var mask = sigset_t()
-        sigemptyset(&mask)
-        posix_spawnattr_setsigmask(&attributes, &mask)
-        var defaults = sigset_t()
-        sigfillset(&defaults)
-        sigdelset(&defaults, SIGKILL)
-        sigdelset(&defaults, SIGSTOP)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
-        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + command.dropFirst()).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var child = pid_t()
-        let result = posix_spawn(&child, executable, &actions, &attributes, argv, environ)
-        guard result == 0 else { throw ChainError.launchFailed(command: commandLine, reason: String(cString: strerror(result))) }
-        pid = child
     }
 
     /// Everything the child has written so far.
@@ -62,13 +34,7 @@ final class Spawned: @unchecked Sendable {
     /// signal ended it), nil while it runs. Reaps the child.
     var status: Int32? {
         lock.withLock {
-            if reaped == nil {
-                var raw: Int32 = 0
-                if waitpid(pid, &raw, WNOHANG) == pid {
-                    let signal = raw & 0x7f
-                    reaped = signal == 0 ? (raw >> 8) & 0xff : 128 + signal
-                }
-            }
+            if reaped == nil { reaped = ProcessSpawn.reap(pid) }
             return reaped
         }
     }
@@ -102,14 +68,4 @@ final class Spawned: @unchecked Sendable {
         if let status = waitForExit(seconds: grace) { return (status, false) }
         return (kill9(), true)
     }
-}
-
-/// posix_spawn_file_actions_addclosefrom_np (glibc 2.34), looked up at run
-/// time because Swift's Glibc module leaves out the GNU extensions of spawn.h.
-private func addCloseFrom(_ lowest: Int32, _ actions: inout posix_spawn_file_actions_t) -> Bool {
-    typealias Function = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else {
-        return false
-    }
-    return unsafeBitCast(symbol, to: Function.self)(&actions, lowest) == 0
 }

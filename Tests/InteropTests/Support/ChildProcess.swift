@@ -1,11 +1,8 @@
 import Foundation
+import ProcessSpawn
 
-/// A child process started with posix_spawn, its output sent to files.
-///
-/// Not Foundation's `Process`: on Linux it passes the spawning thread's
-/// signal mask on, and test threads block SIGTERM, so a server started that
-/// way never sees the SIGTERM that stops it. Here the child starts with no
-/// signal blocked and default handlers.
+/// A child process started with `ProcessSpawn` (clean signal mask and
+/// descriptors), its output sent to files.
 final class ChildProcess: @unchecked Sendable {
     let pid: pid_t
     let commandLine: String
@@ -23,45 +20,13 @@ final class ChildProcess: @unchecked Sendable {
         commandLine = shellLine(command)
         self.outputPath = outputPath
 
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        if errorPath == outputPath {
-            posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        } else {
-            posix_spawn_file_actions_addopen(&actions, 2, errorPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        do {
+            pid = try ProcessSpawn.spawn(
+                executable: executable, argv: [executable] + command.dropFirst(),
+                output: ProcessSpawn.Output(standardOutput: outputPath, standardError: errorPath, truncate: true))
+        } catch {
+            throw InteropError.launchFailed(command: commandLine, reason: error.description)
         }
-        // Tests run in parallel in one process: without this a child would
-        // inherit whatever descriptors other tests hold open at that moment
-        // (a file on a loop-mounted ext4 keeps that mount busy).
-        guard closeFrom(3, in: &actions) else {
-            throw InteropError.setupFailed("posix_spawn_file_actions_addclosefrom_np is missing (needs glibc 2.34)")
-        }
-
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var unblocked = sigset_t()
-        sigemptyset(&unblocked)
-        posix_spawnattr_setsigmask(&attributes, &unblocked)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2, SIGALRM] {
-            sigaddset(&defaults, signal)
-        }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
-        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + command.dropFirst()).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var child = pid_t()
-        let result = posix_spawn(&child, executable, &actions, &attributes, argv, environ)
-        guard result == 0 else {
-            throw InteropError.launchFailed(command: commandLine, reason: String(cString: strerror(result)))
-        }
-        pid = child
     }
 
     /// What the child has written to its output file so far.
@@ -71,13 +36,7 @@ final class ChildProcess: @unchecked Sendable {
     /// it), nil while it runs. Reaps the child.
     var status: Int32? {
         lock.withLock {
-            if finalStatus == nil {
-                var raw: Int32 = 0
-                if waitpid(pid, &raw, WNOHANG) == pid {
-                    let signal = raw & 0x7f
-                    finalStatus = signal == 0 ? (raw >> 8) & 0xff : 128 + signal
-                }
-            }
+            if finalStatus == nil { finalStatus = ProcessSpawn.reap(pid) }
             return finalStatus
         }
     }
@@ -102,16 +61,4 @@ final class ChildProcess: @unchecked Sendable {
         kill(pid, SIGKILL)
         return (waitForExit(seconds: 10) ?? 128 + SIGKILL, true)
     }
-}
-
-/// posix_spawn_file_actions_addclosefrom_np (glibc 2.34): closes every
-/// descriptor from `lowest` up in the child. Looked up at run time because
-/// Swift's Glibc module does not declare the GNU extensions of spawn.h.
-private func closeFrom(_ lowest: Int32, in actions: inout posix_spawn_file_actions_t) -> Bool {
-    typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else {
-        return false
-    }
-    let addCloseFrom = unsafeBitCast(symbol, to: AddCloseFrom.self)
-    return addCloseFrom(&actions, lowest) == 0
 }

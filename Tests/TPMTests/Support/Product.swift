@@ -1,4 +1,5 @@
 import Foundation
+import ProcessSpawn
 
 /// A program built by this package, beside the test bundle (`.build/<triple>/debug/`).
 func built(_ program: String) throws -> String {
@@ -27,42 +28,14 @@ final class Child: @unchecked Sendable {
     init(_ argv: [String], logPath: String, environment: [String: String] = [:]) throws {
         self.argv = argv
         self.logPath = logPath
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        // Other tests of this process hold sockets (swtpm connections) that a child must not keep open.
-        typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else {
-            throw TestFailure("posix_spawn_file_actions_addclosefrom_np is missing (glibc 2.34 or later)")
-        }
-        _ = unsafeBitCast(symbol, to: CloseFrom.self)(&actions, 3)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var none = sigset_t()
-        sigemptyset(&none)
-        var all = sigset_t()
-        sigfillset(&all)
-        sigdelset(&all, SIGKILL)
-        sigdelset(&all, SIGSTOP)
-        posix_spawnattr_setsigmask(&attributes, &none)
-        posix_spawnattr_setsigdefault(&attributes, &all)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var variables = ProcessInfo.processInfo.environment
         for (key, value) in environment { variables[key] = value }
-        let cEnvironment = variables.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        let cArguments = argv.map { strdup($0) } + [nil]
-        defer {
-            cArguments.forEach { free($0) }
-            cEnvironment.forEach { free($0) }
+        do {
+            pid = try ProcessSpawn.spawn(
+                executable: argv[0], argv: argv, environment: variables, output: ProcessSpawn.Output(standardOutput: logPath))
+        } catch {
+            throw TestFailure("\(error)")
         }
-        var child = pid_t()
-        let result = posix_spawn(&child, argv[0], &actions, &attributes, cArguments, cEnvironment)
-        guard result == 0 else { throw TestFailure("cannot start \(argv[0]): \(String(cString: strerror(result)))") }
-        pid = child
     }
 
     deinit { terminate() }
@@ -72,13 +45,7 @@ final class Child: @unchecked Sendable {
     /// The exit status once ended (128 + signal when a signal ended it); reaps.
     var status: Int32? {
         lock.withLock {
-            if reaped == nil {
-                var raw: Int32 = 0
-                if waitpid(pid, &raw, WNOHANG) == pid {
-                    let signal = raw & 0x7f
-                    reaped = signal == 0 ? (raw >> 8) & 0xff : 128 + signal
-                }
-            }
+            if reaped == nil { reaped = ProcessSpawn.reap(pid) }
             return reaped
         }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import ProcessSpawn
 
 /// Why a VM test could not run or what went wrong around the guest.
 struct VMTestError: Error, CustomStringConvertible {
@@ -6,10 +7,8 @@ struct VMTestError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// A child process started with posix_spawn, stdout and stderr to one log
-/// file, stdin from /dev/null. It starts with an empty signal mask, default
-/// handlers and no descriptor but 0, 1 and 2 (other tests in this process
-/// hold sockets and files a child must not keep open).
+/// A child process started with `ProcessSpawn` (clean signal mask and
+/// descriptors), stdout and stderr to one log file, stdin from /dev/null.
 final class Child: @unchecked Sendable {
     let pid: pid_t
     let commandLine: String
@@ -23,31 +22,12 @@ final class Child: @unchecked Sendable {
         guard let executable = command.first else { throw VMTestError("empty command") }
         commandLine = command.joined(separator: " ")
         self.logPath = logPath
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        guard addCloseFrom(3, &actions) else { throw VMTestError("posix_spawn_file_actions_addclosefrom_np is missing (glibc 2.34 or later)") }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var mask = sigset_t()
-        sigemptyset(&mask)
-        posix_spawnattr_setsigmask(&attributes, &mask)
-        var defaults = sigset_t()
-        sigfillset(&defaults)
-        sigdelset(&defaults, SIGKILL)
-        sigdelset(&defaults, SIGSTOP)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let argv: [UnsafeMutablePointer<CChar>?] = command.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var child = pid_t()
-        let result = posix_spawnp(&child, executable, &actions, &attributes, argv, environ)
-        guard result == 0 else { throw VMTestError("cannot start \(commandLine): \(String(cString: strerror(result)))") }
-        pid = child
+        guard let path = ProcessSpawn.findExecutable(executable) else { throw VMTestError("\(executable) is not installed") }
+        do {
+            pid = try ProcessSpawn.spawn(executable: path, argv: command, output: ProcessSpawn.Output(standardOutput: logPath))
+        } catch {
+            throw VMTestError("cannot start \(commandLine): \(error)")
+        }
     }
 
     var log: String { readText(logPath) }
@@ -56,13 +36,7 @@ final class Child: @unchecked Sendable {
     /// ended it), nil while it runs. Reaps the child.
     var status: Int32? {
         lock.withLock {
-            if reaped == nil {
-                var raw: Int32 = 0
-                if waitpid(pid, &raw, WNOHANG) == pid {
-                    let signal = raw & 0x7f
-                    reaped = signal == 0 ? (raw >> 8) & 0xff : 128 + signal
-                }
-            }
+            if reaped == nil { reaped = ProcessSpawn.reap(pid) }
             return reaped
         }
     }
@@ -110,12 +84,4 @@ func readText(_ path: String) -> String {
 
 func lastPart(_ text: String, limit: Int = 4000) -> String {
     text.count <= limit ? text : "…" + String(text.suffix(limit))
-}
-
-/// posix_spawn_file_actions_addclosefrom_np (glibc 2.34), looked up at run
-/// time: Swift's Glibc module leaves out the GNU extensions of spawn.h.
-private func addCloseFrom(_ lowest: Int32, _ actions: inout posix_spawn_file_actions_t) -> Bool {
-    typealias Function = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else { return false }
-    return unsafeBitCast(symbol, to: Function.self)(&actions, lowest) == 0
 }
