@@ -56,6 +56,10 @@ public struct BootManifest: Sendable, Equatable {
         public var keyslot: Keyslot
         public var stateDirectory: String
         public var retryWindowSeconds: Int
+        /// Trust anchors cryptd checks freshness against (`--anchor`):
+        /// "file" (its state directory) and/or "tpm2" (a TPM NV counter,
+        /// which survives a state directory on tmpfs).
+        public var anchors: [String] = ["file"]
     }
 
     /// A volume served to consumers, and the uids allowed to connect.
@@ -136,7 +140,7 @@ extension BootManifest {
             user: try storageTable.user("user"), disks: disks)
 
         let cryptTable = try reader.table("crypt")
-        try cryptTable.allowOnly(["executable", "arguments", "user", "pool", "keyslot", "key_file", "state_dir", "retry_window"])
+        try cryptTable.allowOnly(["executable", "arguments", "user", "pool", "keyslot", "key_file", "state_dir", "retry_window", "anchors"])
         let pool = try cryptTable.name("pool")
         guard disks.contains(where: { $0.name == pool }) else { throw cryptTable.error("pool", "no storage disk named \"\(pool)\"") }
         let keyslot: Keyslot
@@ -153,7 +157,17 @@ extension BootManifest {
             executable: try cryptTable.absolutePath("executable"), arguments: try cryptTable.strings("arguments", default: []),
             user: try cryptTable.user("user"), pool: pool, keyslot: keyslot,
             stateDirectory: try cryptTable.absolutePath("state_dir"),
-            retryWindowSeconds: try cryptTable.integer("retry_window", in: 1...3600, default: 30))
+            retryWindowSeconds: try cryptTable.integer("retry_window", in: 1...3600, default: 30),
+            anchors: try cryptTable.strings("anchors", default: ["file"]))
+        for anchor in crypt.anchors where !["file", "tpm2"].contains(anchor) {
+            throw cryptTable.error("anchors", "\"\(anchor)\" is not a trust anchor (file or tpm2)")
+        }
+        guard !crypt.anchors.isEmpty, Set(crypt.anchors).count == crypt.anchors.count else {
+            throw cryptTable.error("anchors", "name each anchor once, at least one")
+        }
+        if crypt.anchors.contains("tpm2") && tcti == "none" {
+            throw cryptTable.error("anchors", "\"tpm2\" needs a TPM: tpm_tcti is \"none\"")
+        }
 
         var exports: [Export] = []
         for exportTable in try reader.tables("exports") {

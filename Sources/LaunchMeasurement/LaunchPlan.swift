@@ -72,6 +72,7 @@ extension BootManifest {
                 "--state-dir", crypt.stateDirectory, "--serve-dir", layout.volumeDirectory,
                 "--retry-window", String(crypt.retryWindowSeconds),
             ]
+            for anchor in crypt.anchors { argv += ["--anchor", anchor] }
             for export in exports { argv += ["--volume", export.volume] }
             // Each export only to its own consumers.
             for export in exports {
@@ -90,7 +91,10 @@ extension BootManifest {
                 argv += ["--recovery-key-file", path]
                 grants.append(DomainLaunch.Grant(access: .readOnly, path: path))
             case .tpm2:
-                argv += ["--tpm2", "--tpm2-device", tcti]
+                argv += ["--tpm2"]
+            }
+            if cryptUsesTPM {
+                argv += ["--tpm2-device", tcti]
                 if let device = tpmDevice { grants.append(DomainLaunch.Grant(access: .device, path: device)) }
             }
             argv += crypt.arguments
@@ -107,6 +111,10 @@ extension BootManifest {
         manifest.crypt.keyslot = .recoveryKeyFile(file)
         return manifest
     }
+
+    /// Whether the crypt domain talks to the TPM: a tpm2 keyslot or the
+    /// TPM counter anchor.
+    public var cryptUsesTPM: Bool { crypt.keyslot == .tpm2 || crypt.anchors.contains("tpm2") }
 
     /// The TPM device node named by a `device:` TCTI, if any.
     public var tpmDevice: String? {

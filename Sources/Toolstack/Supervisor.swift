@@ -152,13 +152,14 @@ public final class Supervisor {
                 throw ToolstackError("cannot give the key file \(path) to the crypt domain: \(systemMessage(errno))")
             }
         case .tpm2:
-            // The crypt domain unseals through the TPM device itself
-            // (root:tss 0660 on a stock system); the supervisor, as root,
-            // still measures through it.
-            if let device = manifest.tpmDevice {
-                guard chown(device, 0, crypt.gid) == 0, chmod(device, 0o660) == 0 else {
-                    throw ToolstackError("cannot give the TPM \(device) to the crypt domain: \(systemMessage(errno))")
-                }
+            break
+        }
+        // The crypt domain unseals and counts epochs through the TPM device
+        // itself (root:tss 0660 on a stock system); the supervisor, as root,
+        // still measures through it.
+        if manifest.cryptUsesTPM, let device = manifest.tpmDevice {
+            guard chown(device, 0, crypt.gid) == 0, chmod(device, 0o660) == 0 else {
+                throw ToolstackError("cannot give the TPM \(device) to the crypt domain: \(systemMessage(errno))")
             }
         }
         try? "\(getpid())\n".write(toFile: layout.supervisorPID, atomically: true, encoding: .utf8)

@@ -67,6 +67,25 @@ import Toolstack
         #expect(manifest.unlockingWithRecoveryKey(file: "/k").launch(.storage) == manifest.launch(.storage))
     }
 
+    @Test("[crypt] anchors: file by default; tpm2 passes the TPM to the crypt domain even with a key file; bad values are one-line errors")
+    func trustAnchors() throws {
+        let minimal = try BootManifest(parsing: Self.minimal, file: "m.toml")
+        #expect(minimal.crypt.anchors == ["file"])
+        #expect(minimal.launch(.crypt).arguments.contains("file"))
+        #expect(!minimal.launch(.crypt).grants.contains { $0.path == "/dev/tpmrm0" })
+
+        let both = Self.minimal.replacingOccurrences(of: "user = 901", with: "user = 901\nanchors = [\"file\", \"tpm2\"]")
+        let launch = try BootManifest(parsing: both, file: "m.toml").launch(.crypt)
+        let arguments = launch.arguments.joined(separator: " ")
+        #expect(arguments.contains("--anchor file --anchor tpm2"), "\(arguments)")
+        #expect(arguments.contains("--tpm2-device device:/dev/tpmrm0") && !launch.arguments.contains("--tpm2"), "\(arguments)")
+        #expect(launch.grants.contains { $0.access == .device && $0.path == "/dev/tpmrm0" })
+
+        let unknown = Self.minimal.replacingOccurrences(of: "user = 901", with: "user = 901\nanchors = [\"cloud\"]")
+        #expect(error(unknown) == "/etc/bulkhead/boot.toml:12: crypt.anchors: \"cloud\" is not a trust anchor (file or tpm2)")
+        #expect(error("tpm_tcti = \"none\"\n" + both)?.hasSuffix("crypt.anchors: \"tpm2\" needs a TPM: tpm_tcti is \"none\"") == true)
+    }
+
     /// The error for `text`, which must not parse.
     func error(_ text: String) -> String? {
         do {
