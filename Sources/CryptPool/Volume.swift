@@ -47,24 +47,30 @@ public final class Volume: BlockDevice {
         guard buffer.count > 0 else { return }
         let blocks = Self.blockRange(offset, UInt64(buffer.count))
         try run { () throws(PoolError) in
-            try pool.reclaimingSpace { () throws(PoolError) in try pool.gate.withShared { () throws(PoolError) in
-                try pool.ranges.withLock(key: id.rawValue, range: blocks) { () throws(PoolError) in
-                    let start = Int(offset - blocks.lowerBound * Self.blockSize)
-                    let total = Int(UInt64(blocks.count) * Self.blockSize)
-                    if start == 0, buffer.count == total {
-                        try writePlain(blocks, from: buffer)
-                        return
-                    }
-                    // Partial blocks: merge into the edge blocks' current plaintext.
-                    try withScratch(total) { (plain) throws(PoolError) in
-                        let edges = blocks.count == 1 ? [blocks.lowerBound] : [blocks.lowerBound, blocks.upperBound - 1]
-                        try readPlain(blocks, into: plain, only: edges)
-                        UnsafeMutableRawBufferPointer(rebasing: plain[start..<(start + buffer.count)]).copyMemory(from: buffer)
-                        try writePlain(blocks, from: UnsafeRawBufferPointer(plain))
-                    }
-                }
-            } }
+            try pool.reclaimingSpace { () throws(PoolError) in
+                try pool.gate.withShared { () throws(PoolError) in try writeLocked(blocks, at: offset, from: buffer) }
+            }
             if fua { try pool.flush() }
+        }
+    }
+
+    /// The write under the shared gate: locks `blocks` of this volume and
+    /// writes whole blocks directly, partial edge blocks by read-modify-write.
+    private func writeLocked(_ blocks: Range<UInt64>, at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(PoolError) {
+        try pool.ranges.withLock(key: id.rawValue, range: blocks) { () throws(PoolError) in
+            let start = Int(offset - blocks.lowerBound * Self.blockSize)
+            let total = Int(UInt64(blocks.count) * Self.blockSize)
+            if start == 0, buffer.count == total {
+                try writePlain(blocks, from: buffer)
+                return
+            }
+            // Partial blocks: merge into the edge blocks' current plaintext.
+            try withScratch(total) { (plain) throws(PoolError) in
+                let edges = blocks.count == 1 ? [blocks.lowerBound] : [blocks.lowerBound, blocks.upperBound - 1]
+                try readPlain(blocks, into: plain, only: edges)
+                UnsafeMutableRawBufferPointer(rebasing: plain[start..<(start + buffer.count)]).copyMemory(from: buffer)
+                try writePlain(blocks, from: UnsafeRawBufferPointer(plain))
+            }
         }
     }
 
