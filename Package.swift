@@ -153,6 +153,8 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict),
+        // A short private /tmp folder for tests that start real processes.
+        .target(name: "TestScratch", path: "Tests/TestScratch", swiftSettings: strict),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
         .testTarget(name: "PoolFormatTests", dependencies: ["PoolFormat"]),
         .testTarget(
@@ -164,9 +166,9 @@ let package = Package(
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"]),
         .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
         .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
-        .testTarget(name: "InteropTests", dependencies: ["Sockets", "ProcessSpawn"]),
+        .testTarget(name: "InteropTests", dependencies: ["Sockets", "ProcessSpawn", "TestScratch"]),
         // The whole chain as real processes: storage domain, crypt domain, clients.
-        .testTarget(name: "ChainTests", dependencies: ["Sockets", "ProcessSpawn"]),
+        .testTarget(name: "ChainTests", dependencies: ["Sockets", "ProcessSpawn", "TestScratch"]),
         // The TPM layer against a real swtpm started by the tests, and the TPM
         // keyslots, counter anchor and control socket through the real executables.
         .testTarget(name: "TPMTests", dependencies: ["TPM", "Keys", "Sockets", "Threads", "CryptPool", "BlockDevice", "PoolFormat", "ProcessSpawn"]),
