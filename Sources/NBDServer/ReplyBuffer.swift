@@ -8,7 +8,10 @@ import Musl
 /// request: the reply header sits just before an aligned boundary and the
 /// data is read from the device straight after it, so the whole reply goes
 /// out in one send and O_DIRECT devices need no bounce buffer.
-final class ReplyBuffer {
+// SAFETY: one request owns a buffer at a time (taken from and given back to
+// the connection's pool under its lock), passing it from the thread that
+// starts a READ to the one that completes it.
+final class ReplyBuffer: @unchecked Sendable {
     /// Buffers up to this size (a 1 MiB read and then some) are kept for the
     /// next request; larger ones, up to the 32 MiB payload limit, are freed
     /// after use, bounding the memory an idle connection holds.
@@ -17,6 +20,8 @@ final class ReplyBuffer {
     let alignment: Int
     private var memory: UnsafeMutableRawPointer?
     private var capacity = 0
+    /// The whole reply of the last `prepare`: header and data.
+    private(set) var reply = UnsafeMutableRawBufferPointer(start: nil, count: 0)
 
     /// `alignment` is at least the largest reply header and a power of two.
     init(alignment: Int) {
@@ -44,8 +49,9 @@ final class ReplyBuffer {
         // SAFETY: `memory` holds `capacity >= alignment + dataLength` bytes and
         // headerLength <= 64 <= alignment.
         let start = memory! + (alignment - headerLength)
+        reply = UnsafeMutableRawBufferPointer(start: start, count: headerLength + dataLength)
         return (
-            UnsafeMutableRawBufferPointer(start: start, count: headerLength + dataLength),
+            reply,
             UnsafeMutableRawBufferPointer(start: memory! + alignment, count: dataLength)
         )
     }

@@ -10,140 +10,304 @@ import Sockets
 import Threads
 
 /// The transmission phase of one connection (proto.md, "Transmission").
-/// Worker threads take turns holding the read lock: the holder decodes the
-/// next request from what has been read, reading another large chunk from
-/// the socket only when the decoder runs dry, then releases the lock and
-/// executes its request while the next worker reads. Replies are sent
-/// whole under the write lock, in whatever order requests complete.
+/// The connection's thread reads and decodes requests, reading large
+/// chunks so that one system call picks up many pipelined requests. READs
+/// and WRITEs of an `AsynchronousBlockDevice` are started on the spot and
+/// answered from the device's completion, so a request costs no thread
+/// hand-off; everything else (FLUSH, TRIM, WRITE_ZEROES, requests the
+/// device cannot start without blocking) goes to worker threads, started
+/// as needed up to `workersPerConnection`. Replies go out whole, in
+/// whatever order requests complete, through a `ReplyChannel`.
 final class Transmission: Sendable {
-    /// State behind the read lock.
-    private struct Reader {
-        var decoder: RequestDecoder
-        let chunk: UnsafeMutableRawBufferPointer
-        /// No more requests are taken: NBD_CMD_DISC, end of stream, a
-        /// framing error, or a failed reply.
-        var stopped = false
+    /// Requests taken from the client and not yet answered: bounded, so a
+    /// client that pipelines without reading replies stops being read.
+    private struct Flight {
+        var requests = 0
+        var payloadBytes = 0
+    }
+
+    /// Requests waiting for a worker, and the workers.
+    private struct Work {
+        var queue: [IncomingRequest] = []
+        var head = 0
+        var workers = 0
+        var idle = 0
+        var closed = false
     }
 
     /// Payload still to come above which a WRITE's payload is read from
     /// the socket straight into its buffer: one copy fewer for large writes,
     /// while small ones keep arriving many to a read.
     static let directPayloadThreshold = 64 * 1024
+    /// Requests in flight per connection. The NBD client decides its own
+    /// queue depth (qemu and the Linux driver use up to 128, fio its
+    /// iodepth); beyond this the server stops reading until replies go out.
+    static let maxRequestsInFlight = 256
+    /// WRITE payload bytes held per connection before reading pauses: with
+    /// 32 MiB payloads allowed, the request count alone would admit 8 GiB.
+    static let maxPayloadBytesInFlight = 64 << 20
 
     private let connection: Connection
     private let session: NegotiatedSession
     private let device: any BlockDevice
-    private let reader: Guarded<Reader>
-    /// Held while sending a reply, so replies never interleave; counts the
-    /// replies sent.
-    private let writer = Guarded<UInt64>(0)
-    /// READ reply buffers not in use, most recently used last; at most one
-    /// per worker.
+    private let asynchronous: (any AsynchronousBlockDevice)?
+    private let replies: ReplyChannel
+    private let flight = Guarded(Flight())
+    private let work = Guarded(Work())
+    /// READ reply buffers not in use, most recently used last.
     private let replyBuffers = Guarded<[ReplyBuffer]>([])
-    /// Workers still running; the last one out closes the connection.
-    private let activeWorkers = Guarded(0)
+    private let leftover: [UInt8]
 
     init(connection: Connection, session: NegotiatedSession, device: any BlockDevice, leftover: [UInt8]) {
         self.connection = connection
         self.session = session
         self.device = device
-        var decoder = RequestDecoder(maxPayload: session.export.blockSize.maximum)
-        decoder.receive(leftover)
-        let chunk = UnsafeMutableRawBufferPointer.allocate(
-            byteCount: connection.server.configuration.readChunkSize, alignment: 64)
-        reader = Guarded(Reader(decoder: decoder, chunk: chunk))
-    }
-
-    deinit {
-        reader.withLock { $0.chunk.deallocate() }
+        self.asynchronous = device as? any AsynchronousBlockDevice
+        self.leftover = leftover
+        replies = ReplyChannel(
+            socket: connection.socket, logger: connection.logger, stackSize: connection.server.configuration.threadStackSize)
     }
 
     private var logger: Logger { connection.logger }
     private var socket: Socket { connection.socket }
+    private var configuration: NBDServerConfiguration { connection.server.configuration }
 
-    /// Serves requests until the connection ends, on this thread and on
-    /// `workersPerConnection - 1` more.
+    /// Serves requests until the connection ends, then waits for every
+    /// request in flight to be answered and closes the connection.
     func run() {
-        let workers = connection.server.configuration.workersPerConnection
-        activeWorkers.withLock { $0 = workers }
-        for _ in 1..<workers {
-            let error = tryStartThread(stackSize: connection.server.configuration.threadStackSize) { self.work() }
-            if error != 0 {
-                // Out of threads: serve with fewer workers. This thread's
-                // own count keeps the total above zero.
-                activeWorkers.withLock { $0 -= 1 }
-                logger.warning("cannot start a worker thread", metadata: ["errno": "\(error)"])
-            }
-        }
-        work()
+        readRequests()
+        work.update { $0.closed = true }
+        _ = flight.wait(until: { $0.requests == 0 }) { _ in () }
+        _ = work.wait(until: { $0.workers == 0 }) { _ in () }
+        replies.drain(timeout: configuration.replyTimeout)
+        logger.debug("transmission ended", metadata: ["replies": "\(replies.count)"])
+        connection.end()
     }
 
-    private func work() {
-        while let request = nextRequest() {
-            handle(request)
-        }
-        let last = activeWorkers.withLock { count -> Bool in
-            count -= 1
-            return count == 0
-        }
-        if last {
-            logger.debug("transmission ended", metadata: ["replies": "\(writer.withLock { $0 })"])
-            connection.end()
-        }
-    }
+    // MARK: Reading
 
-    /// Takes the next request under the read lock, reading from the socket
-    /// as needed. Nil once the connection is to end.
-    private func nextRequest() -> IncomingRequest? {
-        reader.withLock { state -> IncomingRequest? in
-            while !state.stopped {
-                do throws(NBDProtocolError) {
-                    if let request = try state.decoder.next() {
-                        guard request.header.command != .disconnect else {
-                            logger.debug("client sent NBD_CMD_DISC")
-                            state.stopped = true
-                            return nil
-                        }
-                        return request
-                    }
-                } catch {
-                    logger.warning("closing: protocol error", metadata: ["error": "\(error)"])
-                    state.stopped = true
-                    return nil
+    private func readRequests() {
+        var decoder = RequestDecoder(maxPayload: session.export.blockSize.maximum)
+        decoder.receive(leftover)
+        let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: configuration.readChunkSize, alignment: 64)
+        defer { chunk.deallocate() }
+        while true {
+            let request: IncomingRequest
+            do throws(NBDProtocolError) {
+                guard let next = try decoder.next() else {
+                    guard read(into: &decoder, chunk) else { return }
+                    continue
                 }
-                do throws(SocketError) {
-                    if state.decoder.missingPayloadCount >= Self.directPayloadThreshold {
-                        // Most of a large WRITE payload is still to come:
-                        // read it straight into place rather than through
-                        // the decoder's buffer.
-                        return try state.decoder.completePendingWrite { buffer throws(SocketError) in
-                            try socket.readExactly(into: buffer)
-                        }
-                    }
-                    let count = try socket.read(into: state.chunk)
-                    guard count > 0 else {
-                        logger.debug("end of the request stream")
-                        state.stopped = true
-                        return nil
-                    }
-                    state.decoder.receive(UnsafeRawBufferPointer(rebasing: state.chunk[..<count]))
-                } catch {
-                    logger.debug("read failed", metadata: ["error": "\(error)"])
-                    state.stopped = true
-                    return nil
-                }
+                request = next
+            } catch {
+                logger.warning("closing: protocol error", metadata: ["error": "\(error)"])
+                return
             }
-            return nil
+            guard request.header.command != .disconnect else {
+                logger.debug("client sent NBD_CMD_DISC")
+                return
+            }
+            admit(request)
+            dispatch(request)
         }
     }
 
-    private func handle(_ request: IncomingRequest) {
+    /// Reads more of the request stream into the decoder; false once the
+    /// connection is to end. A request whose large WRITE payload is mostly
+    /// still to come is completed by reading straight into its buffer.
+    private func read(into decoder: inout RequestDecoder, _ chunk: UnsafeMutableRawBufferPointer) -> Bool {
+        do throws(SocketError) {
+            if decoder.missingPayloadCount >= Self.directPayloadThreshold {
+                let request = try decoder.completePendingWrite { buffer throws(SocketError) in
+                    try socket.readExactly(into: buffer)
+                }
+                admit(request)
+                dispatch(request)
+                return true
+            }
+            let count = try socket.read(into: chunk)
+            guard count > 0 else {
+                logger.debug("end of the request stream")
+                return false
+            }
+            decoder.receive(UnsafeRawBufferPointer(rebasing: chunk[..<count]))
+            return true
+        } catch {
+            logger.debug("read failed", metadata: ["error": "\(error)"])
+            return false
+        }
+    }
+
+    /// Waits for room in the flight, and for the replies of a client that
+    /// reads them slowly to drain; the first request always gets in.
+    private func admit(_ request: IncomingRequest) {
+        replies.waitForRoom(limit: Self.maxPayloadBytesInFlight)
+        let bytes = request.payload.count
+        _ = flight.wait(until: { flight in
+            flight.requests == 0
+                || (flight.requests < Self.maxRequestsInFlight && flight.payloadBytes + bytes <= Self.maxPayloadBytesInFlight)
+        }) { flight in
+            flight.requests += 1
+            flight.payloadBytes += bytes
+        }
+    }
+
+    /// Called once per request after its reply is handed to the channel.
+    private func finished(_ request: IncomingRequest) {
+        let bytes = request.payload.count
+        flight.update { flight in
+            flight.requests -= 1
+            flight.payloadBytes -= bytes
+        }
+    }
+
+    // MARK: Dispatching
+
+    private func dispatch(_ request: IncomingRequest) {
         let header = request.header
         if let error = validate(header, payloadDiscarded: request.payloadDiscarded, session: session) {
             logger.debug("refused request", metadata: ["command": "\(header.command)", "error": "\(error)"])
             sendCompletion(header, error: error, message: rejectionMessage(header, error, session.export))
+            finished(request)
             return
         }
+        if let asynchronous, header.length > 0 {
+            switch header.command {
+            case .read: if startRead(request, on: asynchronous) { return }
+            case .write: if startWrite(request, on: asynchronous) { return }
+            default: break
+            }
+        }
+        enqueue(request)
+    }
+
+    private func startRead(_ request: IncomingRequest, on device: any AsynchronousBlockDevice) -> Bool {
+        let header = request.header
+        let replyBuffer = takeReplyBuffer()
+        let headerLength = ReplyEncoder.readReplyHeaderLength(structured: session.structuredReplies)
+        guard let (_, data) = replyBuffer.prepare(headerLength: headerLength, dataLength: Int(header.length)) else {
+            returnReplyBuffer(replyBuffer)
+            return false
+        }
+        let started = device.startRead(at: header.offset, into: data) { outcome in
+            switch outcome {
+            case .done:
+                let reply = replyBuffer.reply
+                ReplyEncoder.encodeReadReplyHeader(
+                    into: reply, cookie: header.cookie, offset: header.offset, length: header.length,
+                    structured: self.session.structuredReplies)
+                self.replies.send(UnsafeRawBufferPointer(reply))
+            case .failed(let error):
+                self.sendFailure(header, error)
+            case .redoSynchronously:
+                self.returnReplyBuffer(replyBuffer)
+                self.enqueue(request)
+                return
+            }
+            self.returnReplyBuffer(replyBuffer)
+            self.finished(request)
+        }
+        if !started { returnReplyBuffer(replyBuffer) }
+        return started
+    }
+
+    private func startWrite(_ request: IncomingRequest, on device: any AsynchronousBlockDevice) -> Bool {
+        let header = request.header
+        let payload = request.payload
+        // SAFETY: a non-empty native array keeps its elements at one heap
+        // address for as long as it lives unmodified; the completion holds
+        // `payload` (through `request`) until the device is done with it.
+        let bytes = payload.withUnsafeBytes { $0 }
+        return device.startWrite(at: header.offset, from: bytes, fua: header.flags.contains(.fua)) { outcome in
+            switch outcome {
+            case .done:
+                self.sendCompletion(header, error: nil)
+            case .failed(let error):
+                self.sendFailure(header, error)
+            case .redoSynchronously:
+                self.enqueue(request)
+                return
+            }
+            self.finished(request)
+        }
+    }
+
+    private func takeReplyBuffer() -> ReplyBuffer {
+        // The buffer used last is the one most likely still in the CPU cache.
+        replyBuffers.withLock { $0.popLast() } ?? ReplyBuffer(alignment: Int(device.minimumBlockSize))
+    }
+
+    private func returnReplyBuffer(_ buffer: ReplyBuffer) {
+        buffer.trim()
+        replyBuffers.withLock { $0.append(buffer) }
+    }
+
+    // MARK: Workers
+
+    /// Hands a request to a worker thread, starting one if none is idle.
+    private func enqueue(_ request: IncomingRequest) {
+        let startWorker = work.update { work -> Bool in
+            work.queue.append(request)
+            guard work.idle == 0, work.workers < configuration.workersPerConnection else { return false }
+            work.workers += 1
+            return true
+        }
+        guard startWorker else { return }
+        let error = tryStartThread(stackSize: configuration.threadStackSize) { self.workLoop() }
+        if error != 0 {
+            let alone = work.update { work -> Bool in
+                work.workers -= 1
+                return work.workers == 0
+            }
+            logger.warning("cannot start a worker thread", metadata: ["errno": "\(error)"])
+            // Without any worker the request would wait forever: run it here.
+            if alone, let request = takeQueued() { perform(request) }
+        }
+    }
+
+    private func takeQueued() -> IncomingRequest? {
+        work.withLock { work -> IncomingRequest? in
+            guard work.head < work.queue.count else { return nil }
+            defer { advance(&work) }
+            return work.queue[work.head]
+        }
+    }
+
+    private func advance(_ work: inout Work) {
+        work.head += 1
+        if work.head == work.queue.count {
+            work.queue.removeAll(keepingCapacity: true)
+            work.head = 0
+        }
+    }
+
+    private func workLoop() {
+        while true {
+            // Idle workers are counted so that `enqueue` starts a thread only
+            // when none is free.
+            work.update { $0.idle += 1 }
+            let request = work.wait(until: { $0.head < $0.queue.count || $0.closed }) { work -> IncomingRequest? in
+                work.idle -= 1
+                guard work.head < work.queue.count else {
+                    work.workers -= 1
+                    return nil
+                }
+                defer { advance(&work) }
+                return work.queue[work.head]
+            }
+            guard let request = request ?? nil else {
+                // Wakes `run()`, waiting for the last worker to leave.
+                work.update { _ in }
+                return
+            }
+            perform(request)
+        }
+    }
+
+    /// Executes a request synchronously and answers it.
+    private func perform(_ request: IncomingRequest) {
+        defer { finished(request) }
+        let header = request.header
         do throws(BlockDeviceError) {
             switch header.command {
             case .read:
@@ -168,25 +332,15 @@ final class Transmission: Sendable {
             }
             sendCompletion(header, error: nil)
         } catch {
-            let code = error.nbdError(for: header.command)
-            if error.isStorageFailure {
-                logger.error("\(header.command) failed", metadata: ["error": "\(error)", "reply": "\(code)"])
-            } else {
-                logger.debug("\(header.command) failed", metadata: ["error": "\(error)", "reply": "\(code)"])
-            }
-            sendCompletion(header, error: code, message: error.description)
+            sendFailure(header, error)
         }
     }
 
     /// NBD_CMD_READ: the device reads straight into the reply buffer, behind
     /// the reply header, and the whole reply goes out in one send.
     private func read(_ header: RequestHeader) throws(BlockDeviceError) {
-        // The buffer used last is the one most likely still in the CPU cache.
-        let replyBuffer = replyBuffers.withLock { $0.popLast() } ?? ReplyBuffer(alignment: Int(device.minimumBlockSize))
-        defer {
-            replyBuffer.trim()
-            replyBuffers.withLock { $0.append(replyBuffer) }
-        }
+        let replyBuffer = takeReplyBuffer()
+        defer { returnReplyBuffer(replyBuffer) }
         let headerLength = ReplyEncoder.readReplyHeaderLength(structured: session.structuredReplies)
         guard let (reply, data) = replyBuffer.prepare(headerLength: headerLength, dataLength: Int(header.length))
         else {
@@ -197,7 +351,7 @@ final class Transmission: Sendable {
         ReplyEncoder.encodeReadReplyHeader(
             into: reply, cookie: header.cookie, offset: header.offset, length: header.length,
             structured: session.structuredReplies)
-        send(UnsafeRawBufferPointer(reply))
+        replies.send(UnsafeRawBufferPointer(reply))
     }
 
     private func write(_ header: RequestHeader, _ payload: [UInt8]) throws(BlockDeviceError) {
@@ -212,28 +366,22 @@ final class Transmission: Sendable {
         if let failure { throw failure }
     }
 
+    // MARK: Replies
+
+    private func sendFailure(_ header: RequestHeader, _ error: BlockDeviceError) {
+        let code = error.nbdError(for: header.command)
+        if error.isStorageFailure {
+            logger.error("\(header.command) failed", metadata: ["error": "\(error)", "reply": "\(code)"])
+        } else {
+            logger.debug("\(header.command) failed", metadata: ["error": "\(error)", "reply": "\(code)"])
+        }
+        sendCompletion(header, error: code, message: error.description)
+    }
+
     private func sendCompletion(_ header: RequestHeader, error: NBDErrorCode?, message: String = "") {
         let bytes = ReplyEncoder.completion(
             cookie: header.cookie, error: error, message: message, command: header.command,
             structured: session.structuredReplies)
-        bytes.withUnsafeBytes { send($0) }
-    }
-
-    /// Sends one whole reply. A failed send ends the connection: the socket
-    /// is shut down, which also wakes the worker blocked reading.
-    private func send(_ bytes: UnsafeRawBufferPointer) {
-        let failure = writer.withLock { replies -> SocketError? in
-            do throws(SocketError) {
-                try socket.writeAll(bytes)
-                replies += 1
-                return nil
-            } catch {
-                return error
-            }
-        }
-        if let failure {
-            logger.debug("reply failed", metadata: ["error": "\(failure)"])
-            socket.shutdown()
-        }
+        bytes.withUnsafeBytes { replies.send($0) }
     }
 }

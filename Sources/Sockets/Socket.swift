@@ -55,6 +55,20 @@ public final class Socket: Sendable {
         }
     }
 
+    /// Writes as much of `buffer` as fits without blocking; returns the
+    /// number of bytes written, 0 if the socket's buffer is full.
+    public func writeAvailable(_ buffer: UnsafeRawBufferPointer) throws(SocketError) -> Int {
+        guard !buffer.isEmpty else { return 0 }
+        while true {
+            let count = send(fileDescriptor, buffer.baseAddress!, buffer.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+            if count >= 0 { return count }
+            if errno == EINTR { continue }
+            if errno == EAGAIN || errno == EWOULDBLOCK { return 0 }
+            if errno == EPIPE || errno == ECONNRESET { throw .connectionClosed }
+            throw .system(operation: "write to", address: peerDescription, errno: errno)
+        }
+    }
+
     public func writeAll(_ bytes: [UInt8]) throws(SocketError) {
         var failure: SocketError?
         bytes.withUnsafeBytes { raw in
