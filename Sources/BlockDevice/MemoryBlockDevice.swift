@@ -97,3 +97,7 @@ public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
         return Array(UnsafeRawBufferPointer(start: storage, count: Int(size)))
     }
 }
+
+extension MemoryBlockDevice: InlineBlockDevice {
+    public var runsInline: Bool { true }
+}

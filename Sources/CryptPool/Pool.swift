@@ -28,6 +28,9 @@ public struct PoolConfiguration: Sendable {
 /// rollback-protected volumes (docs/format.md).
 public final class Pool: Sendable {
     let storage: any BlockDevice
+    /// The storage device, if it can start requests without blocking
+    /// (Volume+Asynchronous.swift).
+    let asynchronousStorage: (any AsynchronousBlockDevice)?
     let keys: PoolKeys
     let anchor: (any TrustAnchor)?
     public let poolID: [UInt8]
@@ -71,6 +74,7 @@ public final class Pool: Sendable {
         configuration: PoolConfiguration, state: PoolState, header: HeaderImage
     ) {
         self.storage = storage
+        self.asynchronousStorage = storage as? any AsynchronousBlockDevice
         self.master = master
         self.header = Guarded(header)
         self.keys = keys

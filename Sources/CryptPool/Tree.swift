@@ -73,12 +73,29 @@ extension Pool {
 
     /// The pointer to unit `index` in a checkpointed tree.
     func lookup(root: BlockPointer, tree: TreeIdentity, index: UInt64) throws(PoolError) -> BlockPointer {
+        try descend(root: root, tree: tree, index: index) { (pointer, level, first) throws(PoolError) in
+            try loadNode(pointer, tree: tree, level: level, firstIndex: first)
+        }!
+    }
+
+    /// `lookup` without storage reads: nil when a node on the way is not
+    /// in the cache.
+    func cachedLookup(root: BlockPointer, tree: TreeIdentity, index: UInt64) throws(PoolError) -> BlockPointer? {
+        try descend(root: root, tree: tree, index: index) { pointer, _, _ in nodeCache.get(pointer) }
+    }
+
+    /// Walks from `root` down to unit `index`, getting each node from
+    /// `load`; nil as soon as `load` returns nil.
+    private func descend(
+        root: BlockPointer, tree: TreeIdentity, index: UInt64,
+        load: (BlockPointer, Int, UInt64) throws(PoolError) -> TreeNode?
+    ) throws(PoolError) -> BlockPointer? {
         var pointer = root
         var level = tree.depth
         var first: UInt64 = 0
         while level >= 1 {
             if pointer.isNull { return .null }
-            let node = try loadNode(pointer, tree: tree, level: level, firstIndex: first)
+            guard let node = try load(pointer, level, first) else { return nil }
             let span = childSpan(level: level)
             let slot = Int((index - first) / span)
             guard slot < PoolLayout.fanOut else { throw .malformed("index \(index) beyond \(tree.kind) at level \(level)") }

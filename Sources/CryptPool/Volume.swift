@@ -172,8 +172,9 @@ public final class Volume: BlockDevice {
         }
     }
 
-    /// Current pointers of `blocks`: the overlay first, then the checkpointed tree.
-    private func pointers(_ blocks: Range<UInt64>) throws(PoolError) -> [BlockPointer] {
+    /// Current pointers of `blocks`: the overlay first, then the checkpointed
+    /// tree. With `cachedOnly`, nil when a tree node is not in the cache.
+    private func pointers(_ blocks: Range<UInt64>, cachedOnly: Bool = false) throws(PoolError) -> [BlockPointer]? {
         let (decided, root, depth) = try pool.state.withLock { (state) throws(PoolError) in
             guard let volume = state.volumes[id] else { throw .noSuchVolume(name) }
             return (blocks.map { volume.overlay.lookup($0) }, volume.root, volume.depth)
@@ -184,6 +185,9 @@ public final class Volume: BlockDevice {
         result.reserveCapacity(blocks.count)
         for (index, block) in blocks.enumerated() {
             if let pointer = decided[index] {
+                result.append(pointer)
+            } else if cachedOnly {
+                guard let pointer = try pool.cachedLookup(root: root, tree: tree, index: block) else { return nil }
                 result.append(pointer)
             } else {
                 result.append(try pool.lookup(root: root, tree: tree, index: block))
@@ -210,40 +214,80 @@ public final class Volume: BlockDevice {
     /// logically and physically are read in one storage request straight
     /// into place and opened there.
     private func readPlain(_ blocks: Range<UInt64>, into plain: UnsafeMutableRawBufferPointer, only: [UInt64]? = nil) throws(PoolError) {
+        let located = try locate(blocks, in: plain, only: only, cachedOnly: false)!
+        for run in located.runs {
+            try pool.readBlocks(located.physicalStart(of: run), into: located.region(of: run))
+        }
+        try open(located)
+    }
+
+    /// The blocks of a read that storage holds, where each sits in the
+    /// caller's buffer, and the runs read with one storage request each.
+    // SAFETY: `plain` is the caller's buffer, which stays valid and is
+    // touched by one thread at a time until the read completes.
+    struct LocatedRead: @unchecked Sendable {
+        let first: UInt64
+        let plain: UnsafeMutableRawBufferPointer
+        var blocks: [(logical: UInt64, pointer: BlockPointer)] = []
+        /// Ranges of `blocks` consecutive both logically and physically.
+        var runs: [Range<Int>] = []
+
+        func slot(_ logical: UInt64) -> Int { Int(logical - first) * Int(Volume.blockSize) }
+
+        func physicalStart(of run: Range<Int>) -> PhysicalBlock { blocks[run.lowerBound].pointer.block }
+
+        func region(of run: Range<Int>) -> UnsafeMutableRawBufferPointer {
+            let start = slot(blocks[run.lowerBound].logical)
+            return UnsafeMutableRawBufferPointer(rebasing: plain[start..<(start + run.count * Int(Volume.blockSize))])
+        }
+    }
+
+    /// Finds the blocks of a read, zeroing the unwritten ones in `plain`.
+    /// With `cachedOnly`, nil when that would take a storage read (a tree
+    /// node not in the cache).
+    func locate(
+        _ blocks: Range<UInt64>, in plain: UnsafeMutableRawBufferPointer, only: [UInt64]? = nil, cachedOnly: Bool
+    ) throws(PoolError) -> LocatedRead? {
         let blockSize = Int(Self.blockSize)
         precondition(plain.count == blocks.count * blockSize)
-        func slot(_ logical: UInt64) -> Int { Int(logical - blocks.lowerBound) * blockSize }
-        var located: [(logical: UInt64, pointer: BlockPointer)] = []
-        located.reserveCapacity(only?.count ?? blocks.count)
+        var located = LocatedRead(first: blocks.lowerBound, plain: plain)
+        located.blocks.reserveCapacity(only?.count ?? blocks.count)
         for run in only.map(contiguousLogicalRuns) ?? [blocks] {
-            for (offset, pointer) in try pointers(run).enumerated() {
+            guard let pointers = try pointers(run, cachedOnly: cachedOnly) else { return nil }
+            for (offset, pointer) in pointers.enumerated() {
                 let logical = run.lowerBound + UInt64(offset)
                 if pointer.isNull {
-                    UnsafeMutableRawBufferPointer(rebasing: plain[slot(logical)..<(slot(logical) + blockSize)])
+                    let slot = located.slot(logical)
+                    UnsafeMutableRawBufferPointer(rebasing: plain[slot..<(slot + blockSize)])
                         .initializeMemory(as: UInt8.self, repeating: 0)
                     continue
                 }
                 try pool.checkPlacement(pointer, what: "volume \(name) block \(logical)")
-                located.append((logical, pointer))
+                located.blocks.append((logical, pointer))
             }
         }
-        var sealers = SealerCache(volume: self)
         var first = 0
-        while first < located.count {
+        while first < located.blocks.count {
             var end = first + 1
-            while end < located.count, located[end].logical == located[end - 1].logical + 1,
-                located[end].pointer.block == located[end - 1].pointer.block + 1
+            while end < located.blocks.count, located.blocks[end].logical == located.blocks[end - 1].logical + 1,
+                located.blocks[end].pointer.block == located.blocks[end - 1].pointer.block + 1
             {
                 end += 1
             }
-            let start = slot(located[first].logical)
-            try pool.readBlocks(
-                located[first].pointer.block, into: UnsafeMutableRawBufferPointer(rebasing: plain[start..<(start + (end - first) * blockSize)]))
-            for (logical, pointer) in located[first..<end] {
-                let region = UnsafeMutableRawBufferPointer(rebasing: plain[slot(logical)..<(slot(logical) + blockSize)])
-                try openData(region, logical: logical, pointer: pointer, sealer: try sealers.sealer(pointer.salt))
-            }
+            located.runs.append(first..<end)
             first = end
+        }
+        return located
+    }
+
+    /// Opens every located block in place, once storage has filled them in.
+    func open(_ located: LocatedRead) throws(PoolError) {
+        let blockSize = Int(Self.blockSize)
+        var sealers = SealerCache(volume: self)
+        for (logical, pointer) in located.blocks {
+            let slot = located.slot(logical)
+            let region = UnsafeMutableRawBufferPointer(rebasing: located.plain[slot..<(slot + blockSize)])
+            try openData(region, logical: logical, pointer: pointer, sealer: try sealers.sealer(pointer.salt))
         }
     }
 
@@ -291,6 +335,20 @@ public final class Volume: BlockDevice {
     /// sealed blocks are laid out in physical order in one buffer, so each
     /// run of consecutive places is written with one storage request.
     private func writePlain(_ blocks: Range<UInt64>, from plain: UnsafeRawBufferPointer) throws(PoolError) {
+        let sealed = try seal(blocks, from: plain)
+        do {
+            for run in sealed.runs { try pool.writeBlocks(sealed.physicalStart(of: run), from: sealed.bytes(of: run)) }
+        } catch {
+            abandon(sealed)
+            throw error
+        }
+        try map(sealed)
+    }
+
+    /// Allocates places for `blocks` and seals `plain` into them. The
+    /// caller writes the result to storage, then calls `map`, or `abandon`
+    /// if the write failed.
+    func seal(_ blocks: Range<UInt64>, from plain: UnsafeRawBufferPointer) throws(PoolError) -> SealedWrite {
         let count = blocks.count
         let blockSize = Int(Self.blockSize)
         precondition(plain.count == count * blockSize)
@@ -303,9 +361,7 @@ public final class Volume: BlockDevice {
         }
         let generation = pool.generation + 1
         let order = locations.indices.sorted { locations[$0] < locations[$1] }
-        let sealed = UnsafeMutableRawBufferPointer.allocate(byteCount: count * blockSize, alignment: 64)
-        defer { sealed.deallocate() }
-        var pointers = [BlockPointer](repeating: .null, count: count)
+        let write = SealedWrite(blocks: blocks, locations: locations, order: order, epoch: pool.storageEpoch)
         var tag = [UInt8](repeating: 0, count: BlockSealer.tagLength)
         for (position, index) in order.enumerated() {
             let logical = blocks.lowerBound + UInt64(index)
@@ -315,35 +371,31 @@ public final class Volume: BlockDevice {
                 ad.withUnsafeBytes { adBytes in
                     sealer.seal(
                         UnsafeRawBufferPointer(rebasing: plain[(index * blockSize)..<((index + 1) * blockSize)]),
-                        into: UnsafeMutableRawBufferPointer(rebasing: sealed[(position * blockSize)..<((position + 1) * blockSize)]),
+                        into: UnsafeMutableRawBufferPointer(rebasing: write.sealed[(position * blockSize)..<((position + 1) * blockSize)]),
                         tag: tagBytes, counter: counter, associatedData: adBytes)
                 }
             }
-            pointers[index] = BlockPointer(block: locations[index], salt: salt, counter: counter, generation: generation, tag: tag)
+            write.pointers[index] = BlockPointer(block: locations[index], salt: salt, counter: counter, generation: generation, tag: tag)
         }
-        let epoch = pool.storageEpoch
-        do {
-            var first = 0
-            while first < count {
-                var end = first + 1
-                while end < count, locations[order[end]] == locations[order[end - 1]] + 1 { end += 1 }
-                try pool.writeBlocks(
-                    locations[order[first]], from: UnsafeRawBufferPointer(rebasing: sealed[(first * blockSize)..<(end * blockSize)]))
-                first = end
-            }
-        } catch {
-            pool.state.withLock { state in for block in locations { state.space.release(block) } }
-            throw error
-        }
+        return write
+    }
+
+    /// Gives back the places of a write that did not reach storage.
+    func abandon(_ write: SealedWrite) {
+        pool.state.withLock { state in for block in write.locations { state.space.release(block) } }
+    }
+
+    /// Maps the blocks of a write that storage has acknowledged.
+    func map(_ write: SealedWrite) throws(PoolError) {
         try pool.state.withLock { (state) throws(PoolError) in
             guard state.volumes[id] != nil else { throw .noSuchVolume(name) }
-            state.notePendingWrites(since: epoch)
+            state.notePendingWrites(since: write.epoch)
             // Mutated in place: a copy of the volume state would copy its
             // whole overlay on every write.
-            for (index, logical) in blocks.enumerated() {
-                let previous = state.volumes[id]!.overlay.mapped.updateValue(pointers[index], forKey: logical)
+            for (index, logical) in write.blocks.enumerated() {
+                let previous = state.volumes[id]!.overlay.mapped.updateValue(write.pointers[index], forKey: logical)
                 if let previous, !previous.isNull { state.releaseAfterCommit.append(previous.block) }
-                state.pending.append(.map(volume: id, block: LogicalBlock(logical), pointer: pointers[index]))
+                state.pending.append(.map(volume: id, block: LogicalBlock(logical), pointer: write.pointers[index]))
             }
         }
     }
@@ -366,11 +418,15 @@ public final class Volume: BlockDevice {
             try pool.checkUsable()
             try body()
         } catch {
-            switch error {
-            case .storage(let underlying): throw underlying
-            case .noSpace: throw .noSpace
-            default: throw .io(operation: "volume \(name): \(error)", errno: EIO)
-            }
+            throw deviceError(error)
+        }
+    }
+
+    func deviceError(_ error: PoolError) -> BlockDeviceError {
+        switch error {
+        case .storage(let underlying): underlying
+        case .noSpace: .noSpace
+        default: .io(operation: "volume \(name): \(error)", errno: EIO)
         }
     }
 }

@@ -18,6 +18,22 @@ public final class ReadWriteGate: Sendable {
         return try body()
     }
 
+    /// Takes a share if that needs no waiting; pair with `releaseShared()`.
+    /// For holders that finish on another thread (an operation completed
+    /// asynchronously).
+    public func tryAcquireShared() -> Bool {
+        state.withLock { state in
+            guard !state.exclusive, state.exclusiveWaiting == 0 else { return false }
+            state.shared += 1
+            return true
+        }
+    }
+
+    /// Gives back a share taken with `tryAcquireShared()`.
+    public func releaseShared() {
+        state.update { $0.shared -= 1 }
+    }
+
     public func withExclusive<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
         state.update { $0.exclusiveWaiting += 1 }
         state.wait(until: { !$0.exclusive && $0.shared == 0 }) {
@@ -56,7 +72,26 @@ public final class RangeLocks: Sendable {
                 state.held.append(Held(key: key, range: range, ticket: state.nextTicket))
                 return state.nextTicket
             })!
-        defer { state.update { $0.held.removeAll { $0.ticket == ticket } } }
+        defer { unlock(ticket) }
         return try body()
+    }
+
+    /// Holds `range` if no held range of `key` overlaps it; returns the
+    /// ticket to pass to `unlock`, or nil. For holders that finish on
+    /// another thread.
+    public func tryLock(key: UInt32, range: Range<UInt64>) -> UInt64? {
+        state.withLock { state -> UInt64? in
+            guard !state.held.contains(where: { $0.key == key && $0.range.overlaps(range) }) else { return nil }
+            state.nextTicket += 1
+            state.held.append(Held(key: key, range: range, ticket: state.nextTicket))
+            return state.nextTicket
+        }
+    }
+
+    /// Releases what `tryLock` (or `withLock`) took.
+    public func unlock(_ ticket: UInt64) {
+        state.update { state in
+            if let index = state.held.firstIndex(where: { $0.ticket == ticket }) { state.held.remove(at: index) }
+        }
     }
 }
