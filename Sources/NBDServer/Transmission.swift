@@ -43,8 +43,9 @@ final class Transmission: Sendable {
     /// queue depth (qemu and the Linux driver use up to 128, fio its
     /// iodepth); beyond this the server stops reading until replies go out.
     static let maxRequestsInFlight = 256
-    /// WRITE payload bytes held per connection before reading pauses: with
-    /// 32 MiB payloads allowed, the request count alone would admit 8 GiB.
+    /// READ and WRITE payload bytes held per connection before reading
+    /// pauses: with 32 MiB payloads allowed, the request count alone would
+    /// admit 8 GiB.
     static let maxPayloadBytesInFlight = 64 << 20
 
     private let connection: Connection
@@ -142,7 +143,7 @@ final class Transmission: Sendable {
     /// reads them slowly to drain; the first request always gets in.
     private func admit(_ request: IncomingRequest) {
         replies.waitForRoom(limit: Self.maxPayloadBytesInFlight)
-        let bytes = request.payload.count
+        let bytes = Self.payloadBytes(request)
         _ = flight.wait(until: { flight in
             flight.requests == 0
                 || (flight.requests < Self.maxRequestsInFlight && flight.payloadBytes + bytes <= Self.maxPayloadBytesInFlight)
@@ -152,9 +153,15 @@ final class Transmission: Sendable {
         }
     }
 
+    /// The memory a request holds while in flight: its WRITE payload or
+    /// its READ reply.
+    private static func payloadBytes(_ request: IncomingRequest) -> Int {
+        request.header.command == .read ? Int(request.header.length) : request.payload.count
+    }
+
     /// Called once per request after its reply is handed to the channel.
     private func finished(_ request: IncomingRequest) {
-        let bytes = request.payload.count
+        let bytes = Self.payloadBytes(request)
         flight.update { flight in
             flight.requests -= 1
             flight.payloadBytes -= bytes
