@@ -3,7 +3,7 @@
 # served at once, queue depth (issue 7). Bulkhead alone, no peers.
 #
 #   bench/chain/scale.sh [--reps 3] [--runtime 5] [--small 1G] [--big 256G]
-#                        [--multi 8] [--multi-size 512M] [--pool-size auto]
+#                        [--multi 8] [--multi-size 256M] [--pool-size auto]
 #                        [--dir /dev/shm] [--cryptd-args ARGS] [--out FILE]
 #
 # One pool on a sparse image in --dir, served by one bulkhead-storaged and
@@ -13,10 +13,12 @@
 #           N = small/1 MiB chunks of 1 MiB spread evenly over the volume
 #           (chunk i at i * big/N)
 #   m0..m7  --multi volumes of --multi-size, fully written
-# The pool is thin: by default (--pool-size auto) it holds what is written
-# plus 2 GiB, not the 256 GiB the big volume could grow to (the engine
-# allocates next-fit, so on tmpfs a pool of the volume's full size would fill
-# memory with stale blocks).
+# The pool is thin: by default (--pool-size auto) twice what is written plus
+# 2 GiB, not the 256 GiB the big volume could grow to (the engine allocates
+# next-fit, so on tmpfs a pool of the volume's full size would fill memory
+# with stale blocks). With only 2 GiB over the 4 GiB written, 1 MiB
+# overwrites at ~500 MB/s without FLUSH ran out of space (ENOSPC) in a run
+# on 2026-11-28.
 #
 # Cells (each one fio --ioengine=nbd run; cells interleaved, order rotated
 # every rep; the daemons keep running between cells):
@@ -43,7 +45,7 @@ repo=$(cd "$here/../.." && pwd)
 export BH_BIN="${BH_BIN:-$repo/.build/release}"
 . "$here/lib.sh"
 
-REPS=3; RUNTIME=5; SMALL=1G; BIG=256G; MULTI=8; MSIZE=512M; POOL=auto; DIR=/dev/shm; CARGS=""; OUT=""
+REPS=3; RUNTIME=5; SMALL=1G; BIG=256G; MULTI=8; MSIZE=256M; POOL=auto; DIR=/dev/shm; CARGS=""; OUT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) REPS=$2; shift 2;;
@@ -73,7 +75,7 @@ chunks=$((small_b / MiB))
 stride=$((big_b / chunks / MiB * MiB))
 [ "$chunks" -ge 1 ] && [ $((small_b % MiB)) = 0 ] || { echo "scale.sh: --small must be a multiple of 1 MiB" >&2; exit 2; }
 [ "$stride" -ge "$MiB" ] || { echo "scale.sh: --big must be at least --small" >&2; exit 2; }
-if [ "$POOL" = auto ]; then pool_b=$((2 * small_b + MULTI * m_b + 2048 * MiB)); else pool_b=$(to_bytes "$POOL"); fi
+if [ "$POOL" = auto ]; then pool_b=$((2 * (2 * small_b + MULTI * m_b) + 2048 * MiB)); else pool_b=$(to_bytes "$POOL"); fi
 pool_b=$((pool_b / 4096 * 4096))
 
 W=$(mktemp -d "$DIR/bulkhead-scale.XXXXXX")
@@ -111,9 +113,10 @@ for v in big $(seq -f 'm%g' 0 $((MULTI - 1))); do bh_wait_nbd "$(uri "$v")" 60 "
 emit "SCALEMETA cryptd_rss_kib_idle $(bh_vmrss "$CP")"
 
 # Fill: small and m* fully, big chunk by chunk; FLUSH at the end of each.
-fill() {  # volume bytes skip
+fill() {  # volume span skip (io_size: with a skip, fio would wrap around and write span bytes)
   local rw=write; [ "$3" -gt 0 ] && rw="write:$3"
   fio --name=fill --ioengine=nbd --uri="$(uri "$1")" --rw="$rw" --bs=1M --iodepth=4 --size="$2" \
+      --io_size=$(( $2 / ($3 + MiB) * MiB )) \
       --end_fsync=1 --output-format=json --output="$W/fill.json" >/dev/null
   jq -e '.jobs[0].error == 0' "$W/fill.json" >/dev/null
 }
