@@ -70,9 +70,14 @@ avail_gib=$(( $(df --output=avail -k "$dir" | tail -1) / 1048576 ))
 W=$(mktemp -d "${TMPDIR:-/tmp}/bulkhead-issue7.XXXXXX")
 CHILD=""
 cleanup() {
-  # each part runs in its own process group; its own traps stop its daemons
+  # Each part runs in its own process group. TERM its script first: its
+  # trap stops its daemons in order (after the running fio, at most a few
+  # seconds); whatever of the group is left after 60 s is killed.
+  local i
   if [ -n "$CHILD" ]; then
-    kill -TERM -- "-$CHILD" 2>/dev/null || true
+    kill -TERM "$CHILD" 2>/dev/null || true
+    for ((i = 0; i < 600; i++)); do kill -0 "$CHILD" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$CHILD" 2>/dev/null || true
     wait "$CHILD" 2>/dev/null || true
   fi
   rm -rf "$W"

@@ -80,10 +80,11 @@ pool_b=$((pool_b / 4096 * 4096))
 
 W=$(mktemp -d "$DIR/bulkhead-scale.XXXXXX")
 PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+cleanup() {  # cryptd first (its final commit needs storaged), then storaged
+  local i
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${PIDS[$i]}" 2>/dev/null || true; wait "${PIDS[$i]}" 2>/dev/null || true
+  done
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -105,7 +106,7 @@ SP=$!; PIDS+=("$SP")
 bh_wait_nbd "nbd+unix:///?socket=$W/st.sock" 30 "$SP"
 # shellcheck disable=SC2086
 "$BH_BIN/bulkhead-cryptd" --storage "nbd:unix:$W/st.sock" --key-file "$W/key" --state-dir "$W/state" \
-  --serve-dir "$W/vols" --log-level warning $CARGS 2>>"$W/cryptd.log" &
+  --serve-dir "$W/vols" --retry-window 1 --log-level warning $CARGS 2>>"$W/cryptd.log" &
 CP=$!; PIDS+=("$CP")
 uri() { echo "nbd+unix:///?socket=$W/vols/$1.sock"; }
 bh_wait_nbd "$(uri small)" 120 "$CP"
