@@ -55,3 +55,34 @@ bh_create() {
 # bh_vmhwm PID: peak RSS in KiB, bh_vmrss PID: current RSS in KiB.
 bh_vmhwm() { awk '/^VmHWM:/{print $2}' "/proc/$1/status" 2>/dev/null; }
 bh_vmrss() { awk '/^VmRSS:/{print $2}' "/proc/$1/status" 2>/dev/null; }
+
+# bh_ticks PID: CPU time (utime + stime, clock ticks, all threads) of process PID.
+bh_ticks() {
+  local line rest
+  { read -r line < "/proc/$1/stat"; } 2>/dev/null || { echo 0; return; }
+  rest=${line##*) }
+  # shellcheck disable=SC2086
+  set -- $rest
+  echo $(( ${12} + ${13} ))
+}
+
+# bh_sample PID FILE [INTERVAL]: until process PID exits, append
+# "EPOCHREALTIME CPU_TICKS VMHWM_KIB" for it to FILE every INTERVAL seconds
+# (default 0.05). Shell builtins only (no process per sample), so it adds
+# next to nothing to the CPU of the process group it runs in.
+bh_sample() {
+  local pid=$1 file=$2 iv=${3:-0.05} line rest hwm k v fd
+  exec {fd}<> <(:)
+  while [ -e "/proc/$pid" ]; do
+    { read -r line < "/proc/$pid/stat"; } 2>/dev/null || break
+    rest=${line##*) }
+    # shellcheck disable=SC2086
+    set -- $rest
+    hwm=0
+    while read -r k v _; do
+      if [ "$k" = VmHWM: ]; then hwm=$v; break; fi
+    done < "/proc/$pid/status" 2>/dev/null || true
+    printf '%s %d %s\n' "$EPOCHREALTIME" $(( ${12} + ${13} )) "$hwm" >> "$file"
+    read -r -t "$iv" -u "$fd" _ || true
+  done
+}

@@ -3,7 +3,8 @@
 #
 # Run by peers.sh as `setsid bash -c 'exec bash .../peer-server.sh'`, with
 # SOCK, SOCK1, RAW_IMG, SIZE_BYTES and RUNDIR set by peers.sh and BH_BIN,
-# BH_POOL_DIR, BH_POOL_PCT, BH_POOL_EXTRA_MIB (and optionally BH_CRYPTD_ARGS)
+# BH_POOL_DIR, BH_POOL_PCT, BH_POOL_EXTRA_MIB (and optionally BH_CRYPTD_ARGS,
+# BH_SAMPLE_DIR)
 # set by bench/chain.sh.
 #
 # The chain: fio -> $SOCK -> bulkhead-cryptd -> $SOCK1 -> bulkhead-storaged -> pool image.
@@ -57,6 +58,18 @@ fi
 # A short retry window: peers.sh stops the whole group at once, so storaged
 # may be gone before cryptd's final commit; that commit is then abandoned
 # (the pool reopens at the last flushed commit, which is what a crash does).
+# With BH_SAMPLE_DIR set (bench/issue7.sh), cryptd runs as a child and
+# bh_sample logs its own CPU ticks and VmHWM to BH_SAMPLE_DIR/cryptd-TIME.log
+# (the crypt domain alone; peers.sh measures the whole process group).
+if [ -n "${BH_SAMPLE_DIR:-}" ]; then
+  # shellcheck disable=SC2086
+  "$BH_BIN/bulkhead-cryptd" --storage "$storage" --key-file "$key" --state-dir "$state" \
+    --serve-dir "$serve_dir" --volume "$vol" --retry-window 1 --log-level warning ${BH_CRYPTD_ARGS:-} &
+  cpid=$!
+  bh_sample "$cpid" "$BH_SAMPLE_DIR/cryptd-$EPOCHREALTIME.log" &
+  wait "$cpid"
+  exit
+fi
 # shellcheck disable=SC2086
 exec "$BH_BIN/bulkhead-cryptd" --storage "$storage" --key-file "$key" --state-dir "$state" \
   --serve-dir "$serve_dir" --volume "$vol" --retry-window 1 --log-level warning ${BH_CRYPTD_ARGS:-}
