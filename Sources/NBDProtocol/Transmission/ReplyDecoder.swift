@@ -260,10 +260,10 @@ public struct ReplyDecoder: Sendable {
     /// arrived, and opens a transfer for its payload; false if the offset
     /// has not arrived yet.
     private mutating func openDataTransfer(cookie: UInt64, flags: ReplyFlags, length: UInt32) throws(NBDProtocolError) -> Bool {
-        guard input.count >= NBDMessageSize.structuredReplyHeader + 8 else { return false }
         guard var request = inFlight[cookie] else { throw .unknownCookie(cookie) }
         guard request.command == .read else { throw .malformedChunk(cookie: cookie, "read chunk for \(request.command)") }
         guard length > 8 else { throw .malformedChunk(cookie: cookie, "data chunk of \(length) bytes") }
+        guard input.count >= NBDMessageSize.structuredReplyHeader + 8 else { return false }
         let offset = input.peek(UInt64.self, at: NBDMessageSize.structuredReplyHeader)
         let range = try relativeRange(offset, UInt64(length - 8), in: request, cookie: cookie)
         guard request.covered.insert(range, requestLength: UInt64(request.length)) else {
