@@ -38,10 +38,24 @@ final class ConnectionCore: Sendable {
         case finished(Result<Void, NBDClientError>)
     }
 
+    /// Who owns the requests of a batch about to be registered.
+    private enum Admission {
+        /// Send nothing; the slots left nil become `.finished(.closed)`.
+        case refuse
+        case waiter(ReplyWaiter)
+        case batch(UInt64)
+    }
+
     /// Sends every operation back to back, then waits for all replies.
     func perform(_ operations: [NBDOperation]) -> [Result<Void, NBDClientError>] {
         let waiter = ReplyWaiter()
-        let slots = submit(operations, waiter: waiter)
+        let slots = submit(operations) { state, slots in
+            if let refusal = state.refusal {
+                for index in slots.indices where slots[index] == nil { slots[index] = .finished(.failure(refusal)) }
+                return .refuse
+            }
+            return .waiter(waiter)
+        }
         let cookies = slots.compactMap { slot -> UInt64? in
             if case .sent(let cookie) = slot { cookie } else { nil }
         }
@@ -54,30 +68,89 @@ final class ConnectionCore: Sendable {
         }
     }
 
+    /// Sends every operation back to back and returns without waiting;
+    /// `completion` gets the results (see `NBDConnection.start`). False,
+    /// with nothing sent and `completion` never called, if the connection
+    /// is not usable.
+    func start(_ operations: [NBDOperation], completion: @escaping BatchCompletion) -> Bool {
+        var refused = false
+        var immediate: [Result<Void, NBDClientError>]?
+        _ = submit(operations) { state, slots in
+            guard state.refusal == nil else {
+                refused = true
+                return .refuse
+            }
+            let unanswered = slots.count(where: { $0 == nil })
+            guard unanswered > 0 else {
+                immediate = slots.map { slot in
+                    if case .finished(let result) = slot { result } else { .failure(.closed) }
+                }
+                return .refuse
+            }
+            let id = state.nextBatch
+            state.nextBatch += 1
+            state.batches[id] = CallbackBatch(
+                results: slots.map { slot in
+                    if case .finished(let result) = slot { result } else { nil }
+                },
+                unanswered: unanswered, deadline: requestTimeout.map { monotonicSeconds() + $0 }, completion: completion)
+            return .batch(id)
+        }
+        if refused { return false }
+        // Nothing passed the checks, so nothing will answer: report at once.
+        if let immediate { completion(immediate) }
+        return true
+    }
+
     // MARK: Sending
 
-    private func submit(_ operations: [NBDOperation], waiter: ReplyWaiter) -> [Slot] {
+    /// Registers the operations that pass the local checks, all under one
+    /// lock so that none is answered before the rest are registered, then
+    /// sends them. `admit` sees the state and the checked slots (nil: to be
+    /// sent) and says who owns the requests, or refuses.
+    private func submit(
+        _ operations: [NBDOperation], admit: (inout ConnectionState, inout [Slot?]) -> Admission
+    ) -> [Slot] {
         sendLock.withLock { _ in
-            state.withLock { $0.sending = true }
+            var slots: [Slot?] = operations.map { operation in
+                operation.problem(for: session, maxPayload: maxPayload).map { .finished(.failure(.invalidRequest($0))) }
+            }
+            var headers: [RequestHeader] = []
+            state.withLock { state in
+                let admission = admit(&state, &slots)
+                let owner: (Int) -> RequestOwner
+                switch admission {
+                case .refuse: return
+                case .waiter(let waiter): owner = { _ in .waiter(waiter) }
+                case .batch(let id): owner = { .batch(id, slot: $0) }
+                }
+                let deadline = requestTimeout.map { monotonicSeconds() + $0 }
+                headers.reserveCapacity(operations.count)
+                for (index, operation) in operations.enumerated() where slots[index] == nil {
+                    let header = RequestHeader(
+                        flags: operation.flags, command: operation.command, cookie: state.nextCookie,
+                        offset: operation.offset, length: operation.length ?? 0)
+                    state.nextCookie += 1
+                    var buffer: UnsafeMutableRawBufferPointer?
+                    if case .read(_, let target) = operation { buffer = target }
+                    // Registered before any of its bytes leave, so its reply can never arrive first.
+                    state.requests[header.cookie] = PendingRequest(
+                        command: header.command, buffer: buffer, deadline: deadline, outcome: nil, owner: owner(index))
+                    state.newlySent.append(header)
+                    headers.append(header)
+                    slots[index] = .sent(cookie: header.cookie)
+                }
+                if !headers.isEmpty { state.sending = true }
+            }
+            let result = slots.map { $0 ?? .finished(.failure(.closed)) }
+            guard !headers.isEmpty else { return result }
             defer { state.withLock { $0.sending = false } }
-            var slots: [Slot] = []
-            slots.reserveCapacity(operations.count)
             var output: [UInt8] = []
-            for operation in operations {
-                if let problem = operation.problem(for: session, maxPayload: maxPayload) {
-                    slots.append(.finished(.failure(.invalidRequest(problem))))
-                    continue
-                }
-                let header: RequestHeader
-                switch register(operation, waiter: waiter) {
-                case .failure(let error):
-                    slots.append(.finished(.failure(error)))
-                    continue
-                case .success(let registered):
-                    header = registered
-                }
-                slots.append(.sent(cookie: header.cookie))
-                header.encode(into: &output)
+            var next = headers.startIndex
+            for (index, operation) in operations.enumerated() {
+                guard case .sent = result[index] else { continue }
+                headers[next].encode(into: &output)
+                next += 1
                 if case .write(_, let payload, _) = operation {
                     if payload.count <= Self.inlinePayloadLimit {
                         output.append(contentsOf: payload)
@@ -89,29 +162,7 @@ final class ConnectionCore: Sendable {
                 if output.count >= Self.sendBufferTarget { flush(&output) }
             }
             flush(&output)
-            return slots
-        }
-    }
-
-    /// Gives the operation a fresh cookie and records it as in flight,
-    /// before any of its bytes leave, so its reply can never arrive first.
-    private func register(_ operation: NBDOperation, waiter: ReplyWaiter) -> Result<RequestHeader, NBDClientError> {
-        state.withLock { state in
-            if let failure = state.failure { return .failure(failure) }
-            if state.serverShuttingDown {
-                return .failure(.server(.shutdown, message: "the server is shutting down"))
-            }
-            let header = RequestHeader(
-                flags: operation.flags, command: operation.command, cookie: state.nextCookie,
-                offset: operation.offset, length: operation.length ?? 0)
-            state.nextCookie += 1
-            var buffer: UnsafeMutableRawBufferPointer?
-            if case .read(_, let target) = operation { buffer = target }
-            state.requests[header.cookie] = PendingRequest(
-                command: header.command, buffer: buffer, deadline: requestTimeout.map { monotonicSeconds() + $0 },
-                outcome: nil, waiter: waiter)
-            state.newlySent.append(header)
-            return .success(header)
+            return result
         }
     }
 
@@ -174,8 +225,7 @@ final class ConnectionCore: Sendable {
     /// Kills the connection: every waiting request fails with `error`, the
     /// socket is shut down and the reader thread exits.
     func fail(_ error: NBDClientError) {
-        guard let waiters = state.withLock({ $0.fail(error) }) else { return }
-        for waiter in waiters { waiter.wake() }
+        guard var wakeups = state.withLock({ $0.fail(error) }) else { return }
         switch error {
         case .closed:
             logger.debug("NBD connection closed")
@@ -183,6 +233,7 @@ final class ConnectionCore: Sendable {
             logger.warning("NBD connection failed: \(error)")
         }
         shutDownSocket()
+        wakeups.run()
     }
 
     /// Ends the connection from this side: waiting requests fail with
@@ -190,8 +241,8 @@ final class ConnectionCore: Sendable {
     /// middle of sending (a server that stopped reading must not block
     /// closing), and the socket is shut down.
     func close() {
-        guard let waiters = state.withLock({ $0.fail(.closed) }) else { return }
-        for waiter in waiters { waiter.wake() }
+        guard var wakeups = state.withLock({ $0.fail(.closed) }) else { return }
+        defer { wakeups.run() }
         logger.debug("closing NBD connection")
         // No request can be registered any more, so a sender that is not
         // busy now holds the lock only briefly.

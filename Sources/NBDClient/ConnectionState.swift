@@ -15,6 +15,18 @@ final class ReplyWaiter: Sendable {
     }
 }
 
+/// Called once with one result per operation of a batch started without
+/// waiting (`NBDConnection.start`).
+typealias BatchCompletion = @Sendable ([Result<Void, NBDClientError>]) -> Void
+
+/// Who learns that a request ended.
+enum RequestOwner {
+    /// A thread sleeping in `perform`; it collects the outcome itself.
+    case waiter(ReplyWaiter)
+    /// Operation `slot` of the callback batch `batch` (`ConnectionState.batches`).
+    case batch(UInt64, slot: Int)
+}
+
 /// A request sent and not yet collected by its caller.
 struct PendingRequest {
     let command: Command
@@ -26,8 +38,35 @@ struct PendingRequest {
     let deadline: Double?
     /// Set once the reply is complete or the connection died.
     var outcome: Result<Void, NBDClientError>?
-    /// The caller waiting for this request.
-    let waiter: ReplyWaiter
+    let owner: RequestOwner
+}
+
+/// A batch started without a waiting thread: its results so far and the
+/// closure that gets them once every operation has one.
+struct CallbackBatch {
+    var results: [Result<Void, NBDClientError>?]
+    /// Operations still without a result.
+    var unanswered: Int
+    /// When its requests time out (monotonic seconds), if they do.
+    let deadline: Double?
+    let completion: BatchCompletion
+}
+
+/// Completions and wake-ups collected under the lock, run after it is
+/// released: a completion may take other locks, and a woken caller tends
+/// to preempt the thread that woke it.
+struct Wakeups {
+    var waiters: [ReplyWaiter] = []
+    var batches: [(BatchCompletion, [Result<Void, NBDClientError>])] = []
+
+    var isEmpty: Bool { waiters.isEmpty && batches.isEmpty }
+
+    mutating func run() {
+        for waiter in waiters { waiter.wake() }
+        for (completion, results) in batches { completion(results) }
+        waiters.removeAll(keepingCapacity: true)
+        batches.removeAll(keepingCapacity: true)
+    }
 }
 
 /// Everything the sending threads, the waiting threads and the reader
@@ -37,6 +76,9 @@ struct ConnectionState {
     /// reply can never be mistaken for another request's.
     var nextCookie: UInt64 = 1
     var requests: [UInt64: PendingRequest] = [:]
+    /// Callback batches with requests in flight, by batch number.
+    var batches: [UInt64: CallbackBatch] = [:]
+    var nextBatch: UInt64 = 1
     /// Requests registered since the reader last looked; it hands them to
     /// its ReplyDecoder before decoding bytes that could answer them.
     var newlySent: [RequestHeader] = []
@@ -52,16 +94,69 @@ struct ConnectionState {
     /// A thread holds the send lock and is writing requests.
     var sending = false
 
+    /// Gives a request the outcome it ended with and tells its owner:
+    /// a waiter is added to `wakeups`; a callback request is forgotten, and
+    /// its batch's completion is added once that was the batch's last.
+    /// A callback READ whose buffer the reader is still writing keeps its
+    /// outcome until the copy ends (`finishCopy`).
+    mutating func end(_ cookie: UInt64, with outcome: Result<Void, NBDClientError>, into wakeups: inout Wakeups) {
+        guard let request = requests[cookie], request.outcome == nil else { return }
+        switch request.owner {
+        case .waiter(let waiter):
+            requests[cookie]?.outcome = outcome
+            wakeups.waiters.append(waiter)
+        case .batch:
+            if copyingCookie == cookie {
+                requests[cookie]?.outcome = outcome
+            } else {
+                forget(cookie, outcome: outcome, into: &wakeups)
+            }
+        }
+    }
+
+    /// The reader finished writing into `cookie`'s buffer: an outcome that
+    /// arrived meanwhile (the connection died) can now be handed over.
+    mutating func finishCopy(_ cookie: UInt64, into wakeups: inout Wakeups) {
+        copyingCookie = nil
+        guard let request = requests[cookie], let outcome = request.outcome else { return }
+        switch request.owner {
+        case .waiter(let waiter): wakeups.waiters.append(waiter)
+        case .batch: forget(cookie, outcome: outcome, into: &wakeups)
+        }
+    }
+
+    /// Takes a callback request out of the table and records its result.
+    private mutating func forget(_ cookie: UInt64, outcome: Result<Void, NBDClientError>, into wakeups: inout Wakeups) {
+        guard case .batch(let id, let slot) = requests.removeValue(forKey: cookie)?.owner else { return }
+        guard var batch = batches.removeValue(forKey: id) else { return }
+        batch.results[slot] = outcome
+        batch.unanswered -= 1
+        if batch.unanswered > 0 {
+            batches[id] = batch
+        } else {
+            wakeups.batches.append((batch.completion, batch.results.map { $0 ?? .failure(.closed) }))
+        }
+    }
+
+    /// Why no request may be sent now, or nil if they may.
+    var refusal: NBDClientError? {
+        if let failure { return failure }
+        if serverShuttingDown { return .server(.shutdown, message: "the server is shutting down") }
+        return nil
+    }
+
+    /// The earliest deadline of a callback batch still in flight.
+    var earliestBatchDeadline: Double? {
+        batches.values.lazy.compactMap(\.deadline).min()
+    }
+
     /// Ends the connection: every request without an outcome gets `error`.
-    /// Returns the callers to wake, or nil if it had already ended.
-    mutating func fail(_ error: NBDClientError) -> [ReplyWaiter]? {
+    /// Returns whom to tell, or nil if it had already ended.
+    mutating func fail(_ error: NBDClientError) -> Wakeups? {
         guard failure == nil else { return nil }
         failure = error
-        var waiters: [ReplyWaiter] = []
-        for (cookie, request) in requests where request.outcome == nil {
-            requests[cookie]?.outcome = .failure(error)
-            waiters.append(request.waiter)
-        }
-        return waiters
+        var wakeups = Wakeups()
+        for cookie in requests.keys { end(cookie, with: .failure(error), into: &wakeups) }
+        return wakeups
     }
 }

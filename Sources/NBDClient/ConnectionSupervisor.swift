@@ -141,6 +141,15 @@ final class ConnectionSupervisor: Sendable {
         }
     }
 
+    /// The current connection if it is usable now, without waiting or
+    /// reconnecting.
+    var usableConnection: NBDConnection? {
+        state.withLock { state in
+            guard case .connected(let connection) = state.link, connection.isUsable else { return nil }
+            return connection
+        }
+    }
+
     /// Reports that a request got an answer: the server works again.
     func requestAnswered() {
         state.withLock { $0.failureStreak = 0 }

@@ -78,6 +78,9 @@ public final class NBDConnection: Sendable {
             timeout: options.handshakeTimeout)
         guard case .ready(let session, let leftover) = outcome else { throw .handshake(.missingExportInfo) }
         socket.setTimeout(seconds: options.requestTimeout.map { max($0, 0.001) })
+        // The reader wakes this often to enforce the deadlines of batches
+        // started with `start`, which nobody waits for.
+        socket.setReceiveTimeout(seconds: ConnectionCore.deadlineTick(requestTimeout: options.requestTimeout))
         let core = ConnectionCore(socket: socket, session: session, requestTimeout: options.requestTimeout, logger: options.logger)
         startThread { core.readReplies(leftover: leftover) }
         options.logger.debug(
@@ -103,6 +106,36 @@ public final class NBDConnection: Sendable {
     /// buffers untouched, until this returns.
     public func perform(_ operations: [NBDOperation]) -> [Result<Void, NBDClientError>] {
         core.perform(operations)
+    }
+
+    /// Sends every operation back to back, like `perform(_:)`, but returns
+    /// without waiting for the replies.
+    ///
+    /// Returns false, having sent nothing and without ever calling
+    /// `completion`, if the connection is not usable (it failed, was
+    /// closed, or the server answered NBD_ESHUTDOWN). Otherwise returns
+    /// true, and `completion` is called exactly once with one result per
+    /// operation, in their order, once every reply has arrived (and all
+    /// READ data is in its buffer) or the connection has died. Buffers must
+    /// stay valid, and read buffers untouched, until then; the connection
+    /// never touches them after calling `completion`.
+    ///
+    /// `completion` runs on the connection's reader thread, after the reader
+    /// has decoded everything it read, with no lock held. It runs instead on
+    /// the thread that ends the connection (a failed send, a `perform`
+    /// caller's timeout, `close()`), or on the calling thread before
+    /// `start` returns when no operation passed the local checks. It must
+    /// not block, and must not call `start` or `perform` on this connection:
+    /// the reader thread that runs it is the one that drains the replies.
+    ///
+    /// Nobody waits for these requests, so the reader enforces their
+    /// deadline (`Options.requestTimeout`, checked every quarter of it and
+    /// at least once a second): once the oldest has passed, the connection
+    /// fails with `.timedOut(.reply)`.
+    public func start(
+        _ operations: [NBDOperation], completion: @escaping @Sendable ([Result<Void, NBDClientError>]) -> Void
+    ) -> Bool {
+        core.start(operations, completion: completion)
     }
 
     /// NBD_CMD_READ of `buffer.count` bytes at `offset`.

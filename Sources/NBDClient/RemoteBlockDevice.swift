@@ -68,7 +68,7 @@ public final class RemoteBlockDevice: BlockDevice {
     public let chunkSize: UInt32
     /// Transmission flags of the first connection.
     public let flags: TransmissionFlags
-    private let supervisor: ConnectionSupervisor
+    let supervisor: ConnectionSupervisor
 
     /// Connects to `export` at `address`. The first connection is not
     /// retried: a failure here is reported at once.
@@ -118,23 +118,8 @@ public final class RemoteBlockDevice: BlockDevice {
     /// above. Results are in the order of `operations`. Buffers must stay
     /// valid, and read buffers untouched, until this returns.
     public func perform(_ operations: [NBDOperation]) -> [Result<Void, NBDClientError>] {
-        var results = [Result<Void, NBDClientError>?](repeating: nil, count: operations.count)
-        var pieces: [NBDOperation] = []
-        var owners: [Int] = []
-        for (index, operation) in operations.enumerated() {
-            if let problem = problem(with: operation) {
-                results[index] = .failure(.invalidRequest(problem))
-                continue
-            }
-            for piece in split(operation) {
-                pieces.append(piece)
-                owners.append(index)
-            }
-        }
-        for (piece, result) in performWithRetry(pieces).enumerated() {
-            if case .failure = result, results[owners[piece]] == nil { results[owners[piece]] = result }
-        }
-        return results.map { $0 ?? .success(()) }
+        let plan = BatchPlan(operations, device: self)
+        return plan.merge.results(of: performWithRetry(plan.pieces))
     }
 
     /// Performs a batch and throws the first failure, in operation order.
@@ -142,7 +127,7 @@ public final class RemoteBlockDevice: BlockDevice {
         for result in perform(operations) { try result.get() }
     }
 
-    private func problem(with operation: NBDOperation) -> String? {
+    func problem(with operation: NBDOperation) -> String? {
         let length: UInt64
         switch operation {
         case .flush: return nil
@@ -158,7 +143,7 @@ public final class RemoteBlockDevice: BlockDevice {
     }
 
     /// Pieces of at most `chunkSize` bytes; none for an empty READ or WRITE.
-    private func split(_ operation: NBDOperation) -> [NBDOperation] {
+    func split(_ operation: NBDOperation) -> [NBDOperation] {
         let chunk = Int(chunkSize)
         switch operation {
         case .read(let offset, let buffer):

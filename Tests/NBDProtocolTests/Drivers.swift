@@ -96,10 +96,23 @@ func decodeRequests(
     }
 }
 
-/// Feeds a reply stream to a fresh `ReplyDecoder` that expects `requests`.
+/// Feeds a reply stream to a fresh `ReplyDecoder` that expects `requests`,
+/// and checks that a decoder handing out READ payloads as transfers
+/// (`decodeRepliesTransferring`) makes the same of it.
 func decodeReplies(
     _ input: [UInt8], structured: Bool, expecting requests: [RequestHeader],
     maxPayload: UInt32 = NBDLimits.maxPayload, sourceLocation: SourceLocation = #_sourceLocation
+) -> Decoded<ReplyEvent> {
+    let outcome = decodeRepliesEventsOnly(input, structured: structured, expecting: requests, maxPayload: maxPayload, sourceLocation: sourceLocation)
+    let transferring = decodeRepliesTransferring(
+        input, structured: structured, expecting: requests, maxPayload: maxPayload, sourceLocation: sourceLocation)
+    #expect(transferring == outcome, "transfers disagree with events", sourceLocation: sourceLocation)
+    return outcome
+}
+
+private func decodeRepliesEventsOnly(
+    _ input: [UInt8], structured: Bool, expecting requests: [RequestHeader],
+    maxPayload: UInt32, sourceLocation: SourceLocation
 ) -> Decoded<ReplyEvent> {
     feedThreeWays(input, sourceLocation: sourceLocation) { chunks in
         var decoder = ReplyDecoder(structuredReplies: structured, maxPayload: maxPayload)
@@ -109,6 +122,47 @@ func decodeReplies(
             for chunk in chunks {
                 decoder.receive(chunk)
                 while let event = try decoder.next() { outcome.events.append(event) }
+            }
+        } catch {
+            outcome.error = error
+        }
+        return outcome
+    }
+}
+
+/// Like `decodeReplies`, with `transfersData`: the driver places each
+/// transfer's payload as the client's reader does (buffered bytes taken as
+/// they arrive) and reports it as one `.data` event once complete.
+func decodeRepliesTransferring(
+    _ input: [UInt8], structured: Bool, expecting requests: [RequestHeader],
+    maxPayload: UInt32 = NBDLimits.maxPayload, sourceLocation: SourceLocation = #_sourceLocation
+) -> Decoded<ReplyEvent> {
+    feedThreeWays(input, sourceLocation: sourceLocation) { chunks in
+        var decoder = ReplyDecoder(structuredReplies: structured, maxPayload: maxPayload, transfersData: true)
+        for request in requests { decoder.expect(request) }
+        var outcome = Decoded<ReplyEvent>()
+        var placed: (cookie: UInt64, offset: Int, bytes: [UInt8])?
+        do throws(NBDProtocolError) {
+            for chunk in chunks {
+                decoder.receive(chunk)
+                while true {
+                    if let event = try decoder.next() {
+                        outcome.events.append(event)
+                        continue
+                    }
+                    guard let transfer = decoder.transfer, decoder.bufferedTransferBytes > 0 else { break }
+                    if placed == nil { placed = (transfer.cookie, transfer.offset, []) }
+                    let count = decoder.bufferedTransferBytes
+                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 1)
+                    defer { buffer.deallocate() }
+                    try decoder.takeTransferBytes(count, into: buffer)
+                    placed?.bytes += buffer
+                    if decoder.transfer == nil, let done = placed {
+                        // The completion (if any) is queued behind the data.
+                        outcome.events.append(.data(cookie: done.cookie, offset: done.offset, bytes: done.bytes))
+                        placed = nil
+                    }
+                }
             }
         } catch {
             outcome.error = error

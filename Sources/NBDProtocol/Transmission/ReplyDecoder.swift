@@ -9,6 +9,17 @@ public enum ReplyEvent: Sendable, Equatable {
     case completed(cookie: UInt64, error: NBDErrorCode?, message: String)
 }
 
+/// READ data whose header the decoder has checked, and whose payload it
+/// leaves to its caller to place (`ReplyDecoder.transfer`): the next
+/// `remaining` bytes of the stream belong at `offset` in request `cookie`.
+public struct DataTransfer: Sendable, Equatable {
+    public let cookie: UInt64
+    /// Where the next byte goes, relative to the start of the request.
+    public fileprivate(set) var offset: Int
+    /// Payload bytes still to come, buffered in the decoder or not.
+    public fileprivate(set) var remaining: Int
+}
+
 /// Decodes and validates the server's replies (client side, transmission
 /// phase). The server is untrusted: a reply to a cookie not in flight, a
 /// bad magic, a chunk too long or outside its request, overlapping or
@@ -26,16 +37,35 @@ public struct ReplyDecoder: Sendable {
         var message = ""
     }
 
+    /// A transfer in progress and what ends it.
+    private struct OpenTransfer: Sendable {
+        var transfer: DataTransfer
+        /// For a structured chunk: the request, already updated for this
+        /// chunk, and whether the chunk carries NBD_REPLY_FLAG_DONE. Nil for
+        /// a simple reply, which the transfer completes.
+        var chunk: (request: InFlight, done: Bool)?
+    }
+
     public let structuredReplies: Bool
     public let maxPayload: UInt32
+    /// Whether READ payloads are handed to the caller as transfers instead
+    /// of `.data` events.
+    public let transfersData: Bool
     private var input = InputBuffer()
+    private var open: OpenTransfer?
     private var inFlight: [UInt64: InFlight] = [:]
     /// Events decoded from one message but not yet returned (data, then its completion).
     private var queued: [ReplyEvent] = []
 
-    public init(structuredReplies: Bool, maxPayload: UInt32 = NBDLimits.maxPayload) {
+    /// With `transfersData`, the payload of every READ data reply (a simple
+    /// reply, or an NBD_REPLY_TYPE_OFFSET_DATA chunk) is not returned as a
+    /// `.data` event: once its header is checked, `next()` returns nil and
+    /// `transfer` says where the payload goes, so the caller can copy it
+    /// (or read it from the socket) straight into the request's buffer.
+    public init(structuredReplies: Bool, maxPayload: UInt32 = NBDLimits.maxPayload, transfersData: Bool = false) {
         self.structuredReplies = structuredReplies
         self.maxPayload = maxPayload
+        self.transfersData = transfersData
     }
 
     /// Registers a request sent to the server, so its reply can be checked.
@@ -53,9 +83,57 @@ public struct ReplyDecoder: Sendable {
     public mutating func receive(_ bytes: some Sequence<UInt8>) { input.append(contentsOf: bytes) }
     public mutating func receive(_ bytes: UnsafeRawBufferPointer) { input.append(bytes) }
 
-    /// The next event, or nil until more bytes arrive.
+    /// The READ payload to place before anything else is decoded, if any.
+    public var transfer: DataTransfer? { open?.transfer }
+
+    /// Bytes of the transfer's payload already received (`receive`).
+    public var bufferedTransferBytes: Int { open.map { min($0.transfer.remaining, input.count) } ?? 0 }
+
+    /// Moves the next `destination.count` buffered payload bytes of the
+    /// transfer into `destination`, or drops them if it is nil.
+    /// - Precondition: a transfer is open and `count <= bufferedTransferBytes`.
+    public mutating func takeTransferBytes(_ count: Int, into destination: UnsafeMutableRawBufferPointer?) throws(NBDProtocolError) {
+        precondition(count >= 0 && count <= bufferedTransferBytes)
+        if let destination {
+            precondition(destination.count == count)
+            input.take(into: destination)
+        } else {
+            input.skip(upTo: count)
+        }
+        try advanceTransfer(count)
+    }
+
+    /// Records that the caller read the transfer's next `count` payload
+    /// bytes from the stream itself, without passing them to `receive`.
+    /// - Precondition: a transfer is open, nothing is buffered, and
+    ///   `count <= transfer.remaining`.
+    public mutating func transferReceived(_ count: Int) throws(NBDProtocolError) {
+        precondition(input.isEmpty && count >= 0 && count <= (open?.transfer.remaining ?? 0))
+        try advanceTransfer(count)
+    }
+
+    private mutating func advanceTransfer(_ count: Int) throws(NBDProtocolError) {
+        guard var current = open else { preconditionFailure("no transfer is open") }
+        current.transfer.offset += count
+        current.transfer.remaining -= count
+        guard current.transfer.remaining == 0 else {
+            open = current
+            return
+        }
+        open = nil
+        let cookie = current.transfer.cookie
+        if let (request, done) = current.chunk {
+            try endChunk(cookie, request, done: done)
+        } else {
+            queued.append(.completed(cookie: cookie, error: nil, message: ""))
+        }
+    }
+
+    /// The next event, or nil until more bytes arrive (or while a transfer
+    /// is open).
     public mutating func next() throws(NBDProtocolError) -> ReplyEvent? {
         while queued.isEmpty {
+            guard open == nil else { return nil }
             guard input.count >= 4 else { return nil }
             let magic = input.peek(UInt32.self)
             let progressed: Bool
@@ -77,6 +155,12 @@ public struct ReplyDecoder: Sendable {
         guard let request = inFlight[cookie] else { throw .unknownCookie(cookie) }
         if request.command == .read {
             guard !structuredReplies else { throw .simpleReplyToStructuredRead(cookie: cookie) }
+            if error == 0, transfersData, request.length > 0 {
+                input.skip(upTo: NBDMessageSize.simpleReply)
+                inFlight[cookie] = nil
+                open = OpenTransfer(transfer: DataTransfer(cookie: cookie, offset: 0, remaining: Int(request.length)))
+                return true
+            }
             if error == 0 {
                 // The payload length is our own request's, already bounded.
                 guard input.count >= NBDMessageSize.simpleReply + Int(request.length) else { return false }
@@ -104,6 +188,7 @@ public struct ReplyDecoder: Sendable {
         guard inFlight[cookie] != nil else { throw .unknownCookie(cookie) }
         let limit = maxPayload + NBDLimits.maxChunkOverhead
         guard length <= limit else { throw .chunkTooLong(cookie: cookie, length: length, limit: limit) }
+        if transfersData, type == .offsetData { return try openDataTransfer(cookie: cookie, flags: flags, length: length) }
         guard input.count >= NBDMessageSize.structuredReplyHeader + Int(length) else { return false }
         input.skip(upTo: NBDMessageSize.structuredReplyHeader)
         let body = input.take(Int(length))
@@ -152,9 +237,15 @@ public struct ReplyDecoder: Sendable {
             throw .malformedChunk(cookie: cookie, "unknown chunk type \(type.rawValue)")
         }
 
-        guard flags.contains(.done) else {
+        try endChunk(cookie, request, done: flags.contains(.done))
+        return true
+    }
+
+    /// Puts the request back after a chunk, or ends it after the last one.
+    private mutating func endChunk(_ cookie: UInt64, _ request: InFlight, done: Bool) throws(NBDProtocolError) {
+        guard done else {
             inFlight[cookie] = request
-            return true
+            return
         }
         if request.error == nil, request.command == .read {
             let received = request.covered.count
@@ -163,6 +254,26 @@ public struct ReplyDecoder: Sendable {
             }
         }
         queued.append(.completed(cookie: cookie, error: request.error, message: request.message))
+    }
+
+    /// Checks an NBD_REPLY_TYPE_OFFSET_DATA chunk as soon as its offset has
+    /// arrived, and opens a transfer for its payload; false if the offset
+    /// has not arrived yet.
+    private mutating func openDataTransfer(cookie: UInt64, flags: ReplyFlags, length: UInt32) throws(NBDProtocolError) -> Bool {
+        guard var request = inFlight[cookie] else { throw .unknownCookie(cookie) }
+        guard request.command == .read else { throw .malformedChunk(cookie: cookie, "read chunk for \(request.command)") }
+        guard length > 8 else { throw .malformedChunk(cookie: cookie, "data chunk of \(length) bytes") }
+        guard input.count >= NBDMessageSize.structuredReplyHeader + 8 else { return false }
+        let offset = input.peek(UInt64.self, at: NBDMessageSize.structuredReplyHeader)
+        let range = try relativeRange(offset, UInt64(length - 8), in: request, cookie: cookie)
+        guard request.covered.insert(range, requestLength: UInt64(request.length)) else {
+            throw .overlappingReadChunks(cookie: cookie, offset: offset)
+        }
+        input.skip(upTo: NBDMessageSize.structuredReplyHeader + 8)
+        inFlight[cookie] = nil
+        open = OpenTransfer(
+            transfer: DataTransfer(cookie: cookie, offset: Int(range.lowerBound), remaining: Int(length - 8)),
+            chunk: (request, flags.contains(.done)))
         return true
     }
 

@@ -1,0 +1,116 @@
+import NBDProtocol
+
+/// A batch checked against the export and split into pieces of at most
+/// `chunkSize`.
+struct BatchPlan {
+    private(set) var pieces: [NBDOperation] = []
+    private(set) var merge: ResultMerge
+
+    init(_ operations: [NBDOperation], device: RemoteBlockDevice) {
+        merge = ResultMerge(settled: [Result<Void, NBDClientError>?](repeating: nil, count: operations.count))
+        pieces.reserveCapacity(operations.count)
+        merge.owners.reserveCapacity(operations.count)
+        for (index, operation) in operations.enumerated() {
+            if let problem = device.problem(with: operation) {
+                merge.settled[index] = .failure(.invalidRequest(problem))
+                continue
+            }
+            for piece in device.split(operation) {
+                pieces.append(piece)
+                merge.owners.append(index)
+            }
+        }
+    }
+}
+
+/// The way back from a batch's piece results to one result per operation.
+struct ResultMerge: Sendable {
+    /// Results settled before sending (range problems), by operation.
+    var settled: [Result<Void, NBDClientError>?]
+    /// The operation each piece belongs to.
+    var owners: [Int] = []
+
+    /// One result per operation: its first failure (in piece order), or success.
+    func results(of pieceResults: [Result<Void, NBDClientError>]) -> [Result<Void, NBDClientError>] {
+        var results = settled
+        for (piece, result) in pieceResults.enumerated() {
+            if case .failure = result, results[owners[piece]] == nil { results[owners[piece]] = result }
+        }
+        return results.map { $0 ?? .success(()) }
+    }
+}
+
+extension RemoteBlockDevice {
+    /// Starts a batch without blocking for its replies: the asynchronous
+    /// form of `perform(_:)`, for callers that complete their own work on
+    /// the reply (the crypt domain answering its consumer).
+    ///
+    /// Operations are checked and split exactly as `perform(_:)` does: an
+    /// operation outside the export gets `.invalidRequest`, larger ones are
+    /// sent in pieces of at most `chunkSize`, and each operation's result
+    /// is its pieces' first failure.
+    ///
+    /// Returns false, having sent nothing and without ever calling
+    /// `completion`, if the batch cannot start now without waiting for
+    /// anything but the socket: no usable connection at this moment (the
+    /// device is reconnecting, its export changed, the connection failed
+    /// and nobody has replaced it yet) or the device is closed. The caller
+    /// then uses `perform(_:)` or the `BlockDevice` methods, which wait for
+    /// a reconnect and resend.
+    ///
+    /// Otherwise sends every piece on the current connection (pipelined,
+    /// small requests in one buffered write) and returns true; `completion`
+    /// is then called exactly once with one result per operation, in their
+    /// order, after every reply of the batch has arrived and all READ data
+    /// is in the caller's buffers, or once the connection has died. Buffers
+    /// must stay valid, and read buffers untouched, until then; the device
+    /// never touches them after calling `completion`.
+    ///
+    /// Nothing is resent across reconnects: if the connection dies, the
+    /// operations it had not answered fail with the connection's failure
+    /// (`.timedOut`, `.connectionLost`, `.protocolViolation`, NBD_ESHUTDOWN;
+    /// `.closed` when the connection or device was closed locally), and the
+    /// device notes the failure so that the next synchronous request
+    /// reconnects. A request not answered within
+    /// `Options.connection.requestTimeout` fails the connection with
+    /// `.timedOut(.reply)`; the connection's reader thread checks every
+    /// quarter of that timeout, and at least once a second.
+    ///
+    /// Where `completion` runs: on the connection's reader thread, after it
+    /// has decoded all it read, with no lock held. If the connection ends
+    /// by other means it runs on the thread ending it (a failed send, which
+    /// may be this call before it returns; another caller's timeout;
+    /// `close()`). If no operation needed sending (all outside the export,
+    /// or an empty batch) it runs on the calling thread before this
+    /// returns. `completion` must not block, and must not call `start` or
+    /// `perform` on this device: the thread running it is the one that
+    /// drains the storage server's replies.
+    public func start(
+        _ operations: [NBDOperation],
+        completion: @escaping @Sendable ([Result<Void, NBDClientError>]) -> Void
+    ) -> Bool {
+        guard let connection = supervisor.usableConnection else { return false }
+        let plan = BatchPlan(operations, device: self)
+        guard !plan.pieces.isEmpty else {
+            completion(plan.merge.results(of: []))
+            return true
+        }
+        let supervisor = self.supervisor
+        let merge = plan.merge
+        return connection.start(plan.pieces) { pieceResults in
+            var answered = false
+            var lost: NBDClientError?
+            for result in pieceResults {
+                switch result {
+                case .success, .failure(.server): answered = true
+                case .failure(let error): if error.isConnectionFailure, lost == nil { lost = error }
+                }
+            }
+            // As `perform` does: an answer resets the reconnect backoff, a
+            // dead connection is replaced by the next synchronous request.
+            if answered { supervisor.requestAnswered() }
+            if let lost { supervisor.connectionFailed(connection, lost) }
+            completion(merge.results(of: pieceResults))
+        }
+    }
+}
