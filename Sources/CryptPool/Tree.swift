@@ -89,6 +89,47 @@ extension Pool {
         return pointer
     }
 
+    /// The pointers to units `range` of a checkpointed tree, in order, as
+    /// `lookup(root:tree:index:)` gives them one by one; each node on the way
+    /// is loaded once, not once per unit.
+    func lookup(root: BlockPointer, tree: TreeIdentity, range: Range<UInt64>) throws(PoolError) -> [BlockPointer] {
+        var result: [BlockPointer] = []
+        result.reserveCapacity(range.count)
+        try collect(root, tree: tree, level: tree.depth, firstIndex: 0, range: range, into: &result)
+        return result
+    }
+
+    /// Appends the unit pointers of `range` under the node `pointer` at
+    /// `level`, which covers units from `firstIndex` on.
+    private func collect(
+        _ pointer: BlockPointer, tree: TreeIdentity, level: Int, firstIndex: UInt64, range: Range<UInt64>,
+        into result: inout [BlockPointer]
+    ) throws(PoolError) {
+        guard !range.isEmpty else { return }
+        if pointer.isNull {
+            result.append(contentsOf: repeatElement(.null, count: range.count))
+            return
+        }
+        let node = try loadNode(pointer, tree: tree, level: level, firstIndex: firstIndex)
+        let span = childSpan(level: level)
+        guard (range.upperBound - 1 - firstIndex) / span < UInt64(PoolLayout.fanOut) else {
+            throw .malformed("index \(range.upperBound - 1) beyond \(tree.kind) at level \(level)")
+        }
+        var index = range.lowerBound
+        while index < range.upperBound {
+            let slot = Int((index - firstIndex) / span)
+            let childFirst = firstIndex + UInt64(slot) * span
+            let (childEnd, overflow) = childFirst.addingReportingOverflow(span)
+            let end = overflow ? range.upperBound : min(range.upperBound, childEnd)
+            if level == 1 {
+                result.append(node.children[slot])
+            } else {
+                try collect(node.children[slot], tree: tree, level: level - 1, firstIndex: childFirst, range: index..<end, into: &result)
+            }
+            index = end
+        }
+    }
+
     /// Calls `visit` for every non-null unit pointer under `pointer` with its index.
     func walk(
         _ pointer: BlockPointer, tree: TreeIdentity, level: Int, firstIndex: UInt64,

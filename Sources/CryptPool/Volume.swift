@@ -306,7 +306,7 @@ public final class Volume: BlockDevice {
         let sealed = UnsafeMutableRawBufferPointer.allocate(byteCount: count * blockSize, alignment: 64)
         defer { sealed.deallocate() }
         var pointers = [BlockPointer](repeating: .null, count: count)
-        var tag = [UInt8](repeating: 0, count: BlockSealer.tagLength)
+        var tag = BlockTag.zero
         for (position, index) in order.enumerated() {
             let logical = blocks.lowerBound + UInt64(index)
             let counter = NonceCounter(rawValue: firstCounter + UInt64(index))
