@@ -64,6 +64,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
+        // Per-block CPU cost of the pool engine on a memory device (bench/perblock).
+        .executableTarget(name: "perblock-bench", dependencies: ["CryptPool", "Keys", "BlockDevice"], path: "bench/perblock", swiftSettings: strict),
         // What the daemons and the CLI share: signals, one-line errors,
         // secret input, storage locations.
         .target(

@@ -88,3 +88,5 @@ public enum PoolError: Error, Sendable, Equatable, CustomStringConvertible {
 func hex(_ bytes: some Sequence<UInt8>) -> String {
     bytes.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
 }
+
+func hex(_ tag: BlockTag) -> String { tag.withUnsafeBytes { hex($0) } }

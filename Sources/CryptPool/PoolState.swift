@@ -28,6 +28,16 @@ struct Overlay: Sendable {
         return low < unmapped.count && unmapped[low].contains(block)
     }
 
+    /// Maps consecutive logical blocks from `first` to `pointers`, in order;
+    /// appends the physical blocks of non-null entries they replace to `replaced`.
+    mutating func map(from first: UInt64, to pointers: [BlockPointer], replaced: inout [PhysicalBlock]) {
+        for (offset, pointer) in pointers.enumerated() {
+            if let previous = mapped.updateValue(pointer, forKey: first + UInt64(offset)), !previous.isNull {
+                replaced.append(previous.block)
+            }
+        }
+    }
+
     /// Unmaps a range; returns the physical blocks of overlay entries it drops.
     mutating func unmap(_ range: Range<UInt64>) -> [PhysicalBlock] {
         var dropped: [PhysicalBlock] = []
@@ -130,6 +140,24 @@ extension PoolState {
     mutating func notePendingWrites(since epoch: UInt64?) {
         guard let epoch else { return }
         pendingEpoch = min(pendingEpoch ?? epoch, epoch)
+    }
+}
+
+extension PoolState {
+    /// Records data blocks just written to storage: logical blocks from
+    /// `first` of `volume` now live at `pointers`, in order. Maps them in the
+    /// overlay in place (a copy of the volume state would copy its whole
+    /// overlay), queues their log records and the blocks they replace for
+    /// release after the commit. False if the volume is gone.
+    mutating func noteWrites(volume: VolumeID, from first: UInt64, pointers: [BlockPointer], since epoch: UInt64?) -> Bool {
+        guard volumes[volume] != nil else { return false }
+        notePendingWrites(since: epoch)
+        volumes[volume]!.overlay.map(from: first, to: pointers, replaced: &releaseAfterCommit)
+        pending.append(
+            contentsOf: pointers.indices.lazy.map { offset in
+                LogRecord.map(volume: volume, block: LogicalBlock(first + UInt64(offset)), pointer: pointers[offset])
+            })
+        return true
     }
 }
 

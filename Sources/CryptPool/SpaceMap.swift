@@ -64,28 +64,32 @@ struct SpaceMap {
     }
 
     /// Allocates `count` blocks, as few runs as the free space allows.
+    /// Scans a word (64 blocks) at a time from the cursor.
     mutating func allocate(_ count: Int) -> [PhysicalBlock]? {
         guard UInt64(count) <= freeCount else { return nil }
         var result: [PhysicalBlock] = []
         result.reserveCapacity(count)
-        var scanned: UInt64 = 0
-        let span = blockCount - firstAllocatable
-        while result.count < count, scanned < span {
+        // From the cursor's word to the end, then from the start and once
+        // more through the cursor's word for the bits below the cursor.
+        var wordsLeft = words.count + 1
+        while result.count < count {
+            precondition(wordsLeft > 0, "space map out of step with its free count")
+            wordsLeft -= 1
             if cursor >= blockCount { cursor = firstAllocatable }
-            // Skip whole used words quickly.
-            if cursor % 64 == 0, words[Int(cursor / 64)] == .max, cursor + 64 <= blockCount {
-                cursor += 64
-                scanned += 64
-                continue
+            let index = Int(cursor / 64)
+            var free = ~words[index] & (UInt64.max << (cursor % 64))
+            let end = UInt64(index + 1) * 64
+            if end > blockCount { free &= (1 << (blockCount % 64)) - 1 }
+            while free != 0, result.count < count {
+                let bit = UInt64(free.trailingZeroBitCount)
+                free &= free - 1
+                words[index] |= 1 << bit
+                result.append(UInt64(index) * 64 + bit)
+                cursor = UInt64(index) * 64 + bit + 1
             }
-            if !isUsed(cursor) {
-                markUsed(cursor)
-                result.append(cursor)
-            }
-            cursor += 1
-            scanned += 1
+            if result.count < count { cursor = end }
         }
-        precondition(result.count == count, "space map out of step with its free count")
+        usedCount += UInt64(count)
         return result
     }
 

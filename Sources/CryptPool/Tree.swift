@@ -73,37 +73,68 @@ extension Pool {
 
     /// The pointer to unit `index` in a checkpointed tree.
     func lookup(root: BlockPointer, tree: TreeIdentity, index: UInt64) throws(PoolError) -> BlockPointer {
-        try descend(root: root, tree: tree, index: index) { (pointer, level, first) throws(PoolError) in
-            try loadNode(pointer, tree: tree, level: level, firstIndex: first)
-        }!
+        try lookup(root: root, tree: tree, range: index..<(index + 1))[0]
     }
 
-    /// `lookup` without storage reads: nil when a node on the way is not
-    /// in the cache.
-    func cachedLookup(root: BlockPointer, tree: TreeIdentity, index: UInt64) throws(PoolError) -> BlockPointer? {
-        try descend(root: root, tree: tree, index: index) { pointer, _, _ in nodeCache.get(pointer) }
-    }
 
-    /// Walks from `root` down to unit `index`, getting each node from
-    /// `load`; nil as soon as `load` returns nil.
-    private func descend(
-        root: BlockPointer, tree: TreeIdentity, index: UInt64,
-        load: (BlockPointer, Int, UInt64) throws(PoolError) -> TreeNode?
-    ) throws(PoolError) -> BlockPointer? {
-        var pointer = root
-        var level = tree.depth
-        var first: UInt64 = 0
-        while level >= 1 {
-            if pointer.isNull { return .null }
-            guard let node = try load(pointer, level, first) else { return nil }
-            let span = childSpan(level: level)
-            let slot = Int((index - first) / span)
-            guard slot < PoolLayout.fanOut else { throw .malformed("index \(index) beyond \(tree.kind) at level \(level)") }
-            first += UInt64(slot) * span
-            pointer = node.children[slot]
-            level -= 1
+    /// The pointers to units `range` of a checkpointed tree, in order, as
+    /// `lookup(root:tree:index:)` gives them one by one; each node on the way
+    /// is loaded once, not once per unit.
+    func lookup(root: BlockPointer, tree: TreeIdentity, range: Range<UInt64>) throws(PoolError) -> [BlockPointer] {
+        var result: [BlockPointer] = []
+        result.reserveCapacity(range.count)
+        _ = try collect(root, tree: tree, level: tree.depth, firstIndex: 0, range: range, into: &result) {
+            (pointer, level, first) throws(PoolError) in try loadNode(pointer, tree: tree, level: level, firstIndex: first)
         }
-        return pointer
+        return result
+    }
+
+    /// `lookup(root:tree:range:)` without storage reads: nil when a node on
+    /// the way is not in the cache (Volume+Asynchronous.swift).
+    func cachedLookup(root: BlockPointer, tree: TreeIdentity, range: Range<UInt64>) throws(PoolError) -> [BlockPointer]? {
+        var result: [BlockPointer] = []
+        result.reserveCapacity(range.count)
+        let complete = try collect(root, tree: tree, level: tree.depth, firstIndex: 0, range: range, into: &result) {
+            pointer, _, _ in nodeCache.get(pointer)
+        }
+        return complete ? result : nil
+    }
+
+    /// Appends the unit pointers of `range` under the node `pointer` at
+    /// `level`, which covers units from `firstIndex` on, getting nodes from
+    /// `load`; false as soon as `load` returns nil.
+    private func collect(
+        _ pointer: BlockPointer, tree: TreeIdentity, level: Int, firstIndex: UInt64, range: Range<UInt64>,
+        into result: inout [BlockPointer], load: (BlockPointer, Int, UInt64) throws(PoolError) -> TreeNode?
+    ) throws(PoolError) -> Bool {
+        guard !range.isEmpty else { return true }
+        if pointer.isNull {
+            result.append(contentsOf: repeatElement(.null, count: range.count))
+            return true
+        }
+        guard let node = try load(pointer, level, firstIndex) else { return false }
+        let span = childSpan(level: level)
+        guard (range.upperBound - 1 - firstIndex) / span < UInt64(PoolLayout.fanOut) else {
+            throw .malformed("index \(range.upperBound - 1) beyond \(tree.kind) at level \(level)")
+        }
+        var index = range.lowerBound
+        while index < range.upperBound {
+            let slot = Int((index - firstIndex) / span)
+            let childFirst = firstIndex + UInt64(slot) * span
+            let (childEnd, overflow) = childFirst.addingReportingOverflow(span)
+            let end = overflow ? range.upperBound : min(range.upperBound, childEnd)
+            if level == 1 {
+                result.append(node.children[slot])
+            } else {
+                guard
+                    try collect(
+                        node.children[slot], tree: tree, level: level - 1, firstIndex: childFirst, range: index..<end, into: &result,
+                        load: load)
+                else { return false }
+            }
+            index = end
+        }
+        return true
     }
 
     /// Calls `visit` for every non-null unit pointer under `pointer` with its index.
@@ -180,21 +211,37 @@ extension Pool {
 /// Keyed by the whole pointer (block, session, counter, tag), so a block
 /// that is freed and rewritten never hits an old entry.
 final class NodeCache: Sendable {
-    private let entries = Guarded<[BlockPointer: TreeNode]>([:])
+    private struct Entries {
+        var nodes: [BlockPointer: (node: TreeNode, slot: Int)] = [:]
+        /// Every key, so that a random victim costs O(1): picking a random
+        /// element of a dictionary walks it.
+        var keys: [BlockPointer] = []
+    }
+
+    private let entries = Guarded(Entries())
     let capacity: Int
 
     init(capacity: Int) { self.capacity = max(capacity, 16) }
 
     func get(_ pointer: BlockPointer) -> TreeNode? {
-        entries.withLock { $0[pointer] }
+        entries.withLock { $0.nodes[pointer]?.node }
     }
 
     func put(_ pointer: BlockPointer, _ node: TreeNode) {
         entries.withLock { entries in
-            if entries.count >= capacity, let victim = entries.keys.randomElement() { entries[victim] = nil }
-            entries[pointer] = node
+            if let slot = entries.nodes[pointer]?.slot {
+                entries.nodes[pointer] = (node, slot)
+            } else if entries.keys.count >= capacity {
+                let slot = Int.random(in: 0..<entries.keys.count)
+                entries.nodes[entries.keys[slot]] = nil
+                entries.keys[slot] = pointer
+                entries.nodes[pointer] = (node, slot)
+            } else {
+                entries.nodes[pointer] = (node, entries.keys.count)
+                entries.keys.append(pointer)
+            }
         }
     }
 
-    var count: Int { entries.withLock { $0.count } }
+    var count: Int { entries.withLock { $0.keys.count } }
 }

@@ -183,15 +183,24 @@ public final class Volume: BlockDevice {
         let tree = TreeIdentity(kind: .volumeTreeNode, object: id.rawValue, depth: depth, volumeName: name)
         var result: [BlockPointer] = []
         result.reserveCapacity(blocks.count)
-        for (index, block) in blocks.enumerated() {
+        var index = 0
+        while index < decided.count {
             if let pointer = decided[index] {
                 result.append(pointer)
-            } else if cachedOnly {
-                guard let pointer = try pool.cachedLookup(root: root, tree: tree, index: block) else { return nil }
-                result.append(pointer)
-            } else {
-                result.append(try pool.lookup(root: root, tree: tree, index: block))
+                index += 1
+                continue
             }
+            // A run the overlay leaves to the tree: one walk down for the run.
+            var end = index + 1
+            while end < decided.count, decided[end] == nil { end += 1 }
+            let run = (blocks.lowerBound + UInt64(index))..<(blocks.lowerBound + UInt64(end))
+            if cachedOnly {
+                guard let found = try pool.cachedLookup(root: root, tree: tree, range: run) else { return nil }
+                result += found
+            } else {
+                result += try pool.lookup(root: root, tree: tree, range: run)
+            }
+            index = end
         }
         return result
     }
@@ -313,15 +322,10 @@ public final class Volume: BlockDevice {
     ) throws(PoolError) {
         let ad = AssociatedData.data(
             pool: pool.poolID, volume: id, block: LogicalBlock(logical), salt: pointer.salt, counter: pointer.counter)
-        let opened = pointer.tag.withUnsafeBytes { tag in
-            ad.withUnsafeBytes { adBytes in
-                do throws(SealError) {
-                    try sealer.open(UnsafeRawBufferPointer(region), into: region, tag: tag, counter: pointer.counter, associatedData: adBytes)
-                    return true
-                } catch { return false }
-            }
-        }
-        guard !opened else { return }
+        do throws(SealError) {
+            try sealer.open(UnsafeRawBufferPointer(region), into: region, tag: pointer.tag, counter: pointer.counter, associatedData: ad)
+            return
+        } catch {}
         // A failed in-place open leaves the ciphertext as it was read.
         let failure = IntegrityFailure(
             volume: name, structure: "data block", index: logical, level: 0, physicalBlock: pointer.block,
@@ -362,20 +366,16 @@ public final class Volume: BlockDevice {
         let generation = pool.generation + 1
         let order = locations.indices.sorted { locations[$0] < locations[$1] }
         let write = SealedWrite(blocks: blocks, locations: locations, order: order, epoch: pool.storageEpoch)
-        var tag = [UInt8](repeating: 0, count: BlockSealer.tagLength)
         for (position, index) in order.enumerated() {
             let logical = blocks.lowerBound + UInt64(index)
             let counter = NonceCounter(rawValue: firstCounter + UInt64(index))
             let ad = AssociatedData.data(pool: pool.poolID, volume: id, block: LogicalBlock(logical), salt: salt, counter: counter)
-            tag.withUnsafeMutableBytes { tagBytes in
-                ad.withUnsafeBytes { adBytes in
-                    sealer.seal(
-                        UnsafeRawBufferPointer(rebasing: plain[(index * blockSize)..<((index + 1) * blockSize)]),
-                        into: UnsafeMutableRawBufferPointer(rebasing: write.sealed[(position * blockSize)..<((position + 1) * blockSize)]),
-                        tag: tagBytes, counter: counter, associatedData: adBytes)
-                }
-            }
-            write.pointers[index] = BlockPointer(block: locations[index], salt: salt, counter: counter, generation: generation, tag: tag)
+            var pointer = BlockPointer(block: locations[index], salt: salt, counter: counter, generation: generation, tag: .zero)
+            sealer.seal(
+                UnsafeRawBufferPointer(rebasing: plain[(index * blockSize)..<((index + 1) * blockSize)]),
+                into: UnsafeMutableRawBufferPointer(rebasing: write.sealed[(position * blockSize)..<((position + 1) * blockSize)]),
+                tag: &pointer.tag, counter: counter, associatedData: ad)
+            write.pointers[index] = pointer
         }
         return write
     }
@@ -388,14 +388,8 @@ public final class Volume: BlockDevice {
     /// Maps the blocks of a write that storage has acknowledged.
     func map(_ write: SealedWrite) throws(PoolError) {
         try pool.state.withLock { (state) throws(PoolError) in
-            guard state.volumes[id] != nil else { throw .noSuchVolume(name) }
-            state.notePendingWrites(since: write.epoch)
-            // Mutated in place: a copy of the volume state would copy its
-            // whole overlay on every write.
-            for (index, logical) in write.blocks.enumerated() {
-                let previous = state.volumes[id]!.overlay.mapped.updateValue(write.pointers[index], forKey: logical)
-                if let previous, !previous.isNull { state.releaseAfterCommit.append(previous.block) }
-                state.pending.append(.map(volume: id, block: LogicalBlock(logical), pointer: write.pointers[index]))
+            guard state.noteWrites(volume: id, from: write.blocks.lowerBound, pointers: write.pointers, since: write.epoch) else {
+                throw .noSuchVolume(name)
             }
         }
     }

@@ -61,26 +61,6 @@ public struct VolumeID: RawRepresentable, Hashable, Comparable, Sendable, Custom
     public var description: String { String(rawValue) }
 }
 
-/// A session's random salt (docs/format.md, section 4): drawn at every open
-/// and at every rollover, recorded in each pointer it sealed, never secret.
-/// Keys derive from it, so a fresh salt means fresh keys and fresh nonces.
-public struct SessionSalt: Hashable, Sendable {
-    public static let length = 16
-    public let bytes: [UInt8]
-
-    public init(bytes: [UInt8]) {
-        precondition(bytes.count == Self.length)
-        self.bytes = bytes
-    }
-
-    public static let zero = SessionSalt(bytes: [UInt8](repeating: 0, count: length))
-
-    public static func generate() -> SessionSalt {
-        var generator = SystemRandomNumberGenerator()
-        return SessionSalt(bytes: (0..<length).map { _ in generator.next() })
-    }
-}
-
 /// The per-key seal counter within a session; with 4 zero bytes it forms
 /// the 96-bit AES-GCM nonce.
 public struct NonceCounter: RawRepresentable, Hashable, Sendable {

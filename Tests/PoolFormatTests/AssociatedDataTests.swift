@@ -9,7 +9,8 @@ import Testing
     ) -> [UInt8] {
         AssociatedData.data(
             pool: pool, volume: VolumeID(rawValue: volume), block: LogicalBlock(block), salt: salt ?? self.salt,
-            counter: NonceCounter(rawValue: counter))
+            counter: NonceCounter(rawValue: counter)
+        ).bytes
     }
 
     func metadata(
@@ -18,7 +19,8 @@ import Testing
     ) -> [UInt8] {
         AssociatedData.metadata(
             pool: pool, kind: kind, object: object, level: level, firstIndex: first, salt: salt ?? self.salt,
-            counter: NonceCounter(rawValue: counter))
+            counter: NonceCounter(rawValue: counter)
+        ).bytes
     }
 
     func flipped(_ bytes: [UInt8], _ index: Int) -> [UInt8] {

@@ -12,14 +12,14 @@ import Testing
         #expect(Array(bytes[8..<24]) == pointer.salt.bytes)
         #expect(littleEndian(UInt64.self, bytes, at: 24) == pointer.counter.rawValue)
         #expect(littleEndian(UInt64.self, bytes, at: 32) == pointer.generation)
-        #expect(Array(bytes[40..<56]) == pointer.tag)
+        #expect(Array(bytes[40..<56]) == pointer.tag.bytes)
         #expect(bytes[56..<64].allSatisfy { $0 == 0 })
     }
 
     @Test func extremeValuesRoundTrip() throws {
         let pointer = BlockPointer(
             block: .max, salt: SessionSalt(bytes: [UInt8](repeating: 0xFF, count: 16)), counter: NonceCounter(rawValue: .max),
-            generation: .max, tag: [UInt8](repeating: 0xFF, count: 16))
+            generation: .max, tag: BlockTag(bytes: [UInt8](repeating: 0xFF, count: 16)))
         #expect(try BlockPointer(decoding: pointer.encoded()) == pointer)
     }
 

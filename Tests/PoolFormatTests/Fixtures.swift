@@ -14,7 +14,7 @@ func patterned(_ count: Int, seed: UInt64) -> [UInt8] {
 func samplePointer(_ seed: UInt64) -> BlockPointer {
     BlockPointer(
         block: 1000 + seed, salt: SessionSalt(bytes: patterned(16, seed: seed)), counter: NonceCounter(rawValue: 7 + seed),
-        generation: 99 + seed, tag: patterned(16, seed: seed + 500))
+        generation: 99 + seed, tag: BlockTag(bytes: patterned(16, seed: seed + 500)))
 }
 
 let samplePoolID = patterned(16, seed: 42)
