@@ -11,8 +11,15 @@ import Threads
 /// which every volume's replies depend on: a consumer that stops reading
 /// must stall only itself.
 final class ReplyChannel: Sendable {
+    /// Bytes waiting for the flusher: a copy, or the caller's memory lent
+    /// until `release` is called.
+    private enum Chunk {
+        case copied([UInt8])
+        case lent(UnsafeRawBufferPointer, release: @Sendable () -> Void)
+    }
+
     private struct State {
-        var queue: [[UInt8]] = []
+        var queue: [Chunk] = []
         var queuedBytes = 0
         /// A flusher thread owns the socket's sending side.
         var flushing = false
@@ -35,16 +42,26 @@ final class ReplyChannel: Sendable {
     /// Replies sent or queued so far.
     var count: UInt64 { state.withLock { $0.sent } }
 
-    /// Sends one whole reply after every reply sent before it.
-    func send(_ bytes: UnsafeRawBufferPointer) {
+    /// Sends one whole reply after every reply sent before it. With
+    /// `release`, the bytes are lent rather than copied when they cannot all
+    /// go out at once: the caller keeps them valid until `release` is
+    /// called (at once if they went out or sending failed).
+    func send(_ bytes: UnsafeRawBufferPointer, release: (@Sendable () -> Void)? = nil) {
         var failure: SocketError?
-        let startFlusher = state.withLock { state -> Bool in
-            guard !state.failed else { return false }
+        func queue(_ part: UnsafeRawBufferPointer, in state: inout State) {
+            if let release {
+                state.queue.append(.lent(part, release: release))
+            } else {
+                state.queue.append(.copied(Array(part)))
+            }
+            state.queuedBytes += part.count
+        }
+        let (startFlusher, lent) = state.withLock { state -> (Bool, Bool) in
+            guard !state.failed else { return (false, false) }
             state.sent += 1
             if state.flushing {
-                state.queue.append(Array(bytes))
-                state.queuedBytes += bytes.count
-                return false
+                queue(bytes, in: &state)
+                return (false, release != nil)
             }
             var done = 0
             do throws(SocketError) {
@@ -56,14 +73,14 @@ final class ReplyChannel: Sendable {
             } catch {
                 state.failed = true
                 failure = error
-                return false
+                return (false, false)
             }
-            guard done < bytes.count else { return false }
-            state.queue.append(Array(bytes[done...]))
-            state.queuedBytes += bytes.count - done
+            guard done < bytes.count else { return (false, false) }
+            queue(UnsafeRawBufferPointer(rebasing: bytes[done...]), in: &state)
             state.flushing = true
-            return true
+            return (true, release != nil)
         }
+        if !lent { release?() }
         if let failure { fail(failure) }
         guard startFlusher else { return }
         if tryStartThread(stackSize: stackSize, { self.flush() }) != 0 {
@@ -75,26 +92,39 @@ final class ReplyChannel: Sendable {
     /// Writes the queue out until it is empty.
     private func flush() {
         while true {
-            let batch = state.update { state -> [[UInt8]]? in
-                if state.failed || state.queue.isEmpty {
-                    state.queue = []
-                    state.queuedBytes = 0
+            let (batch, more) = state.update { state -> ([Chunk], Bool) in
+                let batch = state.queue
+                state.queue = []
+                state.queuedBytes = 0
+                if state.failed || batch.isEmpty {
                     state.flushing = false
-                    return nil
+                    return (batch, false)
                 }
-                defer {
-                    state.queue = []
-                    state.queuedBytes = 0
+                return (batch, true)
+            }
+            var failed = !more
+            for chunk in batch {
+                switch chunk {
+                case .copied(let bytes):
+                    if !failed { failed = !write { () throws(SocketError) in try socket.writeAll(bytes) } }
+                case .lent(let bytes, let release):
+                    if !failed { failed = !write { () throws(SocketError) in try socket.writeAll(bytes) } }
+                    release()
                 }
-                return state.queue
             }
-            guard let batch else { return }
-            do throws(SocketError) {
-                for bytes in batch { try socket.writeAll(bytes) }
-            } catch {
-                state.update { $0.failed = true }
-                fail(error)
-            }
+            guard more else { return }
+        }
+    }
+
+    /// Runs one blocking write; a failure ends the connection.
+    private func write(_ body: () throws(SocketError) -> Void) -> Bool {
+        do throws(SocketError) {
+            try body()
+            return true
+        } catch {
+            state.update { $0.failed = true }
+            fail(error)
+            return false
         }
     }
 

@@ -203,7 +203,10 @@ final class Transmission: Sendable {
                 ReplyEncoder.encodeReadReplyHeader(
                     into: reply, cookie: header.cookie, offset: header.offset, length: header.length,
                     structured: self.session.structuredReplies)
-                self.replies.send(UnsafeRawBufferPointer(reply))
+                // Lent, not copied, if the client is slow to take it.
+                self.replies.send(UnsafeRawBufferPointer(reply)) { self.returnReplyBuffer(replyBuffer) }
+                self.finished(request)
+                return
             case .failed(let error):
                 self.sendFailure(header, error)
             case .redoSynchronously:

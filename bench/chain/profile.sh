@@ -13,7 +13,8 @@
 #   LOAD.children.txt (inclusive time), LOAD.dso.txt, LOAD.fio.json,
 #   LOAD.cryptd-self.txt / LOAD.cryptd-children.txt (cryptd only, % of its samples)
 # Loads: randread4k = 4k random reads; randwrite4k = 4k random writes with a
-# FLUSH every 1000 writes (--fsync=1000).
+# FLUSH every 1000 writes (--fsync=1000); seqread1m, seqwrite1m = 1 MiB
+# sequential reads or writes at QD4.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -82,11 +83,13 @@ for load in "${loads[@]}"; do
   case "$load" in
     randread4k) fioargs="--rw=randread --bs=4k";;
     randwrite4k) fioargs="--rw=randwrite --bs=4k --fsync=1000";;
+    seqread1m) fioargs="--rw=read --bs=1M";;
+    seqwrite1m) fioargs="--rw=write --bs=1M";;
     *) echo "profile.sh: unknown load $load" >&2; exit 2;;
   esac
   bh_log "profile $load: fio for $((SECONDS_ + 4)) s, perf for $SECONDS_ s"
   # shellcheck disable=SC2086
-  fio --name="$load" --ioengine=nbd --uri="$uri" --size="$vbytes" $fioargs --iodepth=32 --time_based \
+  fio --name="$load" --ioengine=nbd --uri="$uri" --size="$vbytes" $fioargs --iodepth="$([ "${load%1m}" != "$load" ] && echo 4 || echo 32)" --time_based \
       --runtime=$((SECONDS_ + 4)) --norandommap --randrepeat=0 --output-format=json --output="$OUTDIR/$load.fio.json" >/dev/null &
   FP=$!
   sleep 2
