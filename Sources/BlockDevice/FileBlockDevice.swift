@@ -19,6 +19,9 @@ public final class FileBlockDevice: BlockDevice {
     public let isBlockDevice: Bool
     /// True when opened with O_DIRECT.
     public let isDirect: Bool
+    /// True when every request is to run on a worker thread
+    /// (FileBlockDevice+Inline.swift).
+    public let threaded: Bool
     let fd: Int32
 
     /// Largest piece of an unaligned O_DIRECT transfer bounced at once, and of
@@ -29,8 +32,9 @@ public final class FileBlockDevice: BlockDevice {
     static let directFileAlignment: UInt32 = 4096
 
     /// Opens `path` (a regular file or a block device) read-write, or
-    /// read-only with `readOnly`; `direct` bypasses the page cache (O_DIRECT).
-    public init(path: String, readOnly: Bool = false, direct: Bool = false) throws(BlockDeviceError) {
+    /// read-only with `readOnly`; `direct` bypasses the page cache (O_DIRECT);
+    /// `threaded` keeps a regular file's requests off the caller's thread.
+    public init(path: String, readOnly: Bool = false, direct: Bool = false, threaded: Bool = false) throws(BlockDeviceError) {
         var flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
         if direct { flags |= LinuxSystem.oDirect }
         let fd = open(path, flags)
@@ -50,6 +54,7 @@ public final class FileBlockDevice: BlockDevice {
         self.path = path
         self.isReadOnly = readOnly
         self.isDirect = direct
+        self.threaded = threaded
         self.isBlockDevice = kind == S_IFBLK
 
         var capabilities: BlockDeviceCapabilities = [.multiConnConsistent]

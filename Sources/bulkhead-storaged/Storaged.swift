@@ -52,6 +52,13 @@ struct Storaged: ParsableCommand {
     @Flag(name: .customLong("direct"), help: "Open exports with O_DIRECT, bypassing the page cache.")
     var direct = false
 
+    @Flag(
+        name: .customLong("threaded"),
+        help: ArgumentHelp(
+            "Serve image files from worker threads. By default a regular file's reads and writes run on the connection's thread, which is fastest while the file is in the page cache; choose this for images on slow disks, so one cache miss does not hold up the requests behind it. Block devices and --direct always use worker threads."
+        ))
+    var threaded = false
+
     @Option(
         name: .customLong("log-level"),
         help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
@@ -140,7 +147,8 @@ struct Storaged: ParsableCommand {
         var exports: [NBDExport] = []
         for specification in specifications {
             do throws(BlockDeviceError) {
-                let device = try FileBlockDevice(path: specification.path, readOnly: specification.readOnly, direct: direct)
+                let device = try FileBlockDevice(
+                    path: specification.path, readOnly: specification.readOnly, direct: direct, threaded: threaded)
                 exports.append(NBDExport(name: specification.name, device: device, readOnly: specification.readOnly))
             } catch {
                 let reason: String

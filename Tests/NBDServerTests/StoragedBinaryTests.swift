@@ -176,4 +176,30 @@ struct StoragedBinaryTests {
         #expect(log.contains("shutting down"))
         #expect(!log.contains(" error bulkhead-storaged:") && !log.contains(" warning bulkhead-storaged:"))
     }
+
+    /// Requests run inline on the connection's thread by default and on
+    /// worker threads with --threaded: the same bytes either way.
+    @Test(arguments: [[], ["--threaded"]])
+    func servesPipelinedRequestsInlineOrThreaded(extra: [String]) throws {
+        let directory = TemporaryDirectory()
+        let image = directory.file("disk.img", size: 1 << 20)
+        let socketPath = "\(directory.path)/storage.sock"
+        let child = try ChildProcess(
+            try storagedBinary(), ["--listen", "unix:\(socketPath)", "--export", "disk0=\(image)"] + extra,
+            stderrPath: "\(directory.path)/stderr")
+        defer {
+            kill(child.pid, SIGTERM)
+            _ = child.wait()
+        }
+        let address = SocketAddress.unix(path: socketPath)
+        #expect(waitUntil { (try? Socket.connect(to: address)) != nil }, "daemon never listened: \(child.stderr)")
+        let client = try RawClient(address, export: "disk0")
+        for index in 0..<16 {
+            try client.write(pattern(4096, seed: index + 2), at: UInt64(index * 4096))
+        }
+        for index in 0..<16 {
+            #expect(try client.read(at: UInt64(index * 4096), length: 4096) == pattern(4096, seed: index + 2))
+        }
+        #expect(try client.read(at: 0, length: 65536) == (0..<16).flatMap { pattern(4096, seed: $0 + 2) })
+    }
 }
