@@ -14,8 +14,9 @@ final class ConnectionCore: Sendable {
     let requestTimeout: Double?
     let logger: Logger
     let state = Guarded(ConnectionState())
-    /// Held while writing to the socket, so each request goes out whole.
-    private let sendLock = Guarded(())
+    /// Held while writing to the socket, so each request goes out whole;
+    /// holds the requests started inside a `SendBatch`, sent when it ends.
+    private let sendLock = Guarded<[UInt8]>([])
 
     /// WRITE payloads up to this size are copied behind their header, so a
     /// batch of small requests leaves in few `send` calls; larger ones are
@@ -75,7 +76,7 @@ final class ConnectionCore: Sendable {
     func start(_ operations: [NBDOperation], completion: @escaping BatchCompletion) -> Bool {
         var refused = false
         var immediate: [Result<Void, NBDClientError>]?
-        _ = submit(operations) { state, slots in
+        _ = submit(operations, gather: true) { state, slots in
             guard state.refusal == nil else {
                 refused = true
                 return .refuse
@@ -108,10 +109,14 @@ final class ConnectionCore: Sendable {
     /// lock so that none is answered before the rest are registered, then
     /// sends them. `admit` sees the state and the checked slots (nil: to be
     /// sent) and says who owns the requests, or refuses.
+    ///
+    /// With `gather` (a started batch, whose caller does not wait), small
+    /// requests made inside a `SendBatch` are held and sent together when
+    /// the batch ends.
     private func submit(
-        _ operations: [NBDOperation], admit: (inout ConnectionState, inout [Slot?]) -> Admission
+        _ operations: [NBDOperation], gather: Bool = false, admit: (inout ConnectionState, inout [Slot?]) -> Admission
     ) -> [Slot] {
-        sendLock.withLock { _ in
+        sendLock.withLock { gathered in
             var slots: [Slot?] = operations.map { operation in
                 operation.problem(for: session, maxPayload: maxPayload).map { .finished(.failure(.invalidRequest($0))) }
             }
@@ -145,6 +150,20 @@ final class ConnectionCore: Sendable {
             let result = slots.map { $0 ?? .finished(.failure(.closed)) }
             guard !headers.isEmpty else { return result }
             defer { state.withLock { $0.sending = false } }
+            if gather, operations.allSatisfy({ $0.inlinePayloadCount <= Self.inlinePayloadLimit }),
+                SendBatch.enlist(self, flush: { self.sendGathered() })
+            {
+                var next = headers.startIndex
+                for (index, operation) in operations.enumerated() {
+                    guard case .sent = result[index] else { continue }
+                    headers[next].encode(into: &gathered)
+                    next += 1
+                    if case .write(_, let payload, _) = operation { gathered.append(contentsOf: payload) }
+                }
+                return result
+            }
+            // Whatever is gathered goes first, so no request waits behind a later one.
+            flush(&gathered)
             var output: [UInt8] = []
             var next = headers.startIndex
             for (index, operation) in operations.enumerated() {
@@ -163,6 +182,16 @@ final class ConnectionCore: Sendable {
             }
             flush(&output)
             return result
+        }
+    }
+
+    /// Sends the requests gathered in a send batch, at its end.
+    private func sendGathered() {
+        sendLock.withLock { gathered in
+            guard !gathered.isEmpty else { return }
+            state.withLock { $0.sending = true }
+            defer { state.withLock { $0.sending = false } }
+            flush(&gathered)
         }
     }
 
@@ -254,7 +283,9 @@ final class ConnectionCore: Sendable {
 
     /// NBD_CMD_DISC: a soft disconnect.
     private func sendDisconnect() {
-        sendLock.withLock { _ in
+        sendLock.withLock { gathered in
+            // Requests still gathered have failed with the connection; none may follow NBD_CMD_DISC.
+            gathered.removeAll()
             guard !state.withLock({ $0.socketShutDown }) else { return }
             var bytes: [UInt8] = []
             let cookie = state.withLock { state in

@@ -63,7 +63,10 @@ struct Wakeups {
 
     mutating func run() {
         for waiter in waiters { waiter.wake() }
-        for (completion, results) in batches { completion(results) }
+        // The consumer replies these completions send leave together.
+        SendBatch.run {
+            for (completion, results) in batches { completion(results) }
+        }
         waiters.removeAll(keepingCapacity: true)
         batches.removeAll(keepingCapacity: true)
     }

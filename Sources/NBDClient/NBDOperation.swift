@@ -45,6 +45,11 @@ public enum NBDOperation {
         }
     }
 
+    /// Payload bytes sent after the request header (a WRITE's data).
+    var inlinePayloadCount: Int {
+        if case .write(_, let buffer, _) = self { buffer.count } else { 0 }
+    }
+
     var flags: CommandFlags {
         var flags: CommandFlags = []
         switch self {

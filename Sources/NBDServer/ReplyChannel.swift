@@ -5,11 +5,12 @@ import Threads
 /// The sending side of one connection: replies go out whole and in the
 /// order `send` was called, and `send` never blocks. A reply is written on
 /// the caller's thread as far as the socket takes it without waiting; what
-/// does not fit is copied to a queue that a flusher thread writes out
+/// does not fit is queued for a flusher thread, which writes it out
 /// (blocking, up to the reply timeout), and replies sent meanwhile queue
 /// behind it. The caller may be the storage connection's reader thread,
 /// which every volume's replies depend on: a consumer that stops reading
-/// must stall only itself.
+/// must stall only itself. Inside a `SendBatch`, small replies are gathered
+/// and leave in one system call when the batch ends.
 final class ReplyChannel: Sendable {
     /// Bytes waiting for the flusher: a copy, or the caller's memory lent
     /// until `release` is called.
@@ -19,6 +20,8 @@ final class ReplyChannel: Sendable {
     }
 
     private struct State {
+        /// Small replies of the current send batch, not yet written.
+        var gathered: [UInt8] = []
         var queue: [Chunk] = []
         var queuedBytes = 0
         /// A flusher thread owns the socket's sending side.
@@ -27,6 +30,10 @@ final class ReplyChannel: Sendable {
         var failed = false
         var sent: UInt64 = 0
     }
+
+    /// Replies up to this size are gathered in a send batch; larger ones
+    /// are worth their own system call.
+    static let gatherLimit = 16 * 1024
 
     private let socket: Socket
     private let logger: Logger
@@ -47,8 +54,53 @@ final class ReplyChannel: Sendable {
     /// go out at once: the caller keeps them valid until `release` is
     /// called (at once if they went out or sending failed).
     func send(_ bytes: UnsafeRawBufferPointer, release: (@Sendable () -> Void)? = nil) {
+        if bytes.count <= Self.gatherLimit, SendBatch.enlist(self, flush: { self.flushGathered() }) {
+            state.withLock { state in
+                guard !state.failed else { return }
+                state.sent += 1
+                state.gathered.append(contentsOf: bytes)
+            }
+            release?()
+            return
+        }
         var failure: SocketError?
-        func queue(_ part: UnsafeRawBufferPointer, in state: inout State) {
+        let (startFlusher, lent) = state.withLock { state -> (Bool, Bool) in
+            guard !state.failed else { return (false, false) }
+            state.sent += 1
+            if !state.gathered.isEmpty {
+                let gathered = state.gathered
+                state.gathered = []
+                _ = gathered.withUnsafeBytes { emit($0, release: nil, in: &state, failure: &failure) }
+            }
+            return emit(bytes, release: release, in: &state, failure: &failure)
+        }
+        if !lent { release?() }
+        if let failure { fail(failure) }
+        if startFlusher { startFlushing() }
+    }
+
+    /// Writes what a send batch gathered.
+    private func flushGathered() {
+        var failure: SocketError?
+        let startFlusher = state.withLock { state -> Bool in
+            guard !state.failed, !state.gathered.isEmpty else { return false }
+            let gathered = state.gathered
+            state.gathered = []
+            return gathered.withUnsafeBytes { emit($0, release: nil, in: &state, failure: &failure).startFlusher }
+        }
+        if let failure { fail(failure) }
+        if startFlusher { startFlushing() }
+    }
+
+    /// Writes `bytes` as far as the socket takes them without waiting, or
+    /// queues them behind a running flusher; with the lock held. Returns
+    /// whether a flusher must start and whether `release` is now owed by
+    /// the queue.
+    private func emit(
+        _ bytes: UnsafeRawBufferPointer, release: (@Sendable () -> Void)?, in state: inout State, failure: inout SocketError?
+    ) -> (startFlusher: Bool, lent: Bool) {
+        guard !state.failed else { return (false, false) }
+        func queue(_ part: UnsafeRawBufferPointer) {
             if let release {
                 state.queue.append(.lent(part, release: release))
             } else {
@@ -56,33 +108,29 @@ final class ReplyChannel: Sendable {
             }
             state.queuedBytes += part.count
         }
-        let (startFlusher, lent) = state.withLock { state -> (Bool, Bool) in
-            guard !state.failed else { return (false, false) }
-            state.sent += 1
-            if state.flushing {
-                queue(bytes, in: &state)
-                return (false, release != nil)
-            }
-            var done = 0
-            do throws(SocketError) {
-                while done < bytes.count {
-                    let count = try socket.writeAvailable(UnsafeRawBufferPointer(rebasing: bytes[done...]))
-                    if count == 0 { break }
-                    done += count
-                }
-            } catch {
-                state.failed = true
-                failure = error
-                return (false, false)
-            }
-            guard done < bytes.count else { return (false, false) }
-            queue(UnsafeRawBufferPointer(rebasing: bytes[done...]), in: &state)
-            state.flushing = true
-            return (true, release != nil)
+        if state.flushing {
+            queue(bytes)
+            return (false, release != nil)
         }
-        if !lent { release?() }
-        if let failure { fail(failure) }
-        guard startFlusher else { return }
+        var done = 0
+        do throws(SocketError) {
+            while done < bytes.count {
+                let count = try socket.writeAvailable(UnsafeRawBufferPointer(rebasing: bytes[done...]))
+                if count == 0 { break }
+                done += count
+            }
+        } catch {
+            state.failed = true
+            failure = error
+            return (false, false)
+        }
+        guard done < bytes.count else { return (false, false) }
+        queue(UnsafeRawBufferPointer(rebasing: bytes[done...]))
+        state.flushing = true
+        return (true, release != nil)
+    }
+
+    private func startFlushing() {
         if tryStartThread(stackSize: stackSize, { self.flush() }) != 0 {
             // No thread to spare: write the rest here.
             flush()
@@ -134,9 +182,15 @@ final class ReplyChannel: Sendable {
         _ = state.wait(until: { $0.queuedBytes <= limit || $0.failed }) { _ in () }
     }
 
+    /// Whether fewer than `limit` bytes are queued (or sending failed).
+    func hasRoom(limit: Int) -> Bool {
+        state.withLock { $0.queuedBytes <= limit || $0.failed }
+    }
+
     /// Waits, at most `timeout` seconds, until every queued reply is written
     /// or sending has failed.
     func drain(timeout: Double) {
+        flushGathered()
         _ = state.wait(until: { !$0.flushing }, timeout: timeout) { _ in () }
     }
 

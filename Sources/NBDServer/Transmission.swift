@@ -93,23 +93,47 @@ final class Transmission: Sendable {
         let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: configuration.readChunkSize, alignment: 64)
         defer { chunk.deallocate() }
         while true {
-            let request: IncomingRequest
-            do throws(NBDProtocolError) {
-                guard let next = try decoder.next() else {
-                    guard read(into: &decoder, chunk) else { return }
-                    continue
+            switch dispatchDecoded(&decoder) {
+            case .stop:
+                return
+            case .readMore:
+                guard read(into: &decoder, chunk) else { return }
+            case .admitAndDispatch(let request):
+                admit(request)
+                dispatch(request)
+            }
+        }
+    }
+
+    private enum Step {
+        case stop
+        case readMore
+        /// No room in the flight for this request without waiting.
+        case admitAndDispatch(IncomingRequest)
+    }
+
+    /// Dispatches every request decodable from what has been read, in one
+    /// send batch, so that the storage requests and inline replies they
+    /// make leave together. Waiting is done outside the batch, whose sends
+    /// would otherwise be held back.
+    private func dispatchDecoded(_ decoder: inout RequestDecoder) -> Step {
+        SendBatch.run {
+            while true {
+                let request: IncomingRequest
+                do throws(NBDProtocolError) {
+                    guard let next = try decoder.next() else { return .readMore }
+                    request = next
+                } catch {
+                    logger.warning("closing: protocol error", metadata: ["error": "\(error)"])
+                    return .stop
                 }
-                request = next
-            } catch {
-                logger.warning("closing: protocol error", metadata: ["error": "\(error)"])
-                return
+                guard request.header.command != .disconnect else {
+                    logger.debug("client sent NBD_CMD_DISC")
+                    return .stop
+                }
+                guard tryAdmit(request) else { return .admitAndDispatch(request) }
+                dispatch(request)
             }
-            guard request.header.command != .disconnect else {
-                logger.debug("client sent NBD_CMD_DISC")
-                return
-            }
-            admit(request)
-            dispatch(request)
         }
     }
 
@@ -144,13 +168,27 @@ final class Transmission: Sendable {
     private func admit(_ request: IncomingRequest) {
         replies.waitForRoom(limit: Self.maxPayloadBytesInFlight)
         let bytes = Self.payloadBytes(request)
-        _ = flight.wait(until: { flight in
-            flight.requests == 0
-                || (flight.requests < Self.maxRequestsInFlight && flight.payloadBytes + bytes <= Self.maxPayloadBytesInFlight)
-        }) { flight in
+        _ = flight.wait(until: { Self.hasRoom(for: bytes, in: $0) }) { flight in
             flight.requests += 1
             flight.payloadBytes += bytes
         }
+    }
+
+    /// `admit` without waiting: false if it would have to.
+    private func tryAdmit(_ request: IncomingRequest) -> Bool {
+        guard replies.hasRoom(limit: Self.maxPayloadBytesInFlight) else { return false }
+        let bytes = Self.payloadBytes(request)
+        return flight.withLock { flight in
+            guard Self.hasRoom(for: bytes, in: flight) else { return false }
+            flight.requests += 1
+            flight.payloadBytes += bytes
+            return true
+        }
+    }
+
+    private static func hasRoom(for bytes: Int, in flight: Flight) -> Bool {
+        flight.requests == 0
+            || (flight.requests < maxRequestsInFlight && flight.payloadBytes + bytes <= maxPayloadBytesInFlight)
     }
 
     /// The memory a request holds while in flight: its WRITE payload or
