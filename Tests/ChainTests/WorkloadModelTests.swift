@@ -7,16 +7,16 @@ import Testing
 /// cryptd as done, and so demanded that a discard acknowledged just before
 /// it had survived the crash (seed 10003232455070033517, round 5).
 @Suite("workload model") struct WorkloadModelTests {
-    /// Block 0 written with 0x5 (qemu-io writes with FUA), discarded, a
-    /// flush, then block 2 written with 0x6.
+    /// Block 0 written with 0x5, discarded, a flush, then block 2 written
+    /// with 0x6.
     static let actions: [PatternWorkload.Action] = [
         .write(blocks: 0..<1, pattern: 0x5), .trim(blocks: 0..<1), .flush, .write(blocks: 2..<3, pattern: 0x6),
     ]
 
-    /// Runs the step on an nbdkit `sh` plugin (16 MiB, native FUA) whose
-    /// flush runs `flush`; returns what the step's reading makes of each
-    /// command, and the model it leaves.
-    private func step(flush: String) throws -> (outcomes: [Bool]?, model: BlockModel, output: String) {
+    /// Runs the step on an nbdkit `sh` plugin (16 MiB) whose flush runs
+    /// `flush`; returns what the step's reading makes of each command and
+    /// of qemu-io's flush on closing, and the model it leaves.
+    private func step(flush: String) throws -> (outcome: PatternWorkload.Outcome?, model: BlockModel, output: String) {
         let scratch = try Scratch()
         defer { scratch.remove() }
         let script = scratch.file("plugin.sh")
@@ -50,32 +50,34 @@ import Testing
             throw ChainError.timedOut(command: qemu.commandLine, seconds: 30, output: qemu.log)
         }
         let output = qemu.log
-        let outcomes = PatternWorkload.outcomes(of: Self.actions, in: output)
+        let outcome = PatternWorkload.outcome(of: Self.actions, in: output)
         var model = BlockModel(blocks: 4)
-        PatternWorkload.record(Self.actions, outcomes: outcomes, into: &model)
-        return (outcomes, model, output)
+        PatternWorkload.record(Self.actions, outcome, into: &model)
+        return (outcome, model, output)
     }
 
     @Test("a flush cut off by the server's death does not count, though qemu-io prints nothing for it")
     func flushCutOff() throws {
         // The plugin kills its nbdkit (its parent) as the flush arrives.
-        let (outcomes, model, output) = try step(flush: "kill -9 $PPID; sleep 5")
-        #expect(outcomes == [true, true, false, false], "\(output)")
+        let (outcome, model, output) = try step(flush: "kill -9 $PPID; sleep 5")
+        #expect(outcome == PatternWorkload.Outcome(commands: [true, true, false, false], flushedOnClose: false), "\(output)")
         #expect(model.allowed(0) == [0x0, 0x5], "the discard was never flushed, block 0 may hold its old data: \(output)")
     }
 
     @Test("a flush answered with an error does not count, though qemu-io prints nothing for it and goes on")
     func flushRefused() throws {
-        let (outcomes, model, output) = try step(flush: "echo 'EIO flush refused' >&2; exit 1")
-        #expect(outcomes == [true, true, false, true], "\(output)")
+        let (outcome, model, output) = try step(flush: "echo 'EIO flush refused' >&2; exit 1")
+        #expect(outcome == PatternWorkload.Outcome(commands: [true, true, false, true], flushedOnClose: false), "\(output)")
+        #expect(model.allowed(2) == [0x0, 0x6], "the write after the refused flush was never flushed: \(output)")
         #expect(model.allowed(0) == [0x0, 0x5], "\(output)")
         #expect(model.latest(2) == 0x6, "\(output)")
     }
 
     @Test("a flush that succeeds counts: the discarded block must read as zeroes")
     func flushDone() throws {
-        let (outcomes, model, output) = try step(flush: "exit 0")
-        #expect(outcomes == [true, true, true, true], "\(output)")
+        let (outcome, model, output) = try step(flush: "exit 0")
+        #expect(outcome == PatternWorkload.Outcome(commands: [true, true, true, true], flushedOnClose: true), "\(output)")
         #expect(model.allowed(0) == [0x0], "\(output)")
+        #expect(model.allowed(2) == [0x6], "qemu-io flushed on closing: \(output)")
     }
 }

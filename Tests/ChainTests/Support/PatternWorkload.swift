@@ -88,6 +88,13 @@ final class PatternWorkload {
         return Step(process: process, actions: actions)
     }
 
+    /// What a step did: which commands succeeded, and whether qemu-io's
+    /// own flush when it closed the volume did.
+    struct Outcome: Equatable {
+        var commands: [Bool]
+        var flushedOnClose: Bool
+    }
+
     /// Which commands of a step succeeded, from qemu-io's output: it runs
     /// every command even after one fails, prints "wrote …" or
     /// "write failed: …" for each write (zeroing included), "discard …" or
@@ -95,8 +102,9 @@ final class PatternWorkload {
     /// whether it succeeds or fails. So a flush counts as done only when the
     /// trace (`QemuIOTrace`) shows a successful reply to a flush request
     /// between the report of the command before it and the report of the
-    /// command after it. Nil when the output does not fit the commands.
-    static func outcomes(of actions: [Action], in output: String) -> [Bool]? {
+    /// command after it (or, for qemu-io's flush on closing, after the last
+    /// report). Nil when the output does not fit the commands.
+    static func outcome(of actions: [Action], in output: String) -> Outcome? {
         var result: [Bool] = []
         // Since the last report: whether a flush request got a successful reply.
         var flushed = false
@@ -128,17 +136,18 @@ final class PatternWorkload {
                 return nil
             }
         }
+        let flushedOnClose = flushed
         settleFlushes()
-        return result.count == actions.count ? result : nil
+        return result.count == actions.count ? Outcome(commands: result, flushedOnClose: flushedOnClose) : nil
     }
 
     /// Tells `model` what a step did, in order: an acknowledged write is
     /// acknowledged, a completed flush covers every write before it, a
     /// failed write may or may not have happened. Without outcomes, every
     /// write counts as maybe-happened and no flush as done.
-    static func record(_ actions: [Action], outcomes: [Bool]?, into model: inout BlockModel) {
+    static func record(_ actions: [Action], _ outcome: Outcome?, into model: inout BlockModel) {
         for (index, action) in actions.enumerated() {
-            let done = outcomes?[index] ?? false
+            let done = outcome?.commands[index] ?? false
             if let (blocks, pattern) = action.effect {
                 model.attempt(blocks, pattern)
                 if done { model.acknowledge(blocks, pattern) }
@@ -146,6 +155,7 @@ final class PatternWorkload {
                 model.flushed()
             }
         }
+        if outcome?.flushedOnClose == true { model.flushed() }
     }
 
     /// Waits (bounded) for a step and tells the model what happened
@@ -162,13 +172,13 @@ final class PatternWorkload {
         unlink(step.process.logPath)
         let messages = QemuIOTrace.withoutTrace(output)
         let opened = !messages.contains("can't open")
-        let outcomes = opened ? Self.outcomes(of: step.actions, in: output) : nil
-        if opened, outcomes == nil { unreadableSteps.append("`\(step.process.commandLine)`: \(output)") }
-        if status == 0, let outcomes, outcomes.contains(false) {
-            unreadableSteps.append("`\(step.process.commandLine)` exited 0, but its trace lacks a reply to a command: \(output)")
+        let outcome = opened ? Self.outcome(of: step.actions, in: output) : nil
+        if opened, outcome == nil { unreadableSteps.append("`\(step.process.commandLine)`: \(output)") }
+        if status == 0, let outcome, outcome.commands.contains(false) {
+            unreadableSteps.append("`\(step.process.commandLine)` exited 0, but its trace lacks a reply to a flush: \(output)")
         }
-        Self.record(step.actions, outcomes: outcomes, into: &model)
-        let succeeded = status == 0 && outcomes?.allSatisfy { $0 } == true && qemuIOSucceeded(status, messages)
+        Self.record(step.actions, outcome, into: &model)
+        let succeeded = status == 0 && outcome?.commands.allSatisfy { $0 } == true && qemuIOSucceeded(status, messages)
         if succeeded { stepSeconds.append(Date().timeIntervalSince(step.process.started)) }
         return (succeeded, "status \(status): \(lastPart(messages, limit: 600))")
     }
