@@ -8,9 +8,18 @@ func qemuIO(_ uri: String, _ commands: [String], timeout: Double = 60) throws ->
 }
 
 /// Launches qemu-io without waiting for it: the crash tests kill a daemon
-/// while it runs.
+/// while it runs. Write-back caching: writes go without FUA, as a guest's
+/// do, so only a flush makes them durable (qemu-io's default,
+/// write-through, sets FUA on every write). qemu-io prints nothing for a
+/// `flush`, whether it succeeds or fails, so it also traces its NBD
+/// requests and the replies to them (`QemuIOTrace`), its output
+/// line-buffered (stdbuf) so that the trace falls in order between the
+/// commands' reports.
 func launchQemuIO(_ uri: String, _ commands: [String], logPath: String) throws -> Spawned {
-    try Spawned(["qemu-io", "-f", "raw", "--discard=unmap"] + commands.flatMap { ["-c", $0] } + [uri], logPath: logPath)
+    let tracing = QemuIOTrace.events.flatMap { ["--trace", $0] }
+    return try Spawned(
+        ["stdbuf", "-oL", try Tools.path(of: "qemu-io")] + tracing + ["-f", "raw", "--cache=writeback", "--discard=unmap"] + commands.flatMap { ["-c", $0] } + [uri],
+        logPath: logPath)
 }
 
 /// Whether a finished qemu-io run had every command succeed.

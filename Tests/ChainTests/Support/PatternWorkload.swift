@@ -88,44 +88,78 @@ final class PatternWorkload {
         return Step(process: process, actions: actions)
     }
 
+    /// What a step did: which commands succeeded, and whether qemu-io's
+    /// own flush when it closed the volume did.
+    struct Outcome: Equatable {
+        var commands: [Bool]
+        var flushedOnClose: Bool
+    }
+
     /// Which commands of a step succeeded, from qemu-io's output: it runs
     /// every command even after one fails, prints "wrote …" or
     /// "write failed: …" for each write (zeroing included), "discard …" or
-    /// "discard failed: …" for each discard, and for a flush only
-    /// "flush failed: …". Nil when the output does not fit the commands.
-    static func outcomes(of actions: [Action], in output: String) -> [Bool]? {
-        var reports = output.split(separator: "\n").filter {
-            $0.hasPrefix("wrote ") || $0.hasPrefix("discard ") || $0.contains(" failed: ")
-        }[...]
+    /// "discard failed: …" for each discard, and nothing for a flush,
+    /// whether it succeeds or fails. So a flush counts as done only when the
+    /// trace (`QemuIOTrace`) shows a successful reply to a flush request
+    /// between the report of the command before it and the report of the
+    /// command after it (or, for qemu-io's flush on closing, after the last
+    /// report). Nil when the output does not fit the commands.
+    static func outcome(of actions: [Action], in output: String) -> Outcome? {
         var result: [Bool] = []
-        for action in actions {
-            switch action {
-            case .write, .zero, .trim:
-                let (done, failed) = if case .trim = action { ("discard ", "discard failed: ") } else { ("wrote ", "write failed: ") }
-                guard let report = reports.popFirst() else { return nil }
-                if report.hasPrefix(failed) {
-                    result.append(false)
-                } else if report.hasPrefix(done) {
-                    result.append(true)
-                } else {
-                    return nil
+        // Since the last report: whether a flush request got a successful reply.
+        var flushed = false
+        var awaitedFlush: String?
+        func settleFlushes() {
+            while result.count < actions.count, case .flush = actions[result.count] { result.append(flushed) }
+            flushed = false
+        }
+        for line in output.split(separator: "\n") {
+            if let event = QemuIOTrace.parse(line) {
+                switch event {
+                case .request(let type, let handle):
+                    awaitedFlush = type == "flush" ? handle : nil
+                case .reply(let handle, let succeeded):
+                    if handle == awaitedFlush, succeeded { flushed = true }
+                    awaitedFlush = nil
                 }
-            case .flush:
-                if reports.first?.hasPrefix("flush failed: ") == true {
-                    reports.removeFirst()
-                    result.append(false)
-                } else {
-                    result.append(true)
-                }
+                continue
+            }
+            guard line.hasPrefix("wrote ") || line.hasPrefix("discard ") || line.contains(" failed: ") else { continue }
+            settleFlushes()
+            guard result.count < actions.count else { return nil }
+            let (done, failed) = if case .trim = actions[result.count] { ("discard ", "discard failed: ") } else { ("wrote ", "write failed: ") }
+            if line.hasPrefix(failed) {
+                result.append(false)
+            } else if line.hasPrefix(done) {
+                result.append(true)
+            } else {
+                return nil
             }
         }
-        return reports.isEmpty ? result : nil
+        let flushedOnClose = flushed
+        settleFlushes()
+        return result.count == actions.count ? Outcome(commands: result, flushedOnClose: flushedOnClose) : nil
     }
 
-    /// Waits (bounded) for a step and tells the model what happened, in
-    /// order: an acknowledged write is acknowledged, a completed flush
-    /// covers every write before it. A failed write may or may not have
-    /// happened. If qemu-io could not open the volume, or its output does
+    /// Tells `model` what a step did, in order: an acknowledged write is
+    /// acknowledged, a completed flush covers every write before it, a
+    /// failed write may or may not have happened. Without outcomes, every
+    /// write counts as maybe-happened and no flush as done.
+    static func record(_ actions: [Action], _ outcome: Outcome?, into model: inout BlockModel) {
+        for (index, action) in actions.enumerated() {
+            let done = outcome?.commands[index] ?? false
+            if let (blocks, pattern) = action.effect {
+                model.attempt(blocks, pattern)
+                if done { model.acknowledge(blocks, pattern) }
+            } else if done {
+                model.flushed()
+            }
+        }
+        if outcome?.flushedOnClose == true { model.flushed() }
+    }
+
+    /// Waits (bounded) for a step and tells the model what happened
+    /// (`record`). If qemu-io could not open the volume, or its output does
     /// not fit, every write counts as maybe-happened and no flush as done.
     /// Returns whether every command succeeded, and the output.
     @discardableResult
@@ -136,21 +170,17 @@ final class PatternWorkload {
         }
         let output = step.process.log
         unlink(step.process.logPath)
-        let opened = !output.contains("can't open")
-        let outcomes = opened ? Self.outcomes(of: step.actions, in: output) : nil
-        if opened, outcomes == nil { unreadableSteps.append("`\(step.process.commandLine)`: \(output)") }
-        for (index, action) in step.actions.enumerated() {
-            let done = outcomes?[index] ?? false
-            if let (blocks, pattern) = action.effect {
-                model.attempt(blocks, pattern)
-                if done { model.acknowledge(blocks, pattern) }
-            } else if done {
-                model.flushed()
-            }
+        let messages = QemuIOTrace.withoutTrace(output)
+        let opened = !messages.contains("can't open")
+        let outcome = opened ? Self.outcome(of: step.actions, in: output) : nil
+        if opened, outcome == nil { unreadableSteps.append("`\(step.process.commandLine)`: \(output)") }
+        if status == 0, let outcome, outcome.commands.contains(false) {
+            unreadableSteps.append("`\(step.process.commandLine)` exited 0, but its trace lacks a reply to a flush: \(output)")
         }
-        let succeeded = status == 0 && outcomes?.allSatisfy { $0 } == true && qemuIOSucceeded(status, output)
+        Self.record(step.actions, outcome, into: &model)
+        let succeeded = status == 0 && outcome?.commands.allSatisfy { $0 } == true && qemuIOSucceeded(status, messages)
         if succeeded { stepSeconds.append(Date().timeIntervalSince(step.process.started)) }
-        return (succeeded, "status \(status): \(lastPart(output, limit: 600))")
+        return (succeeded, "status \(status): \(lastPart(messages, limit: 600))")
     }
 
     /// Records a write made outside the steps, not covered by any flush yet:

@@ -9,7 +9,7 @@ enum Tools {
         "nbdinfo": "libnbd-bin", "nbdcopy": "libnbd-bin",
         "nbdfuse": "nbdfuse", "fusermount3": "fuse3", "fio": "fio",
         "mkfs.ext4": "e2fsprogs", "fsck.ext4": "e2fsprogs",
-        "mount": "mount", "umount": "mount",
+        "mount": "mount", "umount": "mount", "stdbuf": "coreutils", "nbdkit": "nbdkit",
     ]
 
     /// The absolute path of `name`, searched in PATH and the sbin folders.
