@@ -7,8 +7,10 @@ import Threads
 
 /// Tunables of an open pool.
 public struct PoolConfiguration: Sendable {
-    /// Log records after which a commit also checkpoints the trees. Bounds
-    /// the in-memory overlay (about 128 bytes per record) and open time.
+    /// Log records after which a commit also checkpoints the trees, and
+    /// uncommitted records at which the commit timer commits at once.
+    /// Bounds the in-memory overlay (about 128 bytes per record), the
+    /// buffers of a commit and a checkpoint, and open time.
     public var checkpointRecords: Int = 65_536
     /// Decoded tree nodes kept in memory (about 6 KiB each).
     public var nodeCacheCapacity: Int = 8192
