@@ -9,6 +9,12 @@ final class CommitTimer: Sendable {
     private struct State {
         var stopping = false
         var running = false
+        /// Set by `commitSoon`: commit now rather than at the interval.
+        var hurried = false
+    }
+
+    private enum Wake {
+        case stop, poll, hurry
     }
 
     /// The pool, weakly: an abandoned pool is not kept alive by its timer.
@@ -43,6 +49,13 @@ final class CommitTimer: Sendable {
         state.update { $0.stopping = true }
     }
 
+    /// Asks for a commit now: the uncommitted records reached their bound,
+    /// so neither they nor the commit that writes them grow with the rate
+    /// of writes over a whole interval.
+    func commitSoon() {
+        state.update { $0.hurried = true }
+    }
+
     /// Stops the thread and waits until it has exited; a commit it is
     /// running is finished first.
     func stop() {
@@ -53,12 +66,19 @@ final class CommitTimer: Sendable {
     /// Polls five times per interval. A pool first seen dirty at a poll may
     /// have become dirty up to one poll earlier, so the commit comes at
     /// most `interval` after the first write (plus the commit's own time).
+    /// A hurried commit comes at once, unless the last commit failed less
+    /// than an interval ago.
     private func run(_ reference: PoolReference) {
         let poll = interval / 5
         var dirtySince: Double?
+        var failedAt: Double?
         while true {
-            let stopping = state.wait(until: { $0.stopping }, timeout: poll) { _ in true } ?? false
-            guard !stopping, let pool = reference.pool else { return }
+            let wake = state.wait(until: { $0.stopping || $0.hurried }, timeout: poll) { state -> Wake in
+                if state.stopping { return .stop }
+                state.hurried = false
+                return .hurry
+            } ?? .poll
+            guard wake != .stop, let pool = reference.pool else { return }
             guard pool.isDirty, !pool.hasFailed else {
                 dirtySince = nil
                 continue
@@ -66,14 +86,17 @@ final class CommitTimer: Sendable {
             let now = monotonicSeconds()
             let since = dirtySince ?? now - poll
             dirtySince = since
-            guard now - since >= interval - poll / 2 else { continue }
+            let hurried = wake == .hurry && (failedAt.map { now - $0 >= interval } ?? true)
+            guard hurried || now - since >= interval - poll / 2 else { continue }
             do throws(PoolError) {
                 try pool.flush()
                 dirtySince = nil
+                failedAt = nil
             } catch {
                 // Tried again a whole interval later, not at every poll.
                 logger.error("timed commit failed: \(error)")
                 dirtySince = now
+                failedAt = now
             }
         }
     }

@@ -10,14 +10,22 @@ public struct PoolConfiguration: Sendable {
     /// Log records after which a commit also checkpoints the trees. Bounds
     /// the in-memory overlay (about 128 bytes per record) and open time.
     public var checkpointRecords: Int = 65_536
+    /// Uncommitted records at which the commit timer commits at once rather
+    /// than at the end of its interval: bounds them, the overlay and the
+    /// buffers of the commit (and checkpoint) that writes them, however fast
+    /// unflushed writes come.
+    public var hurriedCommitRecords: Int = 65_536
     /// Decoded tree nodes kept in memory (about 6 KiB each).
     public var nodeCacheCapacity: Int = 8192
     /// Seconds after which uncommitted changes are committed without a
     /// FLUSH (docs/format.md, section 7); 0 disables the commit timer.
     public var commitInterval: Double = 5
 
-    public init(checkpointRecords: Int = 65_536, nodeCacheCapacity: Int = 8192, commitInterval: Double = 5) {
+    public init(
+        checkpointRecords: Int = 65_536, nodeCacheCapacity: Int = 8192, commitInterval: Double = 5, hurriedCommitRecords: Int = 65_536
+    ) {
         self.checkpointRecords = checkpointRecords
+        self.hurriedCommitRecords = hurriedCommitRecords
         self.nodeCacheCapacity = nodeCacheCapacity
         self.commitInterval = commitInterval
     }

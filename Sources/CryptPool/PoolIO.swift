@@ -43,16 +43,31 @@ extension Pool {
         if let failure { throw .storage(failure) }
     }
 
-    /// Writes sealed blocks, one request per run of consecutive blocks.
+    /// Writes sealed blocks, one request per run of consecutive blocks of
+    /// at most `scatteredRequestBlocks`, gathered in one reused buffer: a
+    /// checkpoint writes tens of thousands of blocks, mostly in one run.
     func writeScattered(_ blocks: [(PhysicalBlock, [UInt8])]) throws(PoolError) {
         let sorted = blocks.sorted { $0.0 < $1.0 }
-        for run in contiguousRuns(sorted.map(\.0)) {
-            var bytes: [UInt8] = []
-            bytes.reserveCapacity(run.count * Self.blockSize)
-            for index in run.start..<(run.start + run.count) { bytes += sorted[index].1 }
-            try writeBlocks(sorted[run.start].0, bytes)
+        let runs = contiguousRuns(sorted.map(\.0))
+        guard let longest = runs.map(\.count).max() else { return }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: min(longest, Self.scatteredRequestBlocks) * Self.blockSize, alignment: 64)
+        defer { buffer.deallocate() }
+        for run in runs {
+            for first in stride(from: run.start, to: run.start + run.count, by: Self.scatteredRequestBlocks) {
+                let end = min(first + Self.scatteredRequestBlocks, run.start + run.count)
+                for index in first..<end {
+                    precondition(sorted[index].1.count == Self.blockSize, "a scattered write of a partial block")
+                    let offset = (index - first) * Self.blockSize
+                    UnsafeMutableRawBufferPointer(rebasing: buffer[offset..<(offset + Self.blockSize)]).copyBytes(from: sorted[index].1)
+                }
+                try writeBlocks(sorted[first].0, from: UnsafeRawBufferPointer(rebasing: buffer[..<((end - first) * Self.blockSize)]))
+            }
         }
     }
+
+    /// Blocks per storage request of `writeScattered` (1 MiB).
+    static let scatteredRequestBlocks = 256
 
     func flushStorage() throws(PoolError) {
         do { try storage.flush() } catch { throw .storage(error) }

@@ -4,7 +4,8 @@ import PoolFormat
 /// sealed blocks in physical order in one buffer, so that each run of
 /// consecutive places goes to storage in one request.
 // SAFETY: filled by the thread that seals, then only read, by whichever
-// thread writes it to storage and maps it; `sealed` is owned and freed here.
+// thread writes it to storage and maps it; `sealed` is owned here and goes
+// back to the buffer cache with the write.
 final class SealedWrite: @unchecked Sendable {
     let blocks: Range<UInt64>
     /// The place of each logical block, in logical order.
@@ -16,6 +17,8 @@ final class SealedWrite: @unchecked Sendable {
     /// The storage session the write was sent in (docs/format.md, section 7).
     let epoch: UInt64
     let sealed: UnsafeMutableRawBufferPointer
+    /// The whole buffer `sealed` starts, perhaps larger.
+    private let buffer: UnsafeMutableRawBufferPointer
     /// Ranges of `order` whose places are consecutive.
     let runs: [Range<Int>]
 
@@ -25,7 +28,9 @@ final class SealedWrite: @unchecked Sendable {
         self.order = order
         self.epoch = epoch
         pointers = [BlockPointer](repeating: .null, count: blocks.count)
-        sealed = .allocate(byteCount: blocks.count * PoolLayout.blockSize, alignment: 64)
+        let byteCount = blocks.count * PoolLayout.blockSize
+        buffer = Self.buffers.take(byteCount)
+        sealed = UnsafeMutableRawBufferPointer(rebasing: buffer[..<byteCount])
         var runs: [Range<Int>] = []
         var first = 0
         while first < order.count {
@@ -37,7 +42,11 @@ final class SealedWrite: @unchecked Sendable {
         self.runs = runs
     }
 
-    deinit { sealed.deallocate() }
+    deinit { Self.buffers.give(buffer) }
+
+    /// Sealed data only (ciphertext): buffers go back without zeroing. The
+    /// bound covers the writes in flight of a few connections.
+    private static let buffers = BufferCache(retainedBytes: 32 << 20, alignment: 64)
 
     func physicalStart(of run: Range<Int>) -> PhysicalBlock { locations[order[run.lowerBound]] }
 

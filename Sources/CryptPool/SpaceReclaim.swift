@@ -7,6 +7,10 @@ extension Pool {
     /// and checkpoint need to write, so that the blocks overwritten since
     /// the last commit can always be reclaimed; nil if that does not fit.
     func allocateData(_ count: Int, in state: inout PoolState) -> [PhysicalBlock]? {
+        // Without a FLUSH only the timer commits; at full write speed the
+        // records, the overlay and the next commit's and checkpoint's
+        // buffers would grow with the data written over a whole interval.
+        if state.pending.count >= configuration.hurriedCommitRecords { commitTimer?.commitSoon() }
         let reserve = metadataReserve(afterRecords: count, in: state)
         let (needed, overflow) = UInt64(count).addingReportingOverflow(reserve)
         guard !overflow, needed <= state.space.freeCount else { return nil }

@@ -60,6 +60,30 @@ import Threads
         #expect(try !durable(device, data))
     }
 
+    /// Uncommitted records reaching `hurriedCommitRecords` are committed at
+    /// once, not an interval later, so that they and the commit's buffers
+    /// stay bounded however fast the writes come.
+    @Test func recordsAtTheBoundAreCommittedAtOnce() throws {
+        let device = try MemoryBlockDevice(size: 16 << 20)
+        let pool = try Pool.format(
+            storage: device, passphrase: passphrase, cost: testCost, anchor: nil,
+            configuration: PoolConfiguration(commitInterval: 3600, hurriedCommitRecords: 100)
+        ).pool
+        try pool.createVolume(name: "v", size: 1 << 20)
+        let generation = pool.generation
+        let volume = try pool.volume(named: "v")
+        let data = randomBytes(100 * 4096, seed: 7)
+        try write(volume, 0, data)
+        // The next write finds 100 records uncommitted and hurries the timer.
+        try write(volume, 100 * 4096, randomBytes(4096, seed: 8))
+        let written = monotonicSeconds()
+        while pool.generation == generation, monotonicSeconds() - written < 10 { Thread.sleep(forTimeInterval: 0.02) }
+        #expect(pool.generation > generation, "nothing committed although the records reached the bound")
+        _ = pool.commits.wait(until: { !$0.running }, timeout: 10) { _ in () }
+        #expect(try durable(device, data))
+        try pool.close()
+    }
+
     @Test func abandonedPoolStopsItsTimer() throws {
         let device = try MemoryBlockDevice(size: 16 << 20)
         var pool: Pool? = try Pool.format(

@@ -18,4 +18,12 @@ ssize_t bulkhead_getrandom(void *buffer, size_t length);
 /// hundreds of megabytes in per-thread arenas. Returns 1 on success.
 int bulkhead_limit_malloc_arenas(int count);
 
+/// mallopt(M_MMAP_THRESHOLD, bytes): allocations of at least `bytes` get
+/// their own mapping, returned to the system when freed. Setting it also
+/// turns off glibc's dynamic threshold, which otherwise rises to the size of
+/// each mapped block freed (up to 32 MiB) and so moves large buffers into
+/// the heap, where small allocations split the freed ones and the heap
+/// grows with every large request. Returns 1 on success.
+int bulkhead_set_mmap_threshold(size_t bytes);
+
 #endif

@@ -1,0 +1,48 @@
+import Testing
+
+@testable import CryptPool
+
+/// The cache of large buffers that keeps sealed-write buffers out of the
+/// malloc heap: reused, and never holding more than its bound.
+@Suite struct BufferCacheTests {
+    @Test func aGivenBackBufferIsReusedForTheSameSize() {
+        let cache = BufferCache(retainedBytes: 4 << 20, alignment: 64)
+        let first = cache.take(1 << 20)
+        #expect(first.count == 1 << 20)
+        cache.give(first)
+        #expect(cache.idle.count == 1)
+        let second = cache.take(1 << 20)
+        #expect(second.baseAddress == first.baseAddress)
+        #expect(cache.idle.count == 0)
+        cache.give(second)
+    }
+
+    @Test func nearbySizesShareAPowerOfTwo() {
+        let cache = BufferCache(retainedBytes: 4 << 20, alignment: 64)
+        let buffer = cache.take(768 << 10)
+        #expect(buffer.count == 1 << 20)
+        cache.give(buffer)
+        #expect(cache.take(600 << 10).baseAddress == buffer.baseAddress)
+    }
+
+    @Test func idleBuffersStayWithinTheBound() {
+        let cache = BufferCache(retainedBytes: 3 << 20, alignment: 64)
+        let buffers = (0..<8).map { _ in cache.take(1 << 20) }
+        for buffer in buffers { cache.give(buffer) }
+        #expect(cache.idle.count == 3)
+        #expect(cache.idle.bytes == 3 << 20)
+        // The newest are kept: the oldest went to make room.
+        #expect(cache.take(1 << 20).baseAddress == buffers[7].baseAddress)
+    }
+
+    @Test func smallAndHugeBuffersAreNotKept() {
+        let cache = BufferCache(retainedBytes: 64 << 20, alignment: 64)
+        let small = cache.take(4096)
+        #expect(small.count == 4096)
+        cache.give(small)
+        let huge = cache.take(BufferCache.largestCached + 1)
+        #expect(huge.count == BufferCache.largestCached + 1)
+        cache.give(huge)
+        #expect(cache.idle.count == 0)
+    }
+}
