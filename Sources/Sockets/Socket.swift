@@ -84,13 +84,18 @@ public final class Socket: Sendable {
 
     /// Sets how long a read or write may block before failing with `.timedOut`; nil waits forever.
     public func setTimeout(seconds: Double?) {
+        setTimeout(SO_RCVTIMEO, seconds: seconds)
+        setTimeout(SO_SNDTIMEO, seconds: seconds)
+    }
+
+    /// Sets SO_RCVTIMEO or SO_SNDTIMEO; nil (zero) waits forever.
+    func setTimeout(_ option: Int32, seconds: Double?) {
         var tv = timeval()
         if let seconds {
             tv.tv_sec = Int(seconds)
             tv.tv_usec = Int((seconds - Double(Int(seconds))) * 1_000_000)
         }
-        _ = setsockopt(fileDescriptor, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        _ = setsockopt(fileDescriptor, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        _ = setsockopt(fileDescriptor, SOL_SOCKET, option, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
     /// The peer's process credentials (SO_PEERCRED), for Unix sockets.
