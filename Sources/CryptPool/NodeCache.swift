@@ -5,10 +5,11 @@ import Threads
 /// pointer (block, session, counter, tag), so a block that is freed and
 /// rewritten never hits an old entry.
 ///
-/// Eviction is CLOCK (second chance): a node used since the hand last
+/// Eviction is CLOCK (second chance): a node used (got) since the hand last
 /// passed it is spared once, so the upper levels, used by every lookup, and
 /// a working set that fits stay cached, while nodes loaded once (a scan, or
-/// the other volumes' trees) go first. With random eviction a volume whose
+/// the other volumes' trees) go first. A node put is not marked used: the
+/// hand has just passed its slot, so it has a whole turn to be used. With random eviction a volume whose
 /// tree fits the cache kept missing after another volume's tree had been
 /// used, and every miss sends a request down the synchronous path.
 final class NodeCache: Sendable {
@@ -52,19 +53,18 @@ final class NodeCache: Sendable {
         entries.withLock { entries in
             if let slot = entries.slots[pointer] {
                 entries.nodes[slot] = node
-                entries.used[slot] = true
             } else if entries.keys.count >= capacity {
                 let slot = entries.victim()
                 entries.slots[entries.keys[slot]] = nil
                 entries.keys[slot] = pointer
                 entries.nodes[slot] = node
-                entries.used[slot] = true
+                entries.used[slot] = false
                 entries.slots[pointer] = slot
             } else {
                 entries.slots[pointer] = entries.keys.count
                 entries.keys.append(pointer)
                 entries.nodes.append(node)
-                entries.used.append(true)
+                entries.used.append(false)
             }
         }
     }
