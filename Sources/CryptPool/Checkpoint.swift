@@ -175,6 +175,8 @@ extension Pool {
                     node.encoded(), kind: tree.kind, object: tree.object, level: level, firstIndex: firstIndex, at: block,
                     generation: generation)
                 writes.append((block, sealed.ciphertext))
+                // The node this block held is overwritten: drop it from the cache.
+                if let replaced = image.nodePointers[level - 1][index] { nodeCache.remove(replaced) }
                 image.nodes[level - 1][index] = node
                 image.nodePointers[level - 1][index] = sealed.pointer
                 nodeCache.put(sealed.pointer, node)

@@ -185,7 +185,10 @@ extension Pool {
                 // The whole subtree is cleared: release it without rewriting.
                 try walk(
                     old, tree: tree, level: level - 1, firstIndex: childFirst,
-                    nodes: { pointer, _, _ in releases.append(pointer.block) },
+                    nodes: { pointer, _, _ in
+                        releases.append(pointer.block)
+                        nodeCache.remove(pointer)
+                    },
                     units: { _, unit in releases.append(unit.block) })
                 node.children[slot] = .null
             } else {
@@ -194,7 +197,12 @@ extension Pool {
                     writes: &writes, releases: &releases, allocated: &allocated)
             }
         }
-        if !pointer.isNull { releases.append(pointer.block) }
+        if !pointer.isNull {
+            releases.append(pointer.block)
+            // Replaced: no tree will name it again, so it would only take
+            // the place of a node still in use.
+            nodeCache.remove(pointer)
+        }
         if node.isEmpty { return .null }
         guard let block = state.withLock({ $0.space.allocate(1) })?.first else { throw .noSpace }
         allocated.append(block)
@@ -205,43 +213,4 @@ extension Pool {
         nodeCache.put(sealed.pointer, node)
         return sealed.pointer
     }
-}
-
-/// Authenticated, decoded tree nodes, bounded in count (random eviction).
-/// Keyed by the whole pointer (block, session, counter, tag), so a block
-/// that is freed and rewritten never hits an old entry.
-final class NodeCache: Sendable {
-    private struct Entries {
-        var nodes: [BlockPointer: (node: TreeNode, slot: Int)] = [:]
-        /// Every key, so that a random victim costs O(1): picking a random
-        /// element of a dictionary walks it.
-        var keys: [BlockPointer] = []
-    }
-
-    private let entries = Guarded(Entries())
-    let capacity: Int
-
-    init(capacity: Int) { self.capacity = max(capacity, 16) }
-
-    func get(_ pointer: BlockPointer) -> TreeNode? {
-        entries.withLock { $0.nodes[pointer]?.node }
-    }
-
-    func put(_ pointer: BlockPointer, _ node: TreeNode) {
-        entries.withLock { entries in
-            if let slot = entries.nodes[pointer]?.slot {
-                entries.nodes[pointer] = (node, slot)
-            } else if entries.keys.count >= capacity {
-                let slot = Int.random(in: 0..<entries.keys.count)
-                entries.nodes[entries.keys[slot]] = nil
-                entries.keys[slot] = pointer
-                entries.nodes[pointer] = (node, slot)
-            } else {
-                entries.nodes[pointer] = (node, entries.keys.count)
-                entries.keys.append(pointer)
-            }
-        }
-    }
-
-    var count: Int { entries.withLock { $0.keys.count } }
 }

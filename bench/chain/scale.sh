@@ -5,6 +5,7 @@
 #   bench/chain/scale.sh [--reps 3] [--runtime 5] [--small 1G] [--big 256G]
 #                        [--multi 8] [--multi-size 256M] [--pool-size auto]
 #                        [--dir /dev/shm] [--cryptd-args ARGS] [--out FILE]
+#                        [--cells 'size-*,qd1-*'] [--profile DIR]
 #
 # One pool on a sparse image in --dir, served by one bulkhead-storaged and
 # one bulkhead-cryptd (all volumes). Volumes:
@@ -34,6 +35,12 @@
 #       one NBD connection per volume, each at the workload's queue depth;
 #       figures are the sum over the volumes, fio --group_reporting).
 #   qdQ-W  randread4k and randwrite4k on small at QD1, QD8 and QD32.
+# --cells runs only the cells matching one of the comma-separated shell
+# patterns (e.g. 'size-*' for table E; with no vol* cell, --multi defaults
+# to 0 so m0..m7 are neither created nor filled). --profile DIR records
+# cryptd with perf (frame pointers) during each cell's fio run and writes
+# DIR/<cell>-<rep>.perf.data and DIR/<cell>-<rep>.self.txt (self time by
+# symbol, demangled).
 # Output lines (stdout and --out):
 #   SCALE <cell> <rep> <metric> <value>   metrics: iops MBps lat_mean_us
 #     lat_p99_us crypt_cpu_us_per_io srv_cpu_us_per_io (cryptd + storaged
@@ -45,7 +52,8 @@ repo=$(cd "$here/../.." && pwd)
 export BH_BIN="${BH_BIN:-$repo/.build/release}"
 . "$here/lib.sh"
 
-REPS=3; RUNTIME=5; SMALL=1G; BIG=256G; MULTI=8; MSIZE=256M; POOL=auto; DIR=/dev/shm; CARGS=""; OUT=""
+REPS=3; RUNTIME=5; SMALL=1G; BIG=256G; MULTI=""; MSIZE=256M; POOL=auto; DIR=/dev/shm; CARGS=""; OUT=""
+CELLPATS="*"; PROFILE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) REPS=$2; shift 2;;
@@ -58,10 +66,27 @@ while [ $# -gt 0 ]; do
     --dir) DIR=$2; shift 2;;
     --cryptd-args) CARGS=$2; shift 2;;
     --out) OUT=$2; shift 2;;
+    --cells) CELLPATS=$2; shift 2;;
+    --profile) PROFILE=$2; shift 2;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0;;
     *) echo "scale.sh: unknown option $1" >&2; exit 2;;
   esac
 done
+cell_selected() {  # name -> 0 if it matches one of --cells
+  local p IFS=,
+  for p in $CELLPATS; do
+    # shellcheck disable=SC2254
+    case "$1" in $p) return 0;; esac
+  done
+  return 1
+}
+if [ -z "$MULTI" ]; then
+  MULTI=0
+  for c in vol1 vol8; do for w in randread4k randwrite4k seqread1m seqwrite1m; do
+    if cell_selected "$c-$w"; then MULTI=8; fi
+  done; done
+fi
+[ -z "$PROFILE" ] || { command -v perf >/dev/null || { echo "scale.sh: missing perf" >&2; exit 1; }; mkdir -p "$PROFILE"; }
 for t in fio nbdinfo jq awk; do command -v $t >/dev/null || { echo "scale.sh: missing $t" >&2; exit 1; }; done
 for b in bulkhead bulkhead-storaged bulkhead-cryptd; do
   [ -x "$BH_BIN/$b" ] || { echo "scale.sh: missing $BH_BIN/$b" >&2; exit 1; }
@@ -130,11 +155,15 @@ emit "SCALEMETA cryptd_rss_kib_after_fill $(bh_vmrss "$CP")"
 
 # Random 4 KiB iologs over the chunks of small and big (same random
 # sequence for both; enough requests for 60k IOPS over the runtime).
+# Offsets are printed with %.0f: mawk's %d clamps to 2^31 - 1, which turned
+# every big-volume offset past 2 GiB into the same unaligned one (before
+# 2026-11-29 the size-big 4k cells measured one hot, read-modify-written
+# block pair, not a random spread).
 iolog() {  # volume stride op file
   local n=$((60000 * RUNTIME))
   { printf 'fio version 2 iolog\nnbd add\nnbd open\n'
     awk -v n="$n" -v c="$chunks" -v s="$2" -v op="$3" 'BEGIN { srand(7)
-      for (i = 0; i < n; i++) printf "nbd %s %d 4096\n", op, int(rand() * c) * s + int(rand() * 256) * 4096 }'
+      for (i = 0; i < n; i++) printf "nbd %s %.0f 4096\n", op, int(rand() * c) * s + int(rand() * 256) * 4096 }'
     printf 'nbd close\n'; } > "$4"
 }
 for v in small big; do
@@ -175,17 +204,31 @@ cell_args() {
   esac
 }
 
+ALL=()
+for v in small big; do for w in randread4k randwrite4k seqread1m seqwrite1m; do ALL+=("size-$v-$w"); done; done
+for k in vol1 vol8; do for w in randread4k randwrite4k seqread1m seqwrite1m; do ALL+=("$k-$w"); done; done
+for q in 1 8 32; do for w in randread4k randwrite4k; do ALL+=("qd$q-$w"); done; done
 CELLS=()
-for v in small big; do for w in randread4k randwrite4k seqread1m seqwrite1m; do CELLS+=("size-$v-$w"); done; done
-for k in vol1 vol8; do for w in randread4k randwrite4k seqread1m seqwrite1m; do CELLS+=("$k-$w"); done; done
-for q in 1 8 32; do for w in randread4k randwrite4k; do CELLS+=("qd$q-$w"); done; done
+for c in "${ALL[@]}"; do if cell_selected "$c"; then CELLS+=("$c"); fi; done
+[ ${#CELLS[@]} -gt 0 ] || { echo "scale.sh: --cells '$CELLPATS' selects no cell" >&2; exit 2; }
 
 hz=$(getconf CLK_TCK)
 run_cell() {  # name rep
   local name=$1 rep=$2 f="$W/fio.json" c0 s0 c1 s1 rc=0
   cell_args "$name"
+  local perfpid=""
+  if [ -n "$PROFILE" ]; then
+    perf record -q -g --call-graph fp -p "$CP" -o "$PROFILE/$name-$rep.perf.data" -- sleep "$RUNTIME" \
+      2>"$PROFILE/$name-$rep.perf.err" &
+    perfpid=$!
+  fi
   c0=$(bh_ticks "$CP"); s0=$(bh_ticks "$SP")
   timeout $((RUNTIME + 120)) fio "${ARGS[@]}" --output="$f" >/dev/null 2>>"$W/fio.err" || rc=$?
+  if [ -n "$perfpid" ]; then
+    wait "$perfpid" || true
+    perf report -i "$PROFILE/$name-$rep.perf.data" --no-children --sort sym --stdio -g none --percent-limit 0.3 2>/dev/null \
+      | swift demangle --simplified > "$PROFILE/$name-$rep.self.txt" || true
+  fi
   c1=$(bh_ticks "$CP"); s1=$(bh_ticks "$SP")
   kill -0 "$CP" 2>/dev/null || { echo "scale.sh: cryptd exited (log: $(tail -3 "$W/cryptd.log"))" >&2; exit 1; }
   if [ $rc != 0 ] || [ "$(jq '.jobs[0].error' "$f" 2>/dev/null || echo 1)" != 0 ]; then

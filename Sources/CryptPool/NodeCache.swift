@@ -1,0 +1,90 @@
+import PoolFormat
+import Threads
+
+/// Authenticated, decoded tree nodes, bounded in count. Keyed by the whole
+/// pointer (block, session, counter, tag), so a block that is freed and
+/// rewritten never hits an old entry.
+///
+/// Eviction is CLOCK (second chance): a node used (got) since the hand last
+/// passed it is spared once, so the upper levels, used by every lookup, and
+/// a working set that fits stay cached, while nodes loaded once (a scan, or
+/// the other volumes' trees) go first. A node put is not marked used: the
+/// hand has just passed its slot, so it has a whole turn to be used. With random eviction a volume whose
+/// tree fits the cache kept missing after another volume's tree had been
+/// used, and every miss sends a request down the synchronous path.
+final class NodeCache: Sendable {
+    private struct Entries {
+        var slots: [BlockPointer: Int] = [:]
+        // Parallel arrays indexed by slot.
+        var keys: [BlockPointer] = []
+        var nodes: [TreeNode] = []
+        var used: [Bool] = []
+        var hand = 0
+
+        /// The slot to reuse: the first one from the hand on not used since
+        /// the hand last passed, clearing the marks it passes.
+        mutating func victim() -> Int {
+            while true {
+                if hand >= keys.count { hand = 0 }
+                if !used[hand] {
+                    defer { hand += 1 }
+                    return hand
+                }
+                used[hand] = false
+                hand += 1
+            }
+        }
+    }
+
+    private let entries = Guarded(Entries())
+    let capacity: Int
+
+    init(capacity: Int) { self.capacity = max(capacity, 16) }
+
+    func get(_ pointer: BlockPointer) -> TreeNode? {
+        entries.withLock { entries in
+            guard let slot = entries.slots[pointer] else { return nil }
+            entries.used[slot] = true
+            return entries.nodes[slot]
+        }
+    }
+
+    func put(_ pointer: BlockPointer, _ node: TreeNode) {
+        entries.withLock { entries in
+            if let slot = entries.slots[pointer] {
+                entries.nodes[slot] = node
+            } else if entries.keys.count >= capacity {
+                let slot = entries.victim()
+                entries.slots[entries.keys[slot]] = nil
+                entries.keys[slot] = pointer
+                entries.nodes[slot] = node
+                entries.used[slot] = false
+                entries.slots[pointer] = slot
+            } else {
+                entries.slots[pointer] = entries.keys.count
+                entries.keys.append(pointer)
+                entries.nodes.append(node)
+                entries.used.append(false)
+            }
+        }
+    }
+
+    /// Drops a node no tree names any more (replaced by a checkpoint).
+    func remove(_ pointer: BlockPointer) {
+        entries.withLock { entries in
+            guard let slot = entries.slots.removeValue(forKey: pointer) else { return }
+            let last = entries.keys.count - 1
+            if slot != last {
+                entries.keys[slot] = entries.keys[last]
+                entries.nodes[slot] = entries.nodes[last]
+                entries.used[slot] = entries.used[last]
+                entries.slots[entries.keys[slot]] = slot
+            }
+            entries.keys.removeLast()
+            entries.nodes.removeLast()
+            entries.used.removeLast()
+        }
+    }
+
+    var count: Int { entries.withLock { $0.keys.count } }
+}
