@@ -79,7 +79,10 @@ import Toolstack
             executable: fio,
             argv: [
                 fio, "--name=verify", "--ioengine=nbd", "--uri=\(fixture.uri("vm1"))", "--rw=randwrite", "--bs=4k",
-                "--size=64M", "--iodepth=8", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0", "--output-format=normal",
+                // Several passes, each written then verified, so the workload
+                // outlasts a few kills however fast the chain is.
+                "--size=64M", "--loops=4", "--iodepth=8", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0",
+                "--output-format=normal",
             ], outputPath: log)
         defer {
             if ProcessLaunch.reap(job) == nil {
