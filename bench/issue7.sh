@@ -108,36 +108,38 @@ meta "cache node cache ${nodes:-?} nodes of 4 KiB ($(( ${nodes:-0} * 4 / 1024 ))
 t_start=$(date +%s)
 
 has() { [[ ",$parts," == *",$1,"* ]]; }
+# A failed part is noted and the others still report.
+failed() { meta "part $1 failed"; echo "issue7.sh: part $1 failed; its table is left out" >&2; }
 
 if has peers; then
   mkdir -p "$W/samples"
   if [ "$quick" = 1 ]; then popts=(--quick --runtime 2 --no-baselines); else popts=(--reps 5 --runtime 4 --ramp 1 --base-reps 1); fi
   pc=(); [ -n "$cargs" ] && pc=(--cryptd-args "$cargs")
   BH_SAMPLE_DIR="$W/samples" run_part bash "$repo/bench/chain.sh" --no-build "${pc[@]}" --size 1G --img-dir "$dir" \
-    --workdir "$W/peers-work" --outdir "$W/peers" "${popts[@]}" >/dev/null
-  cat "$W/peers/results.txt" >> "$raw"
-  python3 "$repo/bench/chain/issue7-report.py" crypt "$W/peers" "$W/samples" >> "$raw"
+    --workdir "$W/peers-work" --outdir "$W/peers" "${popts[@]}" >/dev/null || failed peers
+  cat "$W/peers/results.txt" >> "$raw" 2>/dev/null || true
+  python3 "$repo/bench/chain/issue7-report.py" crypt "$W/peers" "$W/samples" >> "$raw" || true
 fi
 
 if has wa; then
   size=1G; [ "$quick" = 1 ] && size=256M
   # wa.sh: fresh pool per case, exact byte counts from the storage process
-  run_part bash "$repo/bench/wa.sh" wa --no-build --size "$size" --cases r4k_16k,s1m_end,s1m_f64 --dir "$dir" --out "$W/wa.txt" >/dev/null
-  cat "$W/wa.txt" >> "$raw"
+  run_part bash "$repo/bench/wa.sh" wa --no-build --size "$size" --cases r4k_16k,s1m_end,s1m_f64 --dir "$dir" --out "$W/wa.txt" >/dev/null || failed wa
+  cat "$W/wa.txt" >> "$raw" 2>/dev/null || true
 fi
 
 if has mem; then
   rt=30; [ "$quick" = 1 ] && rt=8
   records=default
   if [[ $cargs =~ --checkpoint-records[=\ ]([0-9]+) ]]; then records=${BASH_REMATCH[1]}; fi
-  run_part bash "$repo/bench/wa.sh" mem --no-build --vsize 256G --runtime "$rt" --records "$records" --dir "$dir" --out "$W/mem.txt" >/dev/null
-  cat "$W/mem.txt" >> "$raw"
+  run_part bash "$repo/bench/wa.sh" mem --no-build --vsize 256G --runtime "$rt" --records "$records" --dir "$dir" --out "$W/mem.txt" >/dev/null || failed mem
+  cat "$W/mem.txt" >> "$raw" 2>/dev/null || true
 fi
 
 if has scale; then
   if [ "$quick" = 1 ]; then sopts=(--reps 1 --runtime 2); else sopts=(--reps 3 --runtime 5); fi
-  run_part bash "$repo/bench/chain/scale.sh" "${sopts[@]}" --dir "$dir" --cryptd-args "$cargs" --out "$W/scale.txt" >/dev/null
-  cat "$W/scale.txt" >> "$raw"
+  run_part bash "$repo/bench/chain/scale.sh" "${sopts[@]}" --dir "$dir" --cryptd-args "$cargs" --out "$W/scale.txt" >/dev/null || failed scale
+  cat "$W/scale.txt" >> "$raw" 2>/dev/null || true
 fi
 
 meta "elapsed_s $(( $(date +%s) - t_start )) loadavg_end $(cut -d' ' -f1-3 /proc/loadavg | tr ' ' ,)"

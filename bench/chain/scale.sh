@@ -73,8 +73,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 cell_selected() {  # name -> 0 if it matches one of --cells
-  local p IFS=,
-  for p in $CELLPATS; do
+  local p pats
+  # Split without pathname expansion: a pattern such as '*' must not match files.
+  IFS=, read -r -a pats <<<"$CELLPATS"
+  for p in "${pats[@]}"; do
     # shellcheck disable=SC2254
     case "$1" in $p) return 0;; esac
   done
