@@ -1,8 +1,9 @@
-/// A regular file read and written through the page cache runs requests on
-/// the server's connection thread. A block device or O_DIRECT file may wait
-/// for the disk: those requests go to worker threads, so one slow request
-/// does not hold up the ones behind it. `threaded` asks for worker threads
-/// for a regular file too (an image on a slow disk, mostly not cached).
+/// A regular file read and written through the page cache can run requests
+/// on the server's connection thread: a page-cache copy costs less than a
+/// thread hand-off. Only when opened with `threaded: false` (storaged's
+/// experimental `--inline`); by default, and always for a block device or
+/// an O_DIRECT file, which may wait for the disk, requests go to worker
+/// threads, so one slow request does not hold up the ones behind it.
 extension FileBlockDevice: InlineBlockDevice {
     public var runsInline: Bool { !isBlockDevice && !isDirect && !threaded }
 }

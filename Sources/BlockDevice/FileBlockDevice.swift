@@ -33,8 +33,9 @@ public final class FileBlockDevice: BlockDevice {
 
     /// Opens `path` (a regular file or a block device) read-write, or
     /// read-only with `readOnly`; `direct` bypasses the page cache (O_DIRECT);
-    /// `threaded` keeps a regular file's requests off the caller's thread.
-    public init(path: String, readOnly: Bool = false, direct: Bool = false, threaded: Bool = false) throws(BlockDeviceError) {
+    /// `threaded` (the default) keeps a regular file's requests off the
+    /// caller's thread; false runs them inline (FileBlockDevice+Inline.swift).
+    public init(path: String, readOnly: Bool = false, direct: Bool = false, threaded: Bool = true) throws(BlockDeviceError) {
         var flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
         if direct { flags |= LinuxSystem.oDirect }
         let fd = open(path, flags)

@@ -53,11 +53,11 @@ struct Storaged: ParsableCommand {
     var direct = false
 
     @Flag(
-        name: .customLong("threaded"),
+        name: .customLong("inline"),
         help: ArgumentHelp(
-            "Serve image files from worker threads. By default a regular file's reads and writes run on the connection's thread, which is fastest while the file is in the page cache; choose this for images on slow disks, so one cache miss does not hold up the requests behind it. Block devices and --direct always use worker threads."
+            "Run an image file's reads and writes on the connection's own thread instead of worker threads (experimental: a hang under heavily fragmented reads is known, docs/architecture.md). Block devices and --direct always use worker threads."
         ))
-    var threaded = false
+    var inline = false
 
     @Option(
         name: .customLong("log-level"),
@@ -148,7 +148,7 @@ struct Storaged: ParsableCommand {
         for specification in specifications {
             do throws(BlockDeviceError) {
                 let device = try FileBlockDevice(
-                    path: specification.path, readOnly: specification.readOnly, direct: direct, threaded: threaded)
+                    path: specification.path, readOnly: specification.readOnly, direct: direct, threaded: !inline)
                 exports.append(NBDExport(name: specification.name, device: device, readOnly: specification.readOnly))
             } catch {
                 let reason: String
