@@ -67,12 +67,19 @@ final class ReplyChannel: Sendable {
         let (startFlusher, lent) = state.withLock { state -> (Bool, Bool) in
             guard !state.failed else { return (false, false) }
             state.sent += 1
+            // The gathered replies go first. If they fill the socket, their
+            // remainder is queued and the flusher they start carries this
+            // reply too: its own emit only queues behind them.
+            var gatheredStartFlusher = false
             if !state.gathered.isEmpty {
                 let gathered = state.gathered
                 state.gathered = []
-                _ = gathered.withUnsafeBytes { emit($0, release: nil, in: &state, failure: &failure) }
+                gatheredStartFlusher = gathered.withUnsafeBytes {
+                    emit($0, release: nil, in: &state, failure: &failure).startFlusher
+                }
             }
-            return emit(bytes, release: release, in: &state, failure: &failure)
+            let (startFlusher, lent) = emit(bytes, release: release, in: &state, failure: &failure)
+            return (startFlusher || gatheredStartFlusher, lent)
         }
         if !lent { release?() }
         if let failure { fail(failure) }

@@ -81,6 +81,37 @@ struct TransmissionTests {
         #expect(expected.isEmpty)
     }
 
+    /// Regression: small replies of one chunk are gathered; a large reply
+    /// in the same chunk sends them first. When they overfill the socket
+    /// (the client reads only after sending everything), their remainder
+    /// must start the flusher, or every reply queued behind stays unsent.
+    @Test func largeReplyAfterGatheredRepliesThatFillTheSocket() throws {
+        let device = try MemoryBlockDevice(size: 4 << 20)
+        let fixture = try TestServer(exports: [NBDExport(name: "mem", device: device)])
+        let client = try RawClient(fixture.address, export: "mem")
+        let data = pattern(4 << 20, seed: 9)
+        try client.write(data, at: 0)
+        var batch: [UInt8] = []
+        var expected: [UInt64: [UInt8]] = [:]
+        // About 1.6 MB of 4 KiB replies, far beyond a Unix socket's buffer.
+        for index in 0..<400 {
+            let offset = (index * 4096) % (4 << 20)
+            let read = client.encode(.read, offset: UInt64(offset), length: 4096)
+            batch += read.bytes
+            expected[read.cookie] = Array(data[offset..<(offset + 4096)])
+        }
+        let large = client.encode(.read, offset: 1 << 20, length: 256 << 10)
+        batch += large.bytes
+        expected[large.cookie] = Array(data[(1 << 20)..<((1 << 20) + (256 << 10))])
+        try client.send(batch)
+        for _ in 0..<401 {
+            let completion = try client.nextCompletion()
+            #expect(completion.error == nil)
+            #expect(expected.removeValue(forKey: completion.cookie) == completion.data)
+        }
+        #expect(expected.isEmpty)
+    }
+
     @Test func servesManyConnectionsAtOnce() throws {
         let device = try MemoryBlockDevice(size: 32 * 65536)
         let fixture = try TestServer(exports: [NBDExport(name: "mem", device: device)])
