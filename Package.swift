@@ -27,7 +27,7 @@ let package = Package(
         .target(name: "NBDProtocol", swiftSettings: strict),
         // The `BlockDevice` abstraction every layer implements, and the
         // file/block-device backend.
-        .target(name: "BlockDevice", swiftSettings: strict),
+        .target(name: "BlockDevice", dependencies: ["CSystemShims"], swiftSettings: strict),
         // POSIX sockets: addresses, listeners, connected streams.
         .target(name: "Sockets", swiftSettings: strict),
         // The version string shared by every executable.
@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "PoolFormat", swiftSettings: strict),
         // Key material: locked secret memory, key derivation, block sealing
         // (AES-256-GCM), passphrase KDF, recovery keys, keyslot wrapping.
-        // C shims for Linux calls Swift cannot make directly (prctl, getrandom).
+        // C shims for Linux calls Swift cannot make directly (prctl, getrandom, fstatfs, preadv2).
         .target(name: "CSystemShims"),
         // OpenSSL's libcrypto as a system library: AES-256-GCM with one
         // cipher context per key and thread, reused across blocks.

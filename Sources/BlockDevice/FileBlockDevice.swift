@@ -19,10 +19,14 @@ public final class FileBlockDevice: BlockDevice {
     public let isBlockDevice: Bool
     /// True when opened with O_DIRECT.
     public let isDirect: Bool
-    /// True when every request is to run on a worker thread
+    /// True when every request is to run on a worker thread; false lets a
+    /// server run those the page cache satisfies at once on its own thread
     /// (FileBlockDevice+Inline.swift).
     public let threaded: Bool
     let fd: Int32
+    /// A regular file on tmpfs or ramfs: no request waits for a disk.
+    let inMemoryFileSystem: Bool
+    let nowait = NowaitSupport()
 
     /// Largest piece of an unaligned O_DIRECT transfer bounced at once, and of
     /// the zero buffer written when zeroing must fall back to writes.
@@ -33,8 +37,8 @@ public final class FileBlockDevice: BlockDevice {
 
     /// Opens `path` (a regular file or a block device) read-write, or
     /// read-only with `readOnly`; `direct` bypasses the page cache (O_DIRECT);
-    /// `threaded` (the default) keeps a regular file's requests off the
-    /// caller's thread; false runs them inline (FileBlockDevice+Inline.swift).
+    /// `threaded` (the default) keeps every request off the caller's thread;
+    /// false runs those that need not wait inline (FileBlockDevice+Inline.swift).
     public init(path: String, readOnly: Bool = false, direct: Bool = false, threaded: Bool = true) throws(BlockDeviceError) {
         var flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
         if direct { flags |= LinuxSystem.oDirect }
@@ -57,6 +61,7 @@ public final class FileBlockDevice: BlockDevice {
         self.isDirect = direct
         self.threaded = threaded
         self.isBlockDevice = kind == S_IFBLK
+        self.inMemoryFileSystem = kind == S_IFREG && LinuxSystem.isInMemoryFileSystem(fd)
 
         var capabilities: BlockDeviceCapabilities = [.multiConnConsistent]
         if isBlockDevice {

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import CSystemShims
 
 // System interfaces the C library declares only under _GNU_SOURCE, which
 // Swift's Glibc module does not see: flag values from <fcntl.h> and
@@ -43,6 +44,42 @@ enum LinuxSystem {
             if function(fd, mode, Int64(bitPattern: offset), Int64(bitPattern: length)) == 0 { return 0 }
             if errno != EINTR { return errno }
         }
+    }
+
+    /// RWF_NOWAIT from <linux/fs.h>: fail with EAGAIN rather than wait
+    /// (for a page-cache miss, or write-back).
+    static let rwfNowait: Int32 = 0x08
+
+    /// One positioned read with RWF_* `flags` (preadv2(2)): the byte count,
+    /// or -1 with errno set. EINTR is retried.
+    static func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, flags: Int32) -> Int {
+        while true {
+            let count = bulkhead_pread_flags(fd, buffer.baseAddress, buffer.count, off_t(offset), flags)
+            if count >= 0 || errno != EINTR { return count }
+        }
+    }
+
+    /// One positioned write with RWF_* `flags` (pwritev2(2)), as `read`.
+    static func write(_ fd: Int32, from buffer: UnsafeRawBufferPointer, at offset: UInt64, flags: Int32) -> Int {
+        while true {
+            let count = bulkhead_pwrite_flags(fd, buffer.baseAddress, buffer.count, off_t(offset), flags)
+            if count >= 0 || errno != EINTR { return count }
+        }
+    }
+
+    /// Whether an errno from a RWF_NOWAIT call means the file does not take
+    /// the flag at all (old kernels said EINVAL), rather than "would wait".
+    static func refusesNowait(_ code: Int32) -> Bool {
+        isUnsupported(code) || code == EINVAL
+    }
+
+    /// Whether `fd` lives on a file system kept in memory (tmpfs, ramfs),
+    /// where a read or write never waits for a disk.
+    static func isInMemoryFileSystem(_ fd: Int32) -> Bool {
+        let type = bulkhead_filesystem_type(fd)
+        let tmpfsMagic = 0x0102_1994  // TMPFS_MAGIC, <linux/magic.h>
+        let ramfsMagic = 0x8584_58f6  // RAMFS_MAGIC
+        return type == tmpfsMagic || type == ramfsMagic
     }
 
     /// Whether a fallocate errno means "this mode is not available here"

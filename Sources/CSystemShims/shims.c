@@ -3,6 +3,8 @@
 #include <malloc.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
+#include <sys/uio.h>
+#include <sys/vfs.h>
 
 int bulkhead_set_not_dumpable(void) { return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); }
 
@@ -11,3 +13,19 @@ ssize_t bulkhead_getrandom(void *buffer, size_t length) { return getrandom(buffe
 int bulkhead_limit_malloc_arenas(int count) { return mallopt(M_ARENA_MAX, count); }
 
 int bulkhead_set_mmap_threshold(size_t bytes) { return mallopt(M_MMAP_THRESHOLD, (int)bytes); }
+
+long bulkhead_filesystem_type(int fd) {
+    struct statfs info;
+    if (fstatfs(fd, &info) != 0) return -1;
+    return (long)info.f_type;
+}
+
+ssize_t bulkhead_pread_flags(int fd, void *buffer, size_t length, off_t offset, int flags) {
+    struct iovec vector = {.iov_base = buffer, .iov_len = length};
+    return preadv2(fd, &vector, 1, offset, flags);
+}
+
+ssize_t bulkhead_pwrite_flags(int fd, const void *buffer, size_t length, off_t offset, int flags) {
+    struct iovec vector = {.iov_base = (void *)buffer, .iov_len = length};
+    return pwritev2(fd, &vector, 1, offset, flags);
+}

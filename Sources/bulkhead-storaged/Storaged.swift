@@ -53,11 +53,11 @@ struct Storaged: ParsableCommand {
     var direct = false
 
     @Flag(
-        name: .customLong("inline"),
+        name: .customLong("threaded"),
         help: ArgumentHelp(
-            "Run an image file's reads and writes on the connection's own thread instead of worker threads (experimental: a hang under heavily fragmented reads is known, docs/architecture.md). Block devices and --direct always use worker threads."
+            "Run every read and write on worker threads. By default those the page cache satisfies without waiting (any request on tmpfs) run on the connection's own thread, which costs less than a hand-off."
         ))
-    var inline = false
+    var threaded = false
 
     @Option(
         name: .customLong("log-level"),
@@ -148,7 +148,7 @@ struct Storaged: ParsableCommand {
         for specification in specifications {
             do throws(BlockDeviceError) {
                 let device = try FileBlockDevice(
-                    path: specification.path, readOnly: specification.readOnly, direct: direct, threaded: !inline)
+                    path: specification.path, readOnly: specification.readOnly, direct: direct, threaded: threaded)
                 exports.append(NBDExport(name: specification.name, device: device, readOnly: specification.readOnly))
             } catch {
                 let reason: String

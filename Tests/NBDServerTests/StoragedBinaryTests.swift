@@ -177,9 +177,9 @@ struct StoragedBinaryTests {
         #expect(!log.contains(" error bulkhead-storaged:") && !log.contains(" warning bulkhead-storaged:"))
     }
 
-    /// Requests run on worker threads by default and on the connection's
-    /// thread with --inline: the same bytes either way.
-    @Test(arguments: [[], ["--inline"]])
+    /// Requests the page cache satisfies run on the connection's thread by
+    /// default and on worker threads with --threaded: the same bytes either way.
+    @Test(arguments: [[], ["--threaded"]])
     func servesPipelinedRequestsInlineOrThreaded(extra: [String]) throws {
         let directory = TemporaryDirectory()
         let image = directory.file("disk.img", size: 1 << 20)

@@ -26,4 +26,13 @@ int bulkhead_limit_malloc_arenas(int count);
 /// grows with every large request. Returns 1 on success.
 int bulkhead_set_mmap_threshold(size_t bytes);
 
+/// fstatfs(2)'s f_type (a file system magic number, <linux/magic.h>), or
+/// -1 with errno set.
+long bulkhead_filesystem_type(int fd);
+
+/// preadv2(2) and pwritev2(2) of one buffer with RWF_* `flags`, which
+/// <sys/uio.h> declares only under _GNU_SOURCE. -1 with errno set on error.
+ssize_t bulkhead_pread_flags(int fd, void *buffer, size_t length, off_t offset, int flags);
+ssize_t bulkhead_pwrite_flags(int fd, const void *buffer, size_t length, off_t offset, int flags);
+
 #endif
