@@ -34,6 +34,10 @@ final class ReplyChannel: Sendable {
     /// Replies up to this size are gathered in a send batch; larger ones
     /// are worth their own system call.
     static let gatherLimit = 16 * 1024
+    /// Gathered replies are written once they reach this size, without
+    /// waiting for the batch to end: one request chunk (256 KiB) can hold
+    /// over 9,000 READs, whose replies would otherwise all sit in memory.
+    static let gatherTarget = 256 * 1024
 
     private let socket: Socket
     private let logger: Logger
@@ -55,12 +59,16 @@ final class ReplyChannel: Sendable {
     /// called (at once if they went out or sending failed).
     func send(_ bytes: UnsafeRawBufferPointer, release: (@Sendable () -> Void)? = nil) {
         if bytes.count <= Self.gatherLimit, SendBatch.enlist(self, flush: { self.flushGathered() }) {
-            state.withLock { state in
-                guard !state.failed else { return }
+            let full = state.withLock { state -> Bool in
+                guard !state.failed else { return false }
                 state.sent += 1
                 state.gathered.append(contentsOf: bytes)
+                return state.gathered.count >= Self.gatherTarget
             }
             release?()
+            // A chunk of thousands of small READs must not pile up its
+            // replies in memory until the batch ends.
+            if full { flushGathered() }
             return
         }
         var failure: SocketError?
