@@ -152,7 +152,7 @@ final class CountingDevice: BlockDevice {
 
     func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer, fua: Bool) throws(BlockDeviceError) {
         try inner.write(at: offset, from: buffer, fua: fua)
-        written.add(UInt64(buffer.count), ordering: .acq_rel)
+        written.add(UInt64(buffer.count), ordering: .acquiringAndReleasing)
     }
 
     func flush() throws(BlockDeviceError) { try inner.flush() }
@@ -163,7 +163,7 @@ final class CountingDevice: BlockDevice {
 
     func writeZeroes(at offset: UInt64, length: UInt64, flags: ZeroFlags) throws(BlockDeviceError) {
         try inner.writeZeroes(at: offset, length: length, flags: flags)
-        written.add(length, ordering: .acq_rel)
+        written.add(length, ordering: .acquiringAndReleasing)
     }
 }
 
@@ -186,5 +186,148 @@ final class EpochCounter: TrustAnchor {
 
     func advanceEpoch(pool: [UInt8], to epoch: UInt64) throws(PoolError) {
         value.withLock { $0 = max($0 ?? 0, epoch) }
+    }
+}
+
+/// The checkpoint sends its blocks before its flush and keeps only their
+/// pointers; a storage restart before that flush is caught by opening each
+/// block read back (docs/format.md, section 7, "Storage restarts").
+@Suite struct CheckpointReadBackTests {
+    /// A pool on a write-back device whose checkpoint (over 1,024 blocks, so
+    /// sent in more than one batch) meets a storage restart at its flush.
+    static func checkpointMeetingRestart(losingCache: Bool) throws -> (pool: Pool, device: RestartingDevice, flushed: Result<Void, any Error>) {
+        let device = try RestartingDevice(size: 64 << 20)
+        let records = 1200
+        let configuration = PoolConfiguration(checkpointRecords: records, commitInterval: 0)
+        let pool = try Pool.format(storage: device, passphrase: passphrase, cost: testCost, anchor: nil, configuration: configuration).pool
+        try pool.createVolume(name: "v", size: WriteAmplificationTests.volumeSize)
+        let volume = try pool.volume(named: "v")
+        for index in 0..<records {
+            try write(volume, UInt64(index) * 64 * 4096, randomBytes(4096, seed: UInt64(index)))
+            if index == records - 2 { try volume.flush() }
+        }
+        // The commit flushes twice (log, superblock); the checkpoint's flush is the third.
+        device.restart(atFlush: 3, losingCache: losingCache)
+        let flushed = Result { try volume.flush() }
+        return (pool, device, flushed)
+    }
+
+    static func readsBack(_ pool: Pool, _ records: Int = 1200) throws -> Int {
+        let volume = try pool.volume(named: "v")
+        var correct = 0
+        for index in 0..<records {
+            if try read(volume, UInt64(index) * 64 * 4096, 4096) == randomBytes(4096, seed: UInt64(index)) { correct += 1 }
+        }
+        return correct
+    }
+
+    @Test func lostCheckpointBlocksFailTheCheckpoint() throws {
+        let (pool, device, flushed) = try Self.checkpointMeetingRestart(losingCache: true)
+        #expect((try? flushed.get()) == nil, "the checkpoint's blocks were lost; it must not be committed")
+        #expect(pool.summary().logRecords == 1200, "the log still holds the records")
+        let reopened = try Pool.open(storage: device, secret: .passphrase(passphrase), anchor: nil)
+        #expect(reopened.verify().failures.isEmpty, "an honest restart must not leave integrity errors")
+        #expect(try Self.readsBack(reopened) == 1200)
+        // The running pool checkpoints again at the next FLUSH.
+        try pool.flush()
+        #expect(pool.summary().logRecords == 0)
+        #expect(try Self.readsBack(pool) == 1200)
+    }
+
+    @Test func keptCheckpointBlocksAreReadBackAndCommitted() throws {
+        let (pool, device, flushed) = try Self.checkpointMeetingRestart(losingCache: false)
+        #expect((try? flushed.get()) != nil, "nothing was lost: \(flushed)")
+        #expect(pool.summary().logRecords == 0, "the checkpoint is committed")
+        #expect(device.blocksReadAfterRestart > 1024, "every checkpoint block is read back, \(device.blocksReadAfterRestart) were")
+        let reopened = try Pool.open(storage: device, secret: .passphrase(passphrase), anchor: nil)
+        #expect(reopened.verify().failures.isEmpty)
+        #expect(try Self.readsBack(reopened) == 1200)
+    }
+}
+
+/// A memory device with an honest write-back cache that can restart (a new
+/// session epoch) at a chosen flush, keeping or losing what it cached.
+final class RestartingDevice: BlockDevice {
+    private struct State {
+        var cache: [(offset: UInt64, bytes: [UInt8])] = []
+        var epoch: UInt64 = 0
+        var restartAt: (flushes: Int, losing: Bool)?
+        var readAfterRestart: UInt64 = 0
+        var restarted = false
+    }
+
+    let backing: MemoryBlockDevice
+    private let state = Mutex(State())
+
+    init(size: UInt64) throws {
+        backing = try MemoryBlockDevice(size: size)
+    }
+
+    var size: UInt64 { backing.size }
+    var isReadOnly: Bool { false }
+    var capabilities: BlockDeviceCapabilities { backing.capabilities }
+    var minimumBlockSize: UInt32 { backing.minimumBlockSize }
+    var sessionEpoch: UInt64 { state.withLock { $0.epoch } }
+    var blocksReadAfterRestart: UInt64 { state.withLock { $0.readAfterRestart } }
+
+    /// Restarts at the `flushes`-th flush from now, before serving it.
+    func restart(atFlush flushes: Int, losingCache: Bool) {
+        state.withLock { $0.restartAt = (flushes, losingCache) }
+    }
+
+    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockDeviceError) {
+        try state.withLock { state throws(BlockDeviceError) in
+            try backing.read(at: offset, into: buffer)
+            for entry in state.cache {
+                let start = max(entry.offset, offset)
+                let end = min(entry.offset + UInt64(entry.bytes.count), offset + UInt64(buffer.count))
+                guard start < end else { continue }
+                for index in start..<end { buffer[Int(index - offset)] = entry.bytes[Int(index - entry.offset)] }
+            }
+            if state.restarted { state.readAfterRestart += UInt64(buffer.count / 4096) }
+        }
+    }
+
+    func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer, fua: Bool) throws(BlockDeviceError) {
+        try checkRange(offset, UInt64(buffer.count))
+        let bytes = Array(buffer)
+        if fua {
+            try state.withLock { _ throws(BlockDeviceError) in try backing.write(at: offset, from: buffer, fua: true) }
+        } else {
+            state.withLock { $0.cache.append((offset, bytes)) }
+        }
+    }
+
+    func flush() throws(BlockDeviceError) {
+        try state.withLock { state throws(BlockDeviceError) in
+            if let restart = state.restartAt {
+                if restart.flushes <= 1 {
+                    if restart.losing { state.cache = [] }
+                    state.epoch += 1
+                    state.restartAt = nil
+                    state.restarted = true
+                } else {
+                    state.restartAt = (restart.flushes - 1, restart.losing)
+                }
+            }
+            for entry in state.cache {
+                var failure: BlockDeviceError?
+                entry.bytes.withUnsafeBytes { bytes in
+                    do throws(BlockDeviceError) { try backing.write(at: entry.offset, from: bytes, fua: false) } catch { failure = error }
+                }
+                if let failure { throw failure }
+            }
+            state.cache = []
+        }
+    }
+
+    func trim(at offset: UInt64, length: UInt64, fua: Bool) throws(BlockDeviceError) {
+        try flush()
+        try backing.trim(at: offset, length: length, fua: fua)
+    }
+
+    func writeZeroes(at offset: UInt64, length: UInt64, flags: ZeroFlags) throws(BlockDeviceError) {
+        try flush()
+        try backing.writeZeroes(at: offset, length: length, flags: flags)
     }
 }
