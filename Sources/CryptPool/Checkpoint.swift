@@ -29,7 +29,7 @@ extension Pool {
             return taken
         }
         var releases = releasedEarlier
-        var writes: [(PhysicalBlock, [UInt8])] = []
+        var writes = CheckpointWrites(epoch: storageEpoch)
         // Blocks this checkpoint allocated: released again if it fails
         // before the state switches to it, since nothing then refers to them.
         var allocated: [PhysicalBlock] = []
@@ -81,7 +81,7 @@ extension Pool {
                 let sealed = try sealMetadata(
                     plain, kind: .volumeTable, object: 0, level: 0, firstIndex: UInt64(index), at: locations[index], generation: generation)
                 plain.withUnsafeMutableBytes { zeroize($0) }
-                writes.append((locations[index], sealed.ciphertext))
+                try writes.add(sealed, kind: .volumeTable, object: 0, level: 0, firstIndex: UInt64(index), pool: self)
                 tablePointers.append(sealed.pointer)
             }
             let objectBlock = locations[tableBlocks.count]
@@ -96,12 +96,12 @@ extension Pool {
                 nextVolumeID: nextVolumeID)
             let sealedObject = try sealMetadata(
                 object.encoded(), kind: .poolObject, object: 0, level: 0, firstIndex: 0, at: objectBlock, generation: generation)
-            writes.append((objectBlock, sealedObject.ciphertext))
+            try writes.add(sealedObject, kind: .poolObject, object: 0, level: 0, firstIndex: 0, pool: self)
 
-            let writesEpoch = storageEpoch
-            try writeScattered(writes)
+            try writes.send(through: self)
             try flushStorage(
-                covering: UnflushedWrites(metadata: writes, records: taken, oldestEpoch: min(takenEpoch ?? writesEpoch, writesEpoch)))
+                covering: UnflushedWrites(
+                    sealed: writes.checks, records: taken, oldestEpoch: min(takenEpoch ?? writes.epoch, writes.epoch)))
             unsettledRegion = nil
 
             let superblock = Superblock(
@@ -140,7 +140,7 @@ extension Pool {
     /// Writes the bitmap blocks and tree nodes of `region` that differ from
     /// what the region last held, at their fixed places. Returns the root.
     private func writeSpaceMap(
-        region: Int, excluding: Set<PhysicalBlock>, generation: UInt64, writes: inout [(PhysicalBlock, [UInt8])]
+        region: Int, excluding: Set<PhysicalBlock>, generation: UInt64, writes: inout CheckpointWrites
     ) throws(PoolError) -> BlockPointer {
         var image = state.withLock { $0.regions[region] }
         let space = state.withLock { $0.space }
@@ -152,7 +152,7 @@ extension Pool {
             let sealed = try sealMetadata(
                 content, kind: .spaceMapBitmap, object: UInt32(region), level: 0, firstIndex: UInt64(index), at: block,
                 generation: generation)
-            writes.append((block, sealed.ciphertext))
+            try writes.add(sealed, kind: .spaceMapBitmap, object: UInt32(region), level: 0, firstIndex: UInt64(index), pool: self)
             image.leaves[index] = content
             image.leafPointers[index] = sealed.pointer
             changed.insert(index)
@@ -174,7 +174,7 @@ extension Pool {
                 let sealed = try sealMetadata(
                     node.encoded(), kind: tree.kind, object: tree.object, level: level, firstIndex: firstIndex, at: block,
                     generation: generation)
-                writes.append((block, sealed.ciphertext))
+                try writes.add(sealed, kind: tree.kind, object: tree.object, level: level, firstIndex: firstIndex, pool: self)
                 // The node this block held is overwritten: drop it from the cache.
                 if let replaced = image.nodePointers[level - 1][index] { nodeCache.remove(replaced) }
                 image.nodes[level - 1][index] = node

@@ -19,15 +19,33 @@ extension Pool {
         }
         guard let covering = mine ?? nil else { return }
         defer { commits.update { $0.running = false } }
-        try gate.withShared { () throws(PoolError) in try commit() }
-        let needsCheckpoint = state.withLock { $0.logRecordCount >= UInt64(configuration.checkpointRecords) }
-        if needsCheckpoint { try gate.withExclusive { () throws(PoolError) in try checkpoint() } }
+        try commitThenBoundLog()
         commits.update { $0.completed = max($0.completed, covering) }
     }
 
+    /// Commits everything written so far, as a FLUSH does, and, with
+    /// `newSuperblock`, writes a superblock even if nothing was pending, so
+    /// that the durable state carries the current anchor epoch. Used at
+    /// clean close and to advance the epoch: neither checkpoints unless the
+    /// log reached its bound, since a checkpoint cut short rewrites every
+    /// tree node the log's records dirtied (docs/format.md, section 11).
+    func commitEverything(newSuperblock: Bool) throws(PoolError) {
+        try serialisedCommit { () throws(PoolError) in try commitThenBoundLog(newSuperblock: newSuperblock) }
+    }
+
+    /// A commit, then a checkpoint if the log has reached its bound.
+    /// Callers serialise commits.
+    private func commitThenBoundLog(newSuperblock: Bool = false) throws(PoolError) {
+        try gate.withShared { () throws(PoolError) in try commit(newSuperblock: newSuperblock) }
+        let needsCheckpoint = state.withLock { $0.logRecordCount >= UInt64(configuration.checkpointRecords) }
+        if needsCheckpoint { try gate.withExclusive { () throws(PoolError) in try checkpoint() } }
+    }
+
     /// Appends the records since the last commit to the log and writes the
-    /// next superblock (docs/format.md, section 7). Callers serialise commits.
-    func commit() throws(PoolError) {
+    /// next superblock (docs/format.md, section 7); with nothing pending it
+    /// writes one only if `newSuperblock` (it then names the same
+    /// checkpoint and log as the one before). Callers serialise commits.
+    func commit(newSuperblock: Bool = false) throws(PoolError) {
         try checkUsable()
         let (records, releases, generation, previous, logSequence, recordsEpoch) = state.withLock { state in
             let taken = (
@@ -47,6 +65,7 @@ extension Pool {
             // A superblock whose write failed is written again: until it is
             // durable, neither are the writes it commits.
             if let unsynced = state.withLock({ $0.unsyncedSuperblock }) { try writeSuperblock(unsynced) }
+            if newSuperblock { try writeSuperblock(nextSuperblockOverSameState()) }
             return
         }
         let chunks = stride(from: 0, to: records.count, by: PoolLayout.logRecordsPerBlock).map {
@@ -94,6 +113,17 @@ extension Pool {
         }
         try writeSuperblock(superblock)
         state.withLock { state in for block in releases { state.space.release(block) } }
+    }
+
+    /// Superblock `g+1` naming what superblock `g` names, with the current
+    /// anchor epoch; the state's generation moves to it.
+    private func nextSuperblockOverSameState() -> Superblock {
+        state.withLock { state in
+            state.generation += 1
+            return Superblock(
+                poolID: poolID, generation: state.generation, anchorEpoch: state.anchorEpoch, checkpointRoot: state.poolObject,
+                logHead: state.logHead, logRecordCount: state.logRecordCount, logBlockCount: UInt64(state.logBlocks.count))
+        }
     }
 
     private func restore(_ records: [LogRecord], _ releases: [PhysicalBlock], _ epoch: UInt64?) {

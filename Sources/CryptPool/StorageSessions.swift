@@ -18,6 +18,8 @@ import Synchronization
 struct UnflushedWrites {
     /// Sealed metadata blocks and where they went.
     var metadata: [(PhysicalBlock, [UInt8])] = []
+    /// Sealed metadata blocks no longer held, checked by opening them.
+    var sealed: [SealedMetadata] = []
     /// Records whose data blocks were written.
     var records: [LogRecord] = []
     /// The epoch sampled before the oldest of these writes; nil if none.
@@ -59,7 +61,7 @@ extension Pool {
         let now = storageEpoch
         guard let oldest = writes.oldestEpoch, oldest != now else { return LostWrites() }
         storageLogger.warning(
-            "storage session changed since writes this flush covers (epoch \(oldest) to \(now)): reading back \(writes.metadata.count) metadata and up to \(writes.records.count) data blocks"
+            "storage session changed since writes this flush covers (epoch \(oldest) to \(now)): reading back \(writes.metadata.count + writes.sealed.count) metadata and up to \(writes.records.count) data blocks"
         )
         var lost = LostWrites()
         let metadata = writes.metadata.sorted { $0.0 < $1.0 }
@@ -69,6 +71,24 @@ extension Pool {
                 let offset = (index - run.start) * Self.blockSize
                 if bytes[offset..<(offset + Self.blockSize)].elementsEqual(metadata[index].1) == false {
                     lost.metadata.append(metadata[index].0)
+                }
+            }
+        }
+        let sealed = writes.sealed.sorted { $0.pointer.block < $1.pointer.block }
+        for run in verifyRuns(sealed.map { $0.pointer.block }) {
+            let bytes = try readBlocks(sealed[run.start].pointer.block, count: run.count)
+            for index in run.start..<(run.start + run.count) {
+                let block = sealed[index]
+                let offset = (index - run.start) * Self.blockSize
+                let sealer = state.withLock { metadataSealer(block.pointer.salt, in: &$0) }
+                let ad = AssociatedData.metadata(
+                    pool: poolID, kind: block.kind, object: block.object, level: UInt16(block.level), firstIndex: block.firstIndex,
+                    salt: block.pointer.salt, counter: block.pointer.counter)
+                do {
+                    _ = try sealer.open(
+                        bytes[offset..<(offset + Self.blockSize)], tag: block.pointer.tag, counter: block.pointer.counter, associatedData: ad)
+                } catch {
+                    lost.metadata.append(block.pointer.block)
                 }
             }
         }

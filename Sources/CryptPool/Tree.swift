@@ -164,7 +164,7 @@ extension Pool {
     /// Returns the new pointer for this subtree (null if it became empty).
     func rebuild(
         _ pointer: BlockPointer, tree: TreeIdentity, level: Int, firstIndex: UInt64, changes: TreeChanges,
-        generation: UInt64, writes: inout [(PhysicalBlock, [UInt8])], releases: inout [PhysicalBlock],
+        generation: UInt64, writes: inout CheckpointWrites, releases: inout [PhysicalBlock],
         allocated: inout [PhysicalBlock]
     ) throws(PoolError) -> BlockPointer {
         var node = pointer.isNull ? TreeNode() : try loadNode(pointer, tree: tree, level: level, firstIndex: firstIndex)
@@ -209,7 +209,7 @@ extension Pool {
         let sealed = try sealMetadata(
             node.encoded(), kind: tree.kind, object: tree.object, level: level, firstIndex: firstIndex, at: block,
             generation: generation)
-        writes.append((block, sealed.ciphertext))
+        try writes.add(sealed, kind: tree.kind, object: tree.object, level: level, firstIndex: firstIndex, pool: self)
         nodeCache.put(sealed.pointer, node)
         return sealed.pointer
     }

@@ -90,28 +90,29 @@ extension Pool {
                 throw .rolledBackEpoch(pool: hex(poolID), found: claimed, counter: counter.value, anchor: counter.name)
             }
             state.withLock { $0.anchorEpoch = counter.value }
-            try exclusiveCommit { _, _ in }
+            try commitEverything(newSuperblock: true)
         } else if claimed > counter.value {
             try anchor.advanceEpoch(pool: poolID, to: claimed)
         }
     }
 
     /// Starts the next anchor epoch (at clean close, and at most once per
-    /// interval while serving): commits a checkpoint whose superblock
-    /// carries epoch e+1, then moves the counter to e+1. Every state before
-    /// that checkpoint is from then on refused as rolled back. A crash
-    /// between the two leaves the pool ahead of the counter, which the next
-    /// open accepts and counts. Without an epoch anchor this is a checkpoint.
+    /// interval while serving): commits, writing a superblock that carries
+    /// epoch e+1 even if nothing was pending, then moves the counter to
+    /// e+1. Every state before that superblock is from then on refused as
+    /// rolled back. A crash between the two leaves the pool ahead of the
+    /// counter, which the next open accepts and counts. Without an epoch
+    /// anchor this is a commit.
     public func advanceAnchorEpoch() throws(PoolError) {
         guard let anchor, try anchor.epoch(pool: poolID) != nil else {
-            try exclusiveCommit { _, _ in }
+            try commitEverything(newSuperblock: false)
             return
         }
         let next = state.withLock { state -> UInt64 in
             state.anchorEpoch += 1
             return state.anchorEpoch
         }
-        try exclusiveCommit { _, _ in }
+        try commitEverything(newSuperblock: true)
         try anchor.advanceEpoch(pool: poolID, to: next)
     }
 }

@@ -89,10 +89,11 @@ extension Pool {
 }
 
 extension Pool {
-    /// Stops the commit timer, then commits everything and folds the log
-    /// into the trees, so the next open replays nothing (a clean close).
+    /// Stops the commit timer, then commits everything (a clean close).
+    /// The log stays as it is unless it reached its bound, so the next open
+    /// replays at most `checkpointRecords` records, as after a crash.
     public func close() throws(PoolError) {
         commitTimer?.stop()
-        try exclusiveCommit { _, _ in }
+        try commitEverything(newSuperblock: false)
     }
 }

@@ -241,7 +241,7 @@ struct Cryptd: ParsableCommand {
         controlServer?.stop()
         ticker?.stop()
         servers.stopAll()
-        // A clean close starts a new anchor epoch (a plain checkpoint without a TPM counter).
-        do { try pool.advanceAnchorEpoch() } catch { logger.error("final checkpoint failed: \(error)") }
+        // A clean close starts a new anchor epoch (a plain commit without a TPM counter).
+        do { try pool.advanceAnchorEpoch() } catch { logger.error("final commit failed: \(error)") }
     }
 }

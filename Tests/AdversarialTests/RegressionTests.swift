@@ -126,13 +126,13 @@ import Testing
         // A checkpoint whose superblock write fails...
         try volume.writeBytes(at: 4096, blockContents(seed: 2))
         device.failNext(.write, blocks: Self.superblockBlocks)
-        #expect(throws: PoolError.self) { try pool.close() }
+        #expect(throws: PoolError.self) { try pool.exclusiveCommit { _, _ in } }
         // ...then another one, which writes its space map region and fails
         // at its superblock too (or the machine stops there).
         try volume.writeBytes(at: 8192, blockContents(seed: 3))
         device.failNext(.write, blocks: Self.superblockBlocks)
         device.failNext(.write, blocks: Self.superblockBlocks)
-        #expect(throws: PoolError.self) { try pool.close() }
+        #expect(throws: PoolError.self) { try pool.exclusiveCommit { _, _ in } }
 
         let reopened = Result { try Pool.open(storage: device, secret: .passphrase(testPassphrase), anchor: anchor) }
         #expect(reopened.isSuccess, "honest storage that failed two writes: the pool must open, got \(reopened)")
