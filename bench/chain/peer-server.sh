@@ -36,7 +36,8 @@ if [ ! -e "$RUNDIR/ready" ]; then
   mkdir -p "$state"
 fi
 
-"$BH_BIN/bulkhead-storaged" --listen "unix:$SOCK1" --export "pool=$img" --log-level warning &
+# shellcheck disable=SC2086
+"$BH_BIN/bulkhead-storaged" --listen "unix:$SOCK1" --export "pool=$img" --log-level warning ${BH_STORAGED_ARGS:-} &
 bh_wait_nbd "nbd+unix:///?socket=$SOCK1" 30
 
 if [ ! -e "$RUNDIR/ready" ]; then

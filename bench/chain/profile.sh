@@ -56,7 +56,8 @@ mkdir -p "$W/state" "$W/vols"; bh_keyfile "$W/key"
 truncate -s "$(bh_pool_bytes "$vbytes" 300 256)" "$W/pool.img"
 bh_format "$W/pool.img" "$W/key" "$W/state"
 bh_create "$W/pool.img" "$W/key" "$W/state" v "$vbytes"
-"$BH_BIN/bulkhead-storaged" --listen "unix:$W/st.sock" --export "pool=$W/pool.img" --log-level warning &
+# shellcheck disable=SC2086
+"$BH_BIN/bulkhead-storaged" --listen "unix:$W/st.sock" --export "pool=$W/pool.img" --log-level warning ${BH_STORAGED_ARGS:-} &
 SP=$!; PIDS+=("$SP")
 bh_wait_nbd "nbd+unix:///?socket=$W/st.sock" 30
 "$BH_BIN/bulkhead-cryptd" --storage "nbd:unix:$W/st.sock" --key-file "$W/key" --state-dir "$W/state" \
