@@ -57,7 +57,16 @@ public struct InputBuffer: Sendable {
             storage.removeAll(keepingCapacity: true)
             readIndex = 0
         } else if readIndex >= 64 * 1024 && readIndex * 2 >= storage.count {
-            storage.removeFirst(readIndex)
+            // Moved down in place: `removeFirst` built a new array, which
+            // at this size is a fresh mapping (populated under mlockall)
+            // for every compaction of a stream of small requests.
+            let remaining = storage.count - readIndex
+            let start = readIndex
+            storage.withUnsafeMutableBytes { bytes in
+                // SAFETY: both ranges lie inside `bytes`; copyMemory is a memmove.
+                bytes.baseAddress!.copyMemory(from: bytes.baseAddress! + start, byteCount: remaining)
+            }
+            storage.removeLast(start)
             readIndex = 0
         }
     }
