@@ -18,4 +18,21 @@ import Testing
         #expect(input.takeAll() == Array(first[70_000...]) + second)
         #expect(input.isEmpty)
     }
+
+    @Test func aPayloadTakenWholeDoesNotShareTheBuffer() {
+        var input = InputBuffer()
+        // A large burst first, so the buffer's capacity is large.
+        [UInt8](repeating: 1, count: 256 * 1024).withUnsafeBytes { input.append($0) }
+        _ = input.takeAll()
+        let payload = [UInt8](repeating: 0xA5, count: 4096)
+        payload.withUnsafeBytes { input.append($0) }
+        let taken = input.take(4096)
+        #expect(taken == payload)
+        // Its own small array, not the 256 KiB input buffer.
+        #expect(taken.capacity < 8192)
+        let next = [UInt8](repeating: 0x5A, count: 4096)
+        next.withUnsafeBytes { input.append($0) }
+        #expect(taken == payload)
+        #expect(input.takeAll() == next)
+    }
 }

@@ -36,7 +36,12 @@ public struct InputBuffer: Sendable {
     /// Removes and returns the next `length` bytes.
     public mutating func take(_ length: Int) -> [UInt8] {
         precondition(length >= 0 && length <= count)
-        let bytes = Array(storage[readIndex..<(readIndex + length)])
+        // Copied through a buffer pointer: an array made from a slice that
+        // covers the whole storage shares it, so a payload that arrived
+        // alone kept the (large) input buffer alive and the next append
+        // had to allocate a new one.
+        let start = readIndex
+        let bytes = storage.withUnsafeBufferPointer { Array(UnsafeBufferPointer(rebasing: $0[start..<(start + length)])) }
         readIndex += length
         return bytes
     }
