@@ -4,7 +4,7 @@
 # Run by peers.sh as `setsid bash -c 'exec bash .../peer-server.sh'`, with
 # SOCK, SOCK1, RAW_IMG, SIZE_BYTES and RUNDIR set by peers.sh and BH_BIN,
 # BH_POOL_DIR, BH_POOL_PCT, BH_POOL_EXTRA_MIB (and optionally BH_CRYPTD_ARGS,
-# BH_SAMPLE_DIR)
+# BH_SAMPLE_DIR; BH_STORAGED_ARGS from the environment, e.g. --inline)
 # set by bench/chain.sh.
 #
 # The chain: fio -> $SOCK -> bulkhead-cryptd -> $SOCK1 -> bulkhead-storaged -> pool image.

@@ -14,7 +14,8 @@
 #   LOAD.cryptd-self.txt / LOAD.cryptd-children.txt (cryptd only, % of its samples)
 # Loads: randread4k = 4k random reads; randwrite4k = 4k random writes with a
 # FLUSH every 1000 writes (--fsync=1000); seqread1m, seqwrite1m = 1 MiB
-# sequential reads or writes at QD4.
+# sequential reads or writes at QD4. BH_STORAGED_ARGS (environment) is
+# added to storaged's arguments, e.g. --inline.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
