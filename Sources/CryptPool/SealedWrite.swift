@@ -10,8 +10,10 @@ final class SealedWrite: @unchecked Sendable {
     let blocks: Range<UInt64>
     /// The place of each logical block, in logical order.
     let locations: [PhysicalBlock]
-    /// Logical indexes in physical order.
-    let order: [Int]
+    /// Logical indexes in physical order; nil when that is logical order
+    /// (one block, or places allocated ascending: almost every write), so
+    /// such a write needs no sort and no index array.
+    private let order: [Int]?
     /// Pointers to the sealed blocks, in logical order.
     var pointers: [BlockPointer]
     /// The storage session the write was sent in (docs/format.md, section 7).
@@ -19,23 +21,27 @@ final class SealedWrite: @unchecked Sendable {
     let sealed: UnsafeMutableRawBufferPointer
     /// The whole buffer `sealed` starts, perhaps larger.
     private let buffer: UnsafeMutableRawBufferPointer
-    /// Ranges of `order` whose places are consecutive.
+    /// Ranges of physical positions whose places are consecutive.
     let runs: [Range<Int>]
 
-    init(blocks: Range<UInt64>, locations: [PhysicalBlock], order: [Int], epoch: UInt64) {
+    init(blocks: Range<UInt64>, locations: [PhysicalBlock], epoch: UInt64) {
+        precondition(locations.count == blocks.count)
         self.blocks = blocks
         self.locations = locations
-        self.order = order
         self.epoch = epoch
+        let ascending = zip(locations, locations.dropFirst()).allSatisfy { $0 < $1 }
+        let order = ascending ? nil : locations.indices.sorted { locations[$0] < locations[$1] }
+        self.order = order
         pointers = [BlockPointer](repeating: .null, count: blocks.count)
         let byteCount = blocks.count * PoolLayout.blockSize
         buffer = Self.buffers.take(byteCount)
         sealed = UnsafeMutableRawBufferPointer(rebasing: buffer[..<byteCount])
+        func place(_ position: Int) -> PhysicalBlock { locations[order?[position] ?? position] }
         var runs: [Range<Int>] = []
         var first = 0
-        while first < order.count {
+        while first < locations.count {
             var end = first + 1
-            while end < order.count, locations[order[end]] == locations[order[end - 1]] + 1 { end += 1 }
+            while end < locations.count, place(end) == place(end - 1) + 1 { end += 1 }
             runs.append(first..<end)
             first = end
         }
@@ -45,10 +51,14 @@ final class SealedWrite: @unchecked Sendable {
     deinit { Self.buffers.give(buffer) }
 
     /// Sealed data only (ciphertext): buffers go back without zeroing. The
-    /// bound covers the writes in flight of a few connections.
-    private static let buffers = BufferCache(retainedBytes: 32 << 20, alignment: 64)
+    /// bound covers the writes in flight of a few connections; one-block
+    /// buffers are kept too, so a 4 KiB write takes no malloc for them.
+    private static let buffers = BufferCache(retainedBytes: 32 << 20, alignment: 64, smallest: PoolLayout.blockSize)
 
-    func physicalStart(of run: Range<Int>) -> PhysicalBlock { locations[order[run.lowerBound]] }
+    /// The logical index of the block at physical position `position`.
+    func logicalIndex(at position: Int) -> Int { order?[position] ?? position }
+
+    func physicalStart(of run: Range<Int>) -> PhysicalBlock { locations[logicalIndex(at: run.lowerBound)] }
 
     func bytes(of run: Range<Int>) -> UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(rebasing: sealed[(run.lowerBound * PoolLayout.blockSize)..<(run.upperBound * PoolLayout.blockSize)])

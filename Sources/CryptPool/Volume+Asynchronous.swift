@@ -78,7 +78,8 @@ extension Volume: AsynchronousBlockDevice {
             release()
             return false
         }
-        let countdown = Countdown(sealed.runs.count)
+        // One run (almost every write) needs no countdown.
+        let countdown = sealed.runs.count > 1 ? Countdown(sealed.runs.count) : nil
         let finish: @Sendable (Bool) -> Void = { allDone in
             guard allDone else {
                 self.abandon(sealed)
@@ -97,6 +98,10 @@ extension Volume: AsynchronousBlockDevice {
         for (index, run) in sealed.runs.enumerated() {
             let started = storage.startWrite(at: sealed.physicalStart(of: run) * Self.blockSize, from: sealed.bytes(of: run), fua: false) {
                 outcome in
+                guard let countdown else {
+                    if case .done = outcome { return finish(true) }
+                    return finish(false)
+                }
                 if let allDone = countdown.finish(outcome) { finish(allDone) }
             }
             if !started {
@@ -105,7 +110,7 @@ extension Volume: AsynchronousBlockDevice {
                     release()
                     return false
                 }
-                if let allDone = countdown.finish(.redoSynchronously) { finish(allDone) }
+                if let allDone = countdown?.finish(.redoSynchronously) { finish(allDone) }
             }
         }
         return true

@@ -356,17 +356,18 @@ public final class Volume: BlockDevice {
         let count = blocks.count
         let blockSize = Int(Self.blockSize)
         precondition(plain.count == count * blockSize)
-        let (locations, salt, firstCounter, sealer) = try pool.state.withLock {
-            (state) throws(PoolError) -> ([PhysicalBlock], SessionSalt, UInt64, BlockSealer) in
+        // One trip through the state lock per request: places, counters,
+        // the sealer and the generation the pointers carry.
+        let (locations, salt, firstCounter, sealer, generation) = try pool.state.withLock {
+            (state) throws(PoolError) -> ([PhysicalBlock], SessionSalt, UInt64, BlockSealer, UInt64) in
             guard state.volumes[id] != nil else { throw .noSuchVolume(name) }
             guard let locations = pool.allocateData(count, in: &state) else { throw .noSpace }
             let (salt, first) = pool.reserveDataCounters(id, count, in: &state)
-            return (locations, salt, first, try pool.dataSealer(id, salt, in: &state))
+            return (locations, salt, first, try pool.dataSealer(id, salt, in: &state), state.generation + 1)
         }
-        let generation = pool.generation + 1
-        let order = locations.indices.sorted { locations[$0] < locations[$1] }
-        let write = SealedWrite(blocks: blocks, locations: locations, order: order, epoch: pool.storageEpoch)
-        for (position, index) in order.enumerated() {
+        let write = SealedWrite(blocks: blocks, locations: locations, epoch: pool.storageEpoch)
+        for position in 0..<count {
+            let index = write.logicalIndex(at: position)
             let logical = blocks.lowerBound + UInt64(index)
             let counter = NonceCounter(rawValue: firstCounter + UInt64(index))
             let ad = AssociatedData.data(pool: pool.poolID, volume: id, block: LogicalBlock(logical), salt: salt, counter: counter)

@@ -123,11 +123,13 @@ final class ConnectionCore: Sendable {
             var headers: [RequestHeader] = []
             state.withLock { state in
                 let admission = admit(&state, &slots)
-                let owner: (Int) -> RequestOwner
-                switch admission {
-                case .refuse: return
-                case .waiter(let waiter): owner = { _ in .waiter(waiter) }
-                case .batch(let id): owner = { .batch(id, slot: $0) }
+                if case .refuse = admission { return }
+                func owner(_ index: Int) -> RequestOwner {
+                    switch admission {
+                    case .waiter(let waiter): .waiter(waiter)
+                    case .batch(let id): .batch(id, slot: index)
+                    case .refuse: preconditionFailure("a refused batch registers nothing")
+                    }
                 }
                 let deadline = requestTimeout.map { monotonicSeconds() + $0 }
                 headers.reserveCapacity(operations.count)

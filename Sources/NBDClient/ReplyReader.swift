@@ -30,6 +30,7 @@ extension ConnectionCore {
         var clock = DeadlineClock(tick: Self.deadlineTick(requestTimeout: requestTimeout))
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.readChunkSize, alignment: 16)
         defer { buffer.deallocate() }
+        var sent: [RequestHeader] = []
         func decodeAndWake() -> Bool {
             var alive = true
             while alive {
@@ -67,12 +68,12 @@ extension ConnectionCore {
                 return
             }
             // Requests were registered before their bytes were sent, so any
-            // request these bytes can answer is in this list.
-            let sent = state.withLock { state in
-                defer { state.newlySent.removeAll(keepingCapacity: true) }
-                return state.newlySent
-            }
+            // request these bytes can answer is in this list. Swapped with
+            // the reader's emptied one: two buffers take turns, none is
+            // allocated per read.
+            state.withLock { swap(&sent, &$0.newlySent) }
             for header in sent { decoder.expect(header) }
+            sent.removeAll(keepingCapacity: true)
             decoder.receive(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
             guard decodeAndWake() else { return }
         }

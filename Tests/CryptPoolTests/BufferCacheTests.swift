@@ -45,4 +45,32 @@ import Testing
         cache.give(huge)
         #expect(cache.idle.count == 0)
     }
+
+    @Test func aCacheOfOneBlockBuffersKeepsThem() {
+        let cache = BufferCache(retainedBytes: 1 << 20, alignment: 64, smallest: 4096)
+        let block = cache.take(4096)
+        #expect(block.count == 4096)
+        cache.give(block)
+        #expect(cache.idle.count == 1)
+        #expect(cache.take(4096).baseAddress == block.baseAddress)
+        let three = cache.take(3 * 4096)
+        #expect(three.count == 4 * 4096)
+        cache.give(three)
+        cache.give(block)
+        #expect(cache.idle.count == 2)
+        #expect(cache.idle.bytes == 5 * 4096)
+    }
+
+    @Test func roomIsMadeFromTheLargestIdleBuffersFirst() {
+        let cache = BufferCache(retainedBytes: (1 << 20) + 4096, alignment: 64, smallest: 4096)
+        let large = cache.take(1 << 20)
+        let small = (0..<2).map { _ in cache.take(4096) }
+        cache.give(large)
+        cache.give(small[0])
+        #expect(cache.idle.bytes == (1 << 20) + 4096)
+        cache.give(small[1])
+        #expect(cache.idle.count == 2)
+        #expect(cache.idle.bytes == 2 * 4096)
+        #expect(cache.take(4096).baseAddress == small[1].baseAddress)
+    }
 }

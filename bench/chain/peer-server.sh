@@ -4,7 +4,7 @@
 # Run by peers.sh as `setsid bash -c 'exec bash .../peer-server.sh'`, with
 # SOCK, SOCK1, RAW_IMG, SIZE_BYTES and RUNDIR set by peers.sh and BH_BIN,
 # BH_POOL_DIR, BH_POOL_PCT, BH_POOL_EXTRA_MIB (and optionally BH_CRYPTD_ARGS,
-# BH_SAMPLE_DIR)
+# BH_SAMPLE_DIR; BH_STORAGED_ARGS from the environment, e.g. --inline)
 # set by bench/chain.sh.
 #
 # The chain: fio -> $SOCK -> bulkhead-cryptd -> $SOCK1 -> bulkhead-storaged -> pool image.
@@ -36,7 +36,8 @@ if [ ! -e "$RUNDIR/ready" ]; then
   mkdir -p "$state"
 fi
 
-"$BH_BIN/bulkhead-storaged" --listen "unix:$SOCK1" --export "pool=$img" --log-level warning &
+# shellcheck disable=SC2086
+"$BH_BIN/bulkhead-storaged" --listen "unix:$SOCK1" --export "pool=$img" --log-level warning ${BH_STORAGED_ARGS:-} &
 bh_wait_nbd "nbd+unix:///?socket=$SOCK1" 30
 
 if [ ! -e "$RUNDIR/ready" ]; then

@@ -14,7 +14,8 @@
 #   LOAD.cryptd-self.txt / LOAD.cryptd-children.txt (cryptd only, % of its samples)
 # Loads: randread4k = 4k random reads; randwrite4k = 4k random writes with a
 # FLUSH every 1000 writes (--fsync=1000); seqread1m, seqwrite1m = 1 MiB
-# sequential reads or writes at QD4.
+# sequential reads or writes at QD4. BH_STORAGED_ARGS (environment) is
+# added to storaged's arguments, e.g. --inline.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -56,7 +57,8 @@ mkdir -p "$W/state" "$W/vols"; bh_keyfile "$W/key"
 truncate -s "$(bh_pool_bytes "$vbytes" 300 256)" "$W/pool.img"
 bh_format "$W/pool.img" "$W/key" "$W/state"
 bh_create "$W/pool.img" "$W/key" "$W/state" v "$vbytes"
-"$BH_BIN/bulkhead-storaged" --listen "unix:$W/st.sock" --export "pool=$W/pool.img" --log-level warning &
+# shellcheck disable=SC2086
+"$BH_BIN/bulkhead-storaged" --listen "unix:$W/st.sock" --export "pool=$W/pool.img" --log-level warning ${BH_STORAGED_ARGS:-} &
 SP=$!; PIDS+=("$SP")
 bh_wait_nbd "nbd+unix:///?socket=$W/st.sock" 30
 "$BH_BIN/bulkhead-cryptd" --storage "nbd:unix:$W/st.sock" --key-file "$W/key" --state-dir "$W/state" \

@@ -36,7 +36,12 @@ public struct InputBuffer: Sendable {
     /// Removes and returns the next `length` bytes.
     public mutating func take(_ length: Int) -> [UInt8] {
         precondition(length >= 0 && length <= count)
-        let bytes = Array(storage[readIndex..<(readIndex + length)])
+        // Copied through a buffer pointer: an array made from a slice that
+        // covers the whole storage shares it, so a payload that arrived
+        // alone kept the (large) input buffer alive and the next append
+        // had to allocate a new one.
+        let start = readIndex
+        let bytes = storage.withUnsafeBufferPointer { Array(UnsafeBufferPointer(rebasing: $0[start..<(start + length)])) }
         readIndex += length
         return bytes
     }
@@ -57,7 +62,16 @@ public struct InputBuffer: Sendable {
             storage.removeAll(keepingCapacity: true)
             readIndex = 0
         } else if readIndex >= 64 * 1024 && readIndex * 2 >= storage.count {
-            storage.removeFirst(readIndex)
+            // Moved down in place: `removeFirst` built a new array, which
+            // at this size is a fresh mapping (populated under mlockall)
+            // for every compaction of a stream of small requests.
+            let remaining = storage.count - readIndex
+            let start = readIndex
+            storage.withUnsafeMutableBytes { bytes in
+                // SAFETY: both ranges lie inside `bytes`; copyMemory is a memmove.
+                bytes.baseAddress!.copyMemory(from: bytes.baseAddress! + start, byteCount: remaining)
+            }
+            storage.removeLast(start)
             readIndex = 0
         }
     }
