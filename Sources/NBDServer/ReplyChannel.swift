@@ -80,11 +80,7 @@ final class ReplyChannel: Sendable {
             // reply too: its own emit only queues behind them.
             var gatheredStartFlusher = false
             if !state.gathered.isEmpty {
-                let gathered = state.gathered
-                state.gathered = []
-                gatheredStartFlusher = gathered.withUnsafeBytes {
-                    emit($0, release: nil, in: &state, failure: &failure).startFlusher
-                }
+                gatheredStartFlusher = emitGathered(in: &state, failure: &failure)
             }
             let (startFlusher, lent) = emit(bytes, release: release, in: &state, failure: &failure)
             return (startFlusher || gatheredStartFlusher, lent)
@@ -99,12 +95,23 @@ final class ReplyChannel: Sendable {
         var failure: SocketError?
         let startFlusher = state.withLock { state -> Bool in
             guard !state.failed, !state.gathered.isEmpty else { return false }
-            let gathered = state.gathered
-            state.gathered = []
-            return gathered.withUnsafeBytes { emit($0, release: nil, in: &state, failure: &failure).startFlusher }
+            return emitGathered(in: &state, failure: &failure)
         }
         if let failure { fail(failure) }
         if startFlusher { startFlushing() }
+    }
+
+    /// Emits the gathered replies and empties the buffer, keeping its
+    /// memory: a fresh one would regrow (past glibc's mmap threshold in
+    /// cryptd) for every burst. With the lock held; returns whether a
+    /// flusher must start.
+    private func emitGathered(in state: inout State, failure: inout SocketError?) -> Bool {
+        var gathered: [UInt8] = []
+        swap(&gathered, &state.gathered)
+        let startFlusher = gathered.withUnsafeBytes { emit($0, release: nil, in: &state, failure: &failure).startFlusher }
+        gathered.removeAll(keepingCapacity: true)
+        state.gathered = gathered
+        return startFlusher
     }
 
     /// Writes `bytes` as far as the socket takes them without waiting, or
