@@ -157,27 +157,29 @@ let package = Package(
             swiftSettings: strict),
         // A short private /tmp folder for tests that start real processes.
         .target(name: "TestScratch", path: "Tests/TestScratch", swiftSettings: strict),
-        .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
+        // What several test targets share: a seeded random generator.
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+        .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol", "TestSupport"]),
         .testTarget(name: "PoolFormatTests", dependencies: ["PoolFormat"]),
         .testTarget(
             name: "KeysTests",
             dependencies: ["Keys", "PoolFormat", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(
             name: "CryptPoolTests",
-            dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", .product(name: "Crypto", package: "swift-crypto")]),
+            dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "TestSupport", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"]),
         .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
-        .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
+        .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets", "TestSupport"]),
         .testTarget(name: "InteropTests", dependencies: ["Sockets", "ProcessSpawn", "TestScratch"]),
         // The whole chain as real processes: storage domain, crypt domain, clients.
-        .testTarget(name: "ChainTests", dependencies: ["Sockets", "ProcessSpawn", "TestScratch"]),
+        .testTarget(name: "ChainTests", dependencies: ["Sockets", "ProcessSpawn", "TestScratch", "TestSupport"]),
         // The TPM layer against a real swtpm started by the tests, and the TPM
         // keyslots, counter anchor and control socket through the real executables.
         .testTarget(name: "TPMTests", dependencies: ["TPM", "Keys", "Sockets", "Threads", "CryptPool", "BlockDevice", "PoolFormat", "ProcessSpawn"]),
         // A hostile storage domain, crash-point replay (issue 4).
         .testTarget(
             name: "AdversarialTests",
-            dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "NBDServer", "NBDClient", "NBDProtocol", "Sockets", "Threads"]),
+            dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "NBDServer", "NBDClient", "NBDProtocol", "Sockets", "Threads", "TestSupport"]),
         // The boot toolstack (issue 6) with real processes: bwrap, swtpm,
         // the domains, nbdfuse, fio.
         .testTarget(name: "ToolstackTests", dependencies: ["Toolstack", "LaunchMeasurement", "TPM", "Sockets"]),

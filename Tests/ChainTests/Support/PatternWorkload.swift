@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 
 /// A consumer's write-and-flush workload on one volume, one qemu-io process
 /// per step: `write; flush; write; flush; …; write` with fresh patterns at
