@@ -157,7 +157,8 @@ let package = Package(
             swiftSettings: strict),
         // A short private /tmp folder for tests that start real processes.
         .target(name: "TestScratch", path: "Tests/TestScratch", swiftSettings: strict),
-        // What several test targets share: a seeded random generator.
+        // What several test targets share: a seeded random generator,
+        // temporary directories, polling and a locked value.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol", "TestSupport"]),
         .testTarget(name: "PoolFormatTests", dependencies: ["PoolFormat"]),
@@ -168,14 +169,14 @@ let package = Package(
             name: "CryptPoolTests",
             dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "TestSupport", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"]),
-        .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
+        .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets", "TestSupport"]),
         .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets", "TestSupport"]),
         .testTarget(name: "InteropTests", dependencies: ["Sockets", "ProcessSpawn", "TestScratch"]),
         // The whole chain as real processes: storage domain, crypt domain, clients.
-        .testTarget(name: "ChainTests", dependencies: ["Sockets", "ProcessSpawn", "TestScratch", "TestSupport"]),
+        .testTarget(name: "ChainTests", dependencies: ["NBDProtocol", "Sockets", "ProcessSpawn", "TestScratch", "TestSupport"]),
         // The TPM layer against a real swtpm started by the tests, and the TPM
         // keyslots, counter anchor and control socket through the real executables.
-        .testTarget(name: "TPMTests", dependencies: ["TPM", "Keys", "Sockets", "Threads", "CryptPool", "BlockDevice", "PoolFormat", "ProcessSpawn"]),
+        .testTarget(name: "TPMTests", dependencies: ["TPM", "Keys", "Sockets", "Threads", "CryptPool", "BlockDevice", "PoolFormat", "ProcessSpawn", "TestSupport"]),
         // A hostile storage domain, crash-point replay (issue 4).
         .testTarget(
             name: "AdversarialTests",

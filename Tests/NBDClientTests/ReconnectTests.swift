@@ -3,6 +3,7 @@ import Foundation
 import NBDClient
 import NBDProtocol
 import Sockets
+import TestSupport
 import Testing
 
 /// RemoteBlockDevice when the storage server dies and comes back. nbdkit's

@@ -4,6 +4,7 @@ import Logging
 import NBDClient
 import NBDProtocol
 import Sockets
+import TestSupport
 import Testing
 
 extension RemoteBlockDevice.Options {

@@ -3,6 +3,7 @@ import Foundation
 import NBDClient
 import NBDProtocol
 import Sockets
+import TestSupport
 import Testing
 
 /// Collects the calls of one batch's completion, counting them.

@@ -196,7 +196,7 @@ final class ScriptedStorage: Sendable {
             return false
         case .garbage:
             var random = SeededGenerator(seed: header.cookie)
-            return send((0..<honest.count).map { _ in UInt8.random(in: 0...255, using: &random) }, socket)
+            return send(random.bytes(honest.count), socket)
         case .silence:
             return true
         case .errorReply:
@@ -227,7 +227,7 @@ final class ScriptedStorage: Sendable {
             return send(readReply(header.cookie, offset: header.offset + UInt64(data.count) + 4096, data, structured: true), socket)
         case .garbage:
             var random = SeededGenerator(seed: header.cookie)
-            return send((0..<honest.count).map { _ in UInt8.random(in: 0...255, using: &random) }, socket)
+            return send(random.bytes(honest.count), socket)
         case .silence:
             return true
         case .errorReply:

@@ -49,24 +49,6 @@ extension BlockDevice {
     }
 }
 
-/// A temporary directory removed on deinit. Kept short, since Unix socket
-/// paths are limited to 107 bytes.
-final class TemporaryDirectory: Sendable {
-    let path: String
-
-    init(_ label: String = "adv") throws {
-        var template = Array("/tmp/\(label)-XXXXXX".utf8CString)
-        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw CocoaError(.fileWriteUnknown)
-        }
-        path = String(cString: made)
-    }
-
-    func file(_ name: String) -> String { "\(path)/\(name)" }
-
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-}
-
 /// A trust anchor held in memory: what the crypt domain's state directory
 /// would say, set explicitly by crash-point replay.
 final class MemoryTrustAnchor: TrustAnchor, @unchecked Sendable {
