@@ -155,8 +155,9 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict),
-        // A short private /tmp folder for tests that start real processes.
-        .target(name: "TestScratch", path: "Tests/TestScratch", swiftSettings: strict),
+        // For tests that start real processes: a short private /tmp folder,
+        // child processes.
+        .target(name: "TestScratch", dependencies: ["ProcessSpawn"], path: "Tests/TestScratch", swiftSettings: strict),
         // What several test targets share: a seeded random generator,
         // temporary directories, polling and a locked value.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
