@@ -184,7 +184,7 @@ let package = Package(
             dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "NBDServer", "NBDClient", "NBDProtocol", "Sockets", "Threads", "TestSupport"]),
         // The boot toolstack (issue 6) with real processes: bwrap, swtpm,
         // the domains, nbdfuse, fio.
-        .testTarget(name: "ToolstackTests", dependencies: ["Toolstack", "LaunchMeasurement", "TPM", "Sockets"]),
+        .testTarget(name: "ToolstackTests", dependencies: ["Toolstack", "LaunchMeasurement", "TPM", "Sockets", "TestSupport"]),
         // A qemu guest booting through the Bulkhead initramfs (issue 8; packaging/).
         .testTarget(name: "VMTests", dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "ProcessSpawn"]),
     ],

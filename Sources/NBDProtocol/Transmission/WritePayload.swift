@@ -40,7 +40,10 @@ public final class WritePayload: @unchecked Sendable {
 extension WritePayload: RandomAccessCollection {
     public var startIndex: Int { 0 }
     public var endIndex: Int { storage.count }
-    public subscript(position: Int) -> UInt8 { unsafeBytes[position] }
+    public subscript(position: Int) -> UInt8 {
+        precondition(position >= 0 && position < storage.count, "index out of range")
+        return unsafeBytes[position]
+    }
 }
 
 extension WritePayload: Hashable {
