@@ -172,9 +172,9 @@ let package = Package(
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"]),
         .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets", "TestSupport"]),
         .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets", "TestSupport"]),
-        .testTarget(name: "InteropTests", dependencies: ["Sockets", "ProcessSpawn", "TestScratch"]),
+        .testTarget(name: "InteropTests", dependencies: ["Sockets", "TestScratch"]),
         // The whole chain as real processes: storage domain, crypt domain, clients.
-        .testTarget(name: "ChainTests", dependencies: ["NBDProtocol", "Sockets", "ProcessSpawn", "TestScratch", "TestSupport"]),
+        .testTarget(name: "ChainTests", dependencies: ["NBDProtocol", "Sockets", "TestScratch", "TestSupport"]),
         // The TPM layer against a real swtpm started by the tests, and the TPM
         // keyslots, counter anchor and control socket through the real executables.
         .testTarget(name: "TPMTests", dependencies: ["TPM", "Keys", "Sockets", "Threads", "CryptPool", "BlockDevice", "PoolFormat", "ProcessSpawn", "TestSupport"]),
