@@ -155,32 +155,36 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict),
-        // A short private /tmp folder for tests that start real processes.
-        .target(name: "TestScratch", path: "Tests/TestScratch", swiftSettings: strict),
-        .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
+        // For tests that start real processes: a short private /tmp folder,
+        // child processes.
+        .target(name: "TestScratch", dependencies: ["ProcessSpawn"], path: "Tests/TestScratch", swiftSettings: strict),
+        // What several test targets share: a seeded random generator,
+        // temporary directories, polling and a locked value.
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+        .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol", "TestSupport"]),
         .testTarget(name: "PoolFormatTests", dependencies: ["PoolFormat"]),
         .testTarget(
             name: "KeysTests",
             dependencies: ["Keys", "PoolFormat", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(
             name: "CryptPoolTests",
-            dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", .product(name: "Crypto", package: "swift-crypto")]),
+            dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "TestSupport", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"]),
-        .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
-        .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets"]),
-        .testTarget(name: "InteropTests", dependencies: ["Sockets", "ProcessSpawn", "TestScratch"]),
+        .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets", "TestSupport"]),
+        .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets", "TestSupport"]),
+        .testTarget(name: "InteropTests", dependencies: ["Sockets", "TestScratch"]),
         // The whole chain as real processes: storage domain, crypt domain, clients.
-        .testTarget(name: "ChainTests", dependencies: ["Sockets", "ProcessSpawn", "TestScratch"]),
+        .testTarget(name: "ChainTests", dependencies: ["NBDProtocol", "Sockets", "TestScratch", "TestSupport"]),
         // The TPM layer against a real swtpm started by the tests, and the TPM
         // keyslots, counter anchor and control socket through the real executables.
-        .testTarget(name: "TPMTests", dependencies: ["TPM", "Keys", "Sockets", "Threads", "CryptPool", "BlockDevice", "PoolFormat", "ProcessSpawn"]),
+        .testTarget(name: "TPMTests", dependencies: ["TPM", "Keys", "Sockets", "Threads", "CryptPool", "BlockDevice", "PoolFormat", "ProcessSpawn", "TestSupport"]),
         // A hostile storage domain, crash-point replay (issue 4).
         .testTarget(
             name: "AdversarialTests",
-            dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "NBDServer", "NBDClient", "NBDProtocol", "Sockets", "Threads"]),
+            dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "NBDServer", "NBDClient", "NBDProtocol", "Sockets", "Threads", "TestSupport"]),
         // The boot toolstack (issue 6) with real processes: bwrap, swtpm,
         // the domains, nbdfuse, fio.
-        .testTarget(name: "ToolstackTests", dependencies: ["Toolstack", "LaunchMeasurement", "TPM", "Sockets"]),
+        .testTarget(name: "ToolstackTests", dependencies: ["Toolstack", "LaunchMeasurement", "TPM", "Sockets", "TestSupport"]),
         // A qemu guest booting through the Bulkhead initramfs (issue 8; packaging/).
         .testTarget(name: "VMTests", dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "ProcessSpawn"]),
     ],

@@ -47,10 +47,9 @@ if [ "$build" = 1 ] && [ -z "${BH_BIN:-}" ]; then
   (cd "$repo" && swift build -c release) >&2
 fi
 export BH_BIN="${BH_BIN:-$repo/.build/release}"
-for b in bulkhead bulkhead-storaged bulkhead-cryptd; do
-  [ -x "$BH_BIN/$b" ] || { echo "chain.sh: missing $BH_BIN/$b (build with swift build -c release)" >&2; exit 1; }
-done
-command -v nbdcopy >/dev/null || { echo "chain.sh: nbdcopy missing (apt install libnbd-bin)" >&2; exit 1; }
+. "$repo/bench/chain/lib.sh"
+bh_need_binaries chain.sh
+bh_need chain.sh nbdcopy
 
 # Pool images live beside peers.sh's images (same filesystem), removed at exit.
 mkdir -p "$img_dir"

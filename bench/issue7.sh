@@ -54,12 +54,9 @@ if [ "$build" = 1 ] && [ -z "${BH_BIN:-}" ]; then
   (cd "$repo" && swift build -c release) >&2
 fi
 export BH_BIN="${BH_BIN:-$repo/.build/release}"
-for b in bulkhead bulkhead-storaged bulkhead-cryptd; do
-  [ -x "$BH_BIN/$b" ] || { echo "issue7.sh: missing $BH_BIN/$b (swift build -c release, or BH_BIN=DIR)" >&2; exit 1; }
-done
-for t in fio nbdkit nbdinfo nbdcopy qemu-nbd jq python3; do
-  command -v "$t" >/dev/null || { echo "issue7.sh: missing $t" >&2; exit 1; }
-done
+. "$repo/bench/chain/lib.sh"
+bh_need_binaries issue7.sh
+bh_need issue7.sh fio nbdkit nbdinfo nbdcopy qemu-nbd jq python3
 # Peak use of --dir: peers 1+1 GiB images + a 3.3 GiB pool; scale a 10 GiB
 # pool (written in full: next-fit allocation); mem what 30 s of random
 # writes allocate.

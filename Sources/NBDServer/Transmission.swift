@@ -88,7 +88,8 @@ final class Transmission: Sendable {
     // MARK: Reading
 
     private func readRequests() {
-        var decoder = RequestDecoder(maxPayload: session.export.blockSize.maximum)
+        var decoder = RequestDecoder(
+            maxPayload: session.export.blockSize.maximum, payloadAlignment: Self.payloadAlignment(for: device))
         decoder.receive(leftover)
         let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: configuration.readChunkSize, alignment: 64)
         defer { chunk.deallocate() }
@@ -103,6 +104,15 @@ final class Transmission: Sendable {
                 dispatch(request)
             }
         }
+    }
+
+    /// WRITE payload alignment: the device's minimum block size if it is a
+    /// power of two up to a page, so that an O_DIRECT file writes from the
+    /// payload without a bounce buffer; otherwise a cache line.
+    static func payloadAlignment(for device: any BlockDevice) -> Int {
+        let size = Int(device.minimumBlockSize)
+        guard size > 64, size <= 4096, size & (size - 1) == 0 else { return 64 }
+        return size
     }
 
     private enum Step {
@@ -261,11 +271,10 @@ final class Transmission: Sendable {
 
     private func startWrite(_ request: IncomingRequest, on device: any AsynchronousBlockDevice) -> Bool {
         let header = request.header
-        let payload = request.payload
-        // SAFETY: a non-empty native array keeps its elements at one heap
-        // address for as long as it lives unmodified; the completion holds
-        // `payload` (through `request`) until the device is done with it.
-        let bytes = payload.withUnsafeBytes { $0 }
+        // SAFETY: a WritePayload's memory stays at one address, unchanged,
+        // until the payload is freed; the completion holds the payload
+        // (through `request`) until the device calls it, done with the bytes.
+        let bytes = request.payload.unsafeBytes
         return device.startWrite(at: header.offset, from: bytes, fua: header.flags.contains(.fua)) { outcome in
             switch outcome {
             case .done:
@@ -402,16 +411,10 @@ final class Transmission: Sendable {
         replies.send(UnsafeRawBufferPointer(reply))
     }
 
-    private func write(_ header: RequestHeader, _ payload: [UInt8]) throws(BlockDeviceError) {
-        var failure: BlockDeviceError?
-        payload.withUnsafeBytes { raw in
-            do throws(BlockDeviceError) {
-                try device.write(at: header.offset, from: raw, fua: header.flags.contains(.fua))
-            } catch {
-                failure = error
-            }
+    private func write(_ header: RequestHeader, _ payload: WritePayload) throws(BlockDeviceError) {
+        try payload.withUnsafeBytes { (raw) throws(BlockDeviceError) in
+            try device.write(at: header.offset, from: raw, fua: header.flags.contains(.fua))
         }
-        if let failure { throw failure }
     }
 
     // MARK: Replies

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 import Threads
 
@@ -31,7 +32,7 @@ import Threads
             let replayer = CrashReplayer(operations, size: CrashWorkload.deviceSize)
             var points = replayer.flushBoundaries.map { CrashPoint(index: $0, cacheSeed: nil) }
             boundaries += points.count
-            var generator = SeededRandom(seed: seed * 7919)
+            var generator = SeededGenerator(seed: seed * 7919)
             for _ in 0..<Self.randomPoints {
                 points.append(CrashPoint(index: Int.random(in: 1...operations.count, using: &generator), cacheSeed: generator.next()))
             }

@@ -2,6 +2,7 @@ import BlockDevice
 import Foundation
 import NBDClient
 import NBDProtocol
+import TestSupport
 import Testing
 import Threads
 

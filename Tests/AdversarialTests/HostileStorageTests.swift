@@ -1,6 +1,7 @@
 import BlockDevice
 import Foundation
 import PoolFormat
+import TestSupport
 import Testing
 import Threads
 
@@ -258,7 +259,7 @@ import Threads
                 let restarted = try setup.reopen(configuration: PoolConfiguration(checkpointRecords: 16)).get()
                 _ = try setup.consumer(of: restarted)
                 setup.storage.device.misbehaviour = .failRequests(probability: probability)
-                var random = SeededRandom(seed: seed)
+                var random = SeededGenerator(seed: seed)
                 func retry(_ body: () throws(BlockDeviceError) -> Void) throws {
                     for _ in 0..<50 {
                         do throws(BlockDeviceError) { return try body() } catch { failures += 1 }

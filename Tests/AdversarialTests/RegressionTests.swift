@@ -80,6 +80,18 @@ import Testing
     /// The superblock slots, as a block range.
     static let superblockBlocks = PoolLayout.superblockSlots[0]..<(PoolLayout.superblockSlots.last! + 1)
 
+    /// A 16 MiB pool on storage that is honest until told otherwise, with
+    /// a volume "vm" whose first block (seed 1) is written and flushed.
+    static func poolWithOneFlushedBlock(anchor: MemoryTrustAnchor) throws -> (HostileDevice, Pool, Volume) {
+        let device = HostileDevice(over: try MemoryBlockDevice(size: 16 << 20))
+        let pool = try Pool.format(storage: device, passphrase: testPassphrase, cost: testCost, anchor: anchor).pool
+        try pool.createVolume(name: "vm", size: 1 << 20)
+        let volume = try pool.volume(named: "vm")
+        try volume.writeBytes(at: 0, blockContents(seed: 1))
+        try volume.flush()
+        return (device, pool, volume)
+    }
+
     /// A commit moves the pool's state forward before its superblock is
     /// written. If that write fails, the consumer's FLUSH fails; but the
     /// retried FLUSH finds nothing new to commit and succeeds without
@@ -87,13 +99,8 @@ import Testing
     /// log blocks no durable superblock names, the anchor never moved, and
     /// a restart silently opens the older state: acknowledged writes lost.
     @Test func retriedFlushAfterFailedSuperblockWriteSucceedsWithoutOne() throws {
-        let device = HostileDevice(over: try MemoryBlockDevice(size: 16 << 20))
         let anchor = MemoryTrustAnchor()
-        let pool = try Pool.format(storage: device, passphrase: testPassphrase, cost: testCost, anchor: anchor).pool
-        try pool.createVolume(name: "vm", size: 1 << 20)
-        let volume = try pool.volume(named: "vm")
-        try volume.writeBytes(at: 0, blockContents(seed: 1))
-        try volume.flush()
+        let (device, pool, volume) = try Self.poolWithOneFlushedBlock(anchor: anchor)
 
         try volume.writeBytes(at: 0, blockContents(seed: 2))
         device.failNext(.write, blocks: Self.superblockBlocks)
@@ -115,13 +122,8 @@ import Testing
     /// superblock is durable, the only durable superblock names a space
     /// map that is no longer there, and the pool cannot be opened.
     @Test func checkpointAfterFailedSuperblockWriteOverwritesTheLiveRegion() throws {
-        let device = HostileDevice(over: try MemoryBlockDevice(size: 16 << 20))
         let anchor = MemoryTrustAnchor()
-        let pool = try Pool.format(storage: device, passphrase: testPassphrase, cost: testCost, anchor: anchor).pool
-        try pool.createVolume(name: "vm", size: 1 << 20)
-        let volume = try pool.volume(named: "vm")
-        try volume.writeBytes(at: 0, blockContents(seed: 1))
-        try volume.flush()
+        let (device, pool, volume) = try Self.poolWithOneFlushedBlock(anchor: anchor)
 
         // A checkpoint whose superblock write fails...
         try volume.writeBytes(at: 4096, blockContents(seed: 2))

@@ -1,4 +1,5 @@
 import Foundation
+import TestScratch
 import Testing
 
 /// A real file system on a volume: nbdfuse exposes the export as a file,
@@ -78,7 +79,7 @@ import Testing
 /// and waits for nbdfuse to exit (killing it by pid after a bound).
 final class FuseExport {
     let folder: String
-    let process: Spawned
+    let process: ChildProcess
     var file: String { folder + "/nbd" }
     private(set) var exitStatus: Int32?
     private var mounted = true
@@ -87,7 +88,7 @@ final class FuseExport {
         folder = try scratch.folder("fuse")
         _ = try Tools.path(of: "fusermount3")
         let pidFile = scratch.file("nbdfuse.pid")
-        process = try Spawned(["nbdfuse", "-P", pidFile, folder, uri], logPath: scratch.file("nbdfuse.log"))
+        process = try ChildProcess(["nbdfuse", "-P", pidFile, folder, uri], logPath: scratch.file("nbdfuse.log"))
         // nbdfuse writes its pid file once the mount is ready.
         let deadline = Date().addingTimeInterval(15)
         while (FileManager.default.contents(atPath: pidFile) ?? Data()).isEmpty {
@@ -113,6 +114,6 @@ final class FuseExport {
             }
             if !done { _ = try? run(["fusermount3", "-u", "-z", folder]) }
         }
-        if exitStatus == nil { exitStatus = process.waitForExit(seconds: 10) ?? process.terminate(grace: 5).status }
+        if exitStatus == nil { exitStatus = process.waitForExit(seconds: 10) ?? process.stop(grace: 5).status }
     }
 }

@@ -38,7 +38,7 @@ import Testing
                 Issue.record("\(socket).sock opened export \(other): \(refused)")
                 continue
             }
-            #expect(type == HandshakeProbe.repErrUnknown, "\(refused)")
+            #expect(type == .errUnknown, "\(refused)")
             let missing = try HandshakeProbe.go(socket: path, export: "no-such-volume")
             #expect(missing != .opened(size: size), "\(missing)")
 

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// Requests that do not line up with the pool's 4 KiB blocks, and the

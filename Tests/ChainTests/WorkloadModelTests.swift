@@ -1,4 +1,5 @@
 import Foundation
+import TestScratch
 import Testing
 
 /// The crash tests' reading of a qemu-io step, checked on real qemu-io runs
@@ -36,7 +37,7 @@ import Testing
             """.utf8))
         chmod(script, 0o755)
         let socket = scratch.file("nbdkit.sock")
-        let nbdkit = try Spawned(
+        let nbdkit = try ChildProcess(
             [try Tools.path(of: "nbdkit"), "--foreground", "--exit-with-parent", "--unix", socket, "sh", script],
             logPath: scratch.file("nbdkit.log"))
         defer { nbdkit.kill9() }

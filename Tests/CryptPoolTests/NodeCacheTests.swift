@@ -60,14 +60,8 @@ import Testing
     /// After checkpoints rewrite a tree, the cache holds the new nodes, not
     /// the replaced ones, and reads stay correct.
     @Test func checkpointDropsReplacedNodes() throws {
-        let device = try MemoryBlockDevice(size: 256 << 20)
-        let formatted = try Pool.format(
-            storage: device, passphrase: passphrase, cost: testCost, anchor: nil,
-            configuration: PoolConfiguration(checkpointRecords: 1))
-        let pool = formatted.pool
         // 32,768 blocks, depth 3: a root, 8 level-2 nodes for the data below.
-        try pool.createVolume(name: "v", size: 128 << 20)
-        let volume = try pool.volume(named: "v")
+        let (_, pool, volume) = try poolWithVolume(configuration: PoolConfiguration(checkpointRecords: 1))
         let spaceMapNodes = pool.nodeCache.count
         let logicals: [UInt64] = [0, 64, 4096, 8192, 12_288, 16_384, 20_480, 24_576, 28_672]
         for pass in 0..<5 {

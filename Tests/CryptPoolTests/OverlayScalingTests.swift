@@ -40,12 +40,7 @@ import Testing
     }
 
     @Test func singleBlockWriteCostDoesNotGrowWithTheOverlay() throws {
-        let device = try MemoryBlockDevice(size: 256 << 20)
-        let formatted = try Pool.format(
-            storage: device, passphrase: passphrase, cost: testCost, anchor: nil,
-            configuration: PoolConfiguration(checkpointRecords: 1_000_000))
-        try formatted.pool.createVolume(name: "v", size: 128 << 20)
-        let volume = try formatted.pool.volume(named: "v")
+        let (_, _, volume) = try poolWithVolume(configuration: PoolConfiguration(checkpointRecords: 1_000_000))
         let block = randomBytes(4096, seed: 7)
         let writes = 16_000
         let times = try durations(writes) { index in try write(volume, UInt64(index) * 4096, block) }
@@ -57,12 +52,8 @@ import Testing
 
     @Test func openTimeIsLinearInTheLog() throws {
         func openSeconds(records: Int) throws -> Double {
-            let device = try MemoryBlockDevice(size: 256 << 20)
             let configuration = PoolConfiguration(checkpointRecords: 1_000_000)
-            let formatted = try Pool.format(
-                storage: device, passphrase: passphrase, cost: testCost, anchor: nil, configuration: configuration)
-            try formatted.pool.createVolume(name: "v", size: 128 << 20)
-            let volume = try formatted.pool.volume(named: "v")
+            let (device, _, volume) = try poolWithVolume(configuration: configuration)
             // One request per 256 blocks keeps the setup itself cheap.
             let chunk = randomBytes(256 * 4096, seed: 9)
             for first in stride(from: 0, to: records, by: 256) {

@@ -1,4 +1,5 @@
 import PoolFormat
+import TestSupport
 import Testing
 
 @testable import CryptPool
@@ -27,7 +28,7 @@ import Testing
         let first = map.firstAllocatable
         var used = Set(0..<first)
         var cursor = first
-        var generator = SplitMix(seed: 5)
+        var generator = SeededGenerator(seed: 5)
         for round in 0..<400 {
             let count = Int(generator.next() % 300) + 1
             let expected = reference(used, from: cursor, first: first, count: count, blockCount: blockCount)
@@ -65,18 +66,5 @@ import Testing
         #expect(map.allocate(1) == nil)
         map.release(blockCount - 1)
         #expect(map.allocate(1) == [blockCount - 1])
-    }
-}
-
-/// A small deterministic generator for the tests above.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -8,14 +8,8 @@ import Testing
 /// per-unit lookups, across leaf boundaries and empty subtrees.
 @Suite struct TreeRangeLookupTests {
     @Test func rangeLookupEqualsPerBlockLookups() throws {
-        let device = try MemoryBlockDevice(size: 256 << 20)
-        let formatted = try Pool.format(
-            storage: device, passphrase: passphrase, cost: testCost, anchor: nil,
-            configuration: PoolConfiguration(checkpointRecords: 1))
-        let pool = formatted.pool
         // 32,768 blocks: a tree of depth 3 with leaves of 64 units.
-        try pool.createVolume(name: "v", size: 128 << 20)
-        let volume = try pool.volume(named: "v")
+        let (_, pool, volume) = try poolWithVolume(configuration: PoolConfiguration(checkpointRecords: 1))
         let block = randomBytes(4096, seed: 3)
         // Runs that straddle leaf boundaries, and whole empty subtrees between them.
         let written: [UInt64] = Array(60..<70) + [127, 128, 4095, 4096, 4097] + Array(20_000..<20_200) + [32_767]

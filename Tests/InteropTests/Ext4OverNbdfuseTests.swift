@@ -1,4 +1,5 @@
 import Foundation
+import TestScratch
 import Testing
 
 /// A whole file system on an export: nbdfuse exposes the export as a file,

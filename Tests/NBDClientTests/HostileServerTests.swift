@@ -2,6 +2,7 @@ import Foundation
 import NBDClient
 import NBDProtocol
 import Sockets
+import TestSupport
 import Testing
 
 /// NBDConnection against scripted servers that break the protocol. Each

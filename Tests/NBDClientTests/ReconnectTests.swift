@@ -3,6 +3,7 @@ import Foundation
 import NBDClient
 import NBDProtocol
 import Sockets
+import TestSupport
 import Testing
 
 /// RemoteBlockDevice when the storage server dies and comes back. nbdkit's
@@ -83,14 +84,7 @@ struct ReconnectTests {
                 for round in 0..<40 {
                     let offset = UInt64(thread) << 20 + UInt64(round % 8) * 65536
                     let data = randomBytes(65536)
-                    do throws(BlockDeviceError) {
-                        try device.write(at: offset, bytes: data)
-                        if try device.read(at: offset, count: data.count) != data {
-                            errors.withLock { $0.append("thread \(thread) round \(round): data mismatch") }
-                        }
-                    } catch {
-                        errors.withLock { $0.append("thread \(thread) round \(round): \(error)") }
-                    }
+                    device.writeAndReadBack(data, at: offset, label: "thread \(thread) round \(round)", errors: errors)
                     usleep(10_000)
                 }
             }

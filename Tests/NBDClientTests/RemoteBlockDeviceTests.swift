@@ -4,6 +4,7 @@ import Logging
 import NBDClient
 import NBDProtocol
 import Sockets
+import TestSupport
 import Testing
 
 extension RemoteBlockDevice.Options {
@@ -31,6 +32,19 @@ extension RemoteBlockDevice {
         defer { buffer.deallocate() }
         buffer.copyBytes(from: bytes)
         try write(at: offset, from: UnsafeRawBufferPointer(buffer), fua: fua)
+    }
+
+    /// Writes `data` at `offset` and reads it back; what went wrong, if
+    /// anything, goes to `errors` after `label`.
+    func writeAndReadBack(_ data: [UInt8], at offset: UInt64, label: String, errors: Locked<[String]>) {
+        do throws(BlockDeviceError) {
+            try write(at: offset, bytes: data)
+            if try read(at: offset, count: data.count) != data {
+                errors.withLock { $0.append("\(label): data mismatch") }
+            }
+        } catch {
+            errors.withLock { $0.append("\(label): \(error)") }
+        }
     }
 }
 

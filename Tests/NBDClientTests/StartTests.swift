@@ -3,6 +3,7 @@ import Foundation
 import NBDClient
 import NBDProtocol
 import Sockets
+import TestSupport
 import Testing
 
 /// Collects the calls of one batch's completion, counting them.
@@ -140,14 +141,7 @@ struct StartTests {
                 let offset = base + UInt64(round % 8) * 65536
                 let data = randomBytes(round % 3 == 0 ? 200_000 : 4096)
                 if thread % 2 == 0 {
-                    do throws(BlockDeviceError) {
-                        try device.write(at: offset, bytes: data)
-                        if try device.read(at: offset, count: data.count) != data {
-                            errors.withLock { $0.append("thread \(thread) round \(round): synchronous data mismatch") }
-                        }
-                    } catch {
-                        errors.withLock { $0.append("thread \(thread) round \(round): \(error)") }
-                    }
+                    device.writeAndReadBack(data, at: offset, label: "thread \(thread) round \(round) (synchronous)", errors: errors)
                     continue
                 }
                 let buffers = Buffers()

@@ -34,21 +34,7 @@ func runServer(
 ) -> Decoded<ServerHandshakeEvent> {
     feedThreeWays(input, sourceLocation: sourceLocation) { chunks in
         var handshake = ServerHandshake(catalog: catalog)
-        var outcome = Decoded<ServerHandshakeEvent>()
-        var ended = false
-        for chunk in chunks {
-            if ended {
-                outcome.leftover += chunk
-                continue
-            }
-            let events = handshake.receive(chunk)
-            outcome.events += events
-            if events.contains(where: \.endsHandshake) {
-                ended = true
-                outcome.leftover = handshake.takeLeftover()
-            }
-        }
-        return outcome
+        return runHandshake(chunks, receive: { handshake.receive($0) }, ends: \.endsHandshake, takeLeftover: { handshake.takeLeftover() })
     }
 }
 
@@ -58,22 +44,31 @@ func runClient(
 ) -> Decoded<ClientHandshakeEvent> {
     feedThreeWays(input, sourceLocation: sourceLocation) { chunks in
         var handshake = ClientHandshake(goal: goal)
-        var outcome = Decoded<ClientHandshakeEvent>()
-        var ended = false
-        for chunk in chunks {
-            if ended {
-                outcome.leftover += chunk
-                continue
-            }
-            let events = handshake.receive(chunk)
-            outcome.events += events
-            if events.contains(where: \.endsHandshake) {
-                ended = true
-                outcome.leftover = handshake.takeLeftover()
-            }
-        }
-        return outcome
+        return runHandshake(chunks, receive: { handshake.receive($0) }, ends: \.endsHandshake, takeLeftover: { handshake.takeLeftover() })
     }
+}
+
+/// Feeds `chunks` to a handshake until an event ends it; what the handshake
+/// holds then and the chunks not fed yet are its leftover.
+private func runHandshake<Event: Equatable>(
+    _ chunks: [ArraySlice<UInt8>], receive: (ArraySlice<UInt8>) -> [Event], ends: (Event) -> Bool,
+    takeLeftover: () -> [UInt8]
+) -> Decoded<Event> {
+    var outcome = Decoded<Event>()
+    var ended = false
+    for chunk in chunks {
+        if ended {
+            outcome.leftover += chunk
+            continue
+        }
+        let events = receive(chunk)
+        outcome.events += events
+        if events.contains(where: ends) {
+            ended = true
+            outcome.leftover = takeLeftover()
+        }
+    }
+    return outcome
 }
 
 /// Feeds a request stream to a fresh `RequestDecoder`, draining `next()`

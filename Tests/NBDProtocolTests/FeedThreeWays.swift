@@ -1,3 +1,4 @@
+import TestSupport
 import Testing
 
 // After SwiftNIO's ByteToMessageDecoderVerifier: a decoder must make the same
@@ -21,19 +22,6 @@ enum FeedStrategy: Sendable, Equatable, CustomStringConvertible {
         case .whole: "whole"
         case .randomBatches(let seed): "random batches (seed 0x\(String(seed, radix: 16)))"
         }
-    }
-}
-
-/// SplitMix64: tiny, seedable, and the same on every platform.
-struct SeededGenerator: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 

@@ -1,4 +1,5 @@
 import NBDProtocol
+import TestSupport
 import Testing
 
 /// ReplyEncoder's output read back by ReplyDecoder.

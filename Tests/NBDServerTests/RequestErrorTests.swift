@@ -3,6 +3,7 @@ import Glibc
 import NBDProtocol
 import NBDServer
 import Sockets
+import TestSupport
 import Testing
 
 /// Every class of bad request gets its exact NBD error, and neither the
@@ -14,11 +15,12 @@ struct RequestErrorTests {
     /// A server with a writable export "rw", a read-only export "ro" and a
     /// tmpfs file "shm" that cannot zero without holes.
     final class Fixture {
-        let directory = TemporaryDirectory()
+        let directory: TemporaryDirectory
         let server: TestServer
         let memory: MemoryBlockDevice
 
         init() throws {
+            directory = try TemporaryDirectory()
             memory = try MemoryBlockDevice(size: RequestErrorTests.size)
             let shmDirectory = "/dev/shm"
             var template = Array("\(shmDirectory)/bulkhead-srv-XXXXXX".utf8CString)

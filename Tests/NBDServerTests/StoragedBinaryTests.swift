@@ -2,6 +2,7 @@ import BlockDevice
 import Glibc
 import NBDServer
 import Sockets
+import TestSupport
 import Testing
 
 /// The built `bulkhead-storaged`, next to the test bundle in `.build/<config>/`.
@@ -89,7 +90,7 @@ struct StoragedBinaryTests {
     /// Runs the daemon with `arguments` and expects it to exit at once with
     /// `status` and exactly the one line `message` on stderr.
     func expectFailure(_ arguments: [String], status: Int32, message: String) throws {
-        let directory = TemporaryDirectory()
+        let directory = try TemporaryDirectory()
         let child = try ChildProcess(try storagedBinary(), arguments, stderrPath: "\(directory.path)/stderr")
         #expect(child.wait() == status, "\(arguments)")
         #expect(child.stderr == message + "\n")
@@ -102,7 +103,7 @@ struct StoragedBinaryTests {
     }
 
     @Test func badSyntaxIsOneLine() throws {
-        let directory = TemporaryDirectory()
+        let directory = try TemporaryDirectory()
         let image = directory.file("a.img", size: 65536)
         try expectFailure(
             ["--listen", "udp:1.2.3.4:5", "--export", "a=\(image)"], status: 64,
@@ -128,7 +129,7 @@ struct StoragedBinaryTests {
 
     @Test func busySocketIsOneLine() throws {
         let fixture = try TestServer()
-        let directory = TemporaryDirectory()
+        let directory = try TemporaryDirectory()
         let image = directory.file("a.img", size: 65536)
         try expectFailure(
             ["--listen", "\(fixture.address)", "--export", "a=\(image)"], status: 1,
@@ -139,14 +140,14 @@ struct StoragedBinaryTests {
     }
 
     @Test func printsItsVersion() throws {
-        let directory = TemporaryDirectory()
+        let directory = try TemporaryDirectory()
         let child = try ChildProcess(try storagedBinary(), ["--version"], stderrPath: "\(directory.path)/stderr")
         #expect(child.wait() == 0)
     }
 
     @Test(arguments: [SIGTERM, SIGINT])
     func servesAndExitsCleanlyOnSignal(signal: Int32) throws {
-        let directory = TemporaryDirectory()
+        let directory = try TemporaryDirectory()
         let image = directory.file("disk.img", size: 1 << 20)
         let readOnlyImage = directory.file("ro.img", size: 65536)
         let socketPath = "\(directory.path)/storage.sock"
@@ -181,7 +182,7 @@ struct StoragedBinaryTests {
     /// default and on worker threads with --threaded: the same bytes either way.
     @Test(arguments: [[], ["--threaded"]])
     func servesPipelinedRequestsInlineOrThreaded(extra: [String]) throws {
-        let directory = TemporaryDirectory()
+        let directory = try TemporaryDirectory()
         let image = directory.file("disk.img", size: 1 << 20)
         let socketPath = "\(directory.path)/storage.sock"
         let child = try ChildProcess(

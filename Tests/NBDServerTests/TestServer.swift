@@ -3,31 +3,9 @@ import Glibc
 import Logging
 import NBDServer
 import Sockets
+import TestSupport
 
-/// A temporary directory, removed with its contents on deinit.
-final class TemporaryDirectory {
-    let path: String
-
-    init() {
-        var template = Array("/tmp/bulkhead-srv-XXXXXX".utf8CString)
-        let result = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        precondition(result != nil, "mkdtemp failed: errno \(errno)")
-        path = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    deinit {
-        if let directory = opendir(path) {
-            while let entry = readdir(directory) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-                }
-                if name != "." && name != ".." { unlink("\(path)/\(name)") }
-            }
-            closedir(directory)
-        }
-        rmdir(path)
-    }
-
+extension TemporaryDirectory {
     /// A file of `size` zero bytes in the directory.
     func file(_ name: String, size: Int) -> String {
         let filePath = "\(path)/\(name)"
@@ -51,7 +29,7 @@ let testLogger: Logger = {
 /// An in-process NBDServer listening on a Unix socket in a temporary
 /// directory (or on an ephemeral TCP port), shut down on deinit.
 final class TestServer {
-    let directory = TemporaryDirectory()
+    let directory: TemporaryDirectory
     let server: NBDServer
     let address: SocketAddress
     let socketPath: String?
@@ -60,6 +38,7 @@ final class TestServer {
         exports: [NBDExport], defaultExport: String? = nil, tcp: Bool = false,
         configuration: NBDServerConfiguration = NBDServerConfiguration()
     ) throws {
+        directory = try TemporaryDirectory()
         server = try NBDServer(
             exports: exports, defaultExport: defaultExport, configuration: configuration, logger: testLogger)
         let listener: Listener

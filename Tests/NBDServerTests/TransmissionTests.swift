@@ -3,6 +3,7 @@ import Glibc
 import NBDProtocol
 import NBDServer
 import Sockets
+import TestSupport
 import Testing
 
 @Suite("Transmission")
@@ -34,7 +35,7 @@ struct TransmissionTests {
     }
 
     @Test func servesAFileAndATCPListener() throws {
-        let directory = TemporaryDirectory()
+        let directory = try TemporaryDirectory()
         let path = directory.file("disk.img", size: 4 << 20)
         let device = try FileBlockDevice(path: path)
         let fixture = try TestServer(exports: [NBDExport(name: "disk", device: device)], tcp: true)

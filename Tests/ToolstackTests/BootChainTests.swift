@@ -1,6 +1,7 @@
 import ProcessSpawn
 import Foundation
 import LaunchMeasurement
+import TestSupport
 import Testing
 import Toolstack
 

@@ -1,12 +1,37 @@
 # bench/chain/lib.sh - shared helpers for the Bulkhead chain benchmarks.
-# Sourced by bench/chain.sh, bench/wa.sh, bench/chain/peer-server.sh and
-# bench/chain/profile.sh. Needs BH_BIN (directory with the release binaries).
+# Sourced by bench/issue7.sh, bench/chain.sh, bench/wa.sh and the scripts in
+# bench/chain. Needs BH_BIN (directory with the release binaries).
 
 : "${BH_BIN:?BH_BIN must name the directory holding bulkhead, bulkhead-storaged and bulkhead-cryptd}"
 BH_PASSPHRASE=${BH_PASSPHRASE:-bulkhead-chain-bench-passphrase}
 BH_SCRYPT_LOG2N=${BH_SCRYPT_LOG2N:-12}
 
 bh_log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+# bh_need SCRIPT TOOL...: exits naming the first TOOL not on PATH.
+bh_need() {
+  local who=$1 t
+  shift
+  for t in "$@"; do command -v "$t" >/dev/null || { echo "$who: missing $t" >&2; exit 1; }; done
+}
+
+# bh_need_binaries SCRIPT: exits unless BH_BIN holds the three executables.
+bh_need_binaries() {
+  local b
+  for b in bulkhead bulkhead-storaged bulkhead-cryptd; do
+    [ -x "$BH_BIN/$b" ] || { echo "$1: missing $BH_BIN/$b (swift build -c release, or BH_BIN=DIR)" >&2; exit 1; }
+  done
+}
+
+# bh_stop_all PID...: stops child processes last started first, each gone
+# before the next is told: cryptd's final commit needs its storaged.
+bh_stop_all() {
+  local pids=("$@") i
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${pids[$i]}" 2>/dev/null || true
+    wait "${pids[$i]}" 2>/dev/null || true
+  done
+}
 
 # bh_wait_nbd URI [seconds [PID]]: wait until an NBD server answers on URI
 # (gives up early if process PID has exited).

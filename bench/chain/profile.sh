@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do
     *) echo "profile.sh: unknown option $1" >&2; exit 2;;
   esac
 done
-for t in perf fio nbdcopy nbdinfo jq; do command -v $t >/dev/null || { echo "profile.sh: missing $t" >&2; exit 1; }; done
+bh_need profile.sh perf fio nbdcopy nbdinfo jq
 perf stat -e task-clock true >/dev/null 2>&1 || { echo "profile.sh: perf cannot count (perf_event_paranoid?)" >&2; exit 1; }
 [ -n "$OUTDIR" ] || OUTDIR="/tmp/bulkhead-profile-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUTDIR"
@@ -44,9 +44,7 @@ mkdir -p "$OUTDIR"
 W=$(mktemp -d "$DIR/bulkhead-prof.XXXXXX")
 PIDS=()
 cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  bh_stop_all "${PIDS[@]}"
   rm -rf "$W"
 }
 trap cleanup EXIT

@@ -88,8 +88,8 @@ if [ -z "$MULTI" ]; then
     if cell_selected "$c-$w"; then MULTI=8; fi
   done; done
 fi
-[ -z "$PROFILE" ] || { command -v perf >/dev/null || { echo "scale.sh: missing perf" >&2; exit 1; }; mkdir -p "$PROFILE"; }
-for t in fio nbdinfo jq awk; do command -v $t >/dev/null || { echo "scale.sh: missing $t" >&2; exit 1; }; done
+[ -z "$PROFILE" ] || { bh_need scale.sh perf; mkdir -p "$PROFILE"; }
+bh_need scale.sh fio nbdinfo jq awk
 for b in bulkhead bulkhead-storaged bulkhead-cryptd; do
   [ -x "$BH_BIN/$b" ] || { echo "scale.sh: missing $BH_BIN/$b" >&2; exit 1; }
 done
@@ -107,11 +107,8 @@ pool_b=$((pool_b / 4096 * 4096))
 
 W=$(mktemp -d "$DIR/bulkhead-scale.XXXXXX")
 PIDS=()
-cleanup() {  # cryptd first (its final commit needs storaged), then storaged
-  local i
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    kill -TERM "${PIDS[$i]}" 2>/dev/null || true; wait "${PIDS[$i]}" 2>/dev/null || true
-  done
+cleanup() {
+  bh_stop_all "${PIDS[@]}"
   rm -rf "$W"
 }
 trap cleanup EXIT

@@ -33,7 +33,7 @@ public struct IncomingRequest: Sendable, Hashable {
     public var header: RequestHeader
     /// The WRITE payload; empty for other commands, and for a WRITE whose
     /// length exceeds the payload limit (its bytes are skipped unread).
-    public var payload: [UInt8]
+    public var payload: WritePayload
     /// True for a WRITE whose payload was too large to accept; it must be
     /// answered with an error.
     public var payloadDiscarded: Bool
@@ -44,12 +44,17 @@ public struct IncomingRequest: Sendable, Hashable {
 /// client cannot make the server allocate more than the limit per request.
 public struct RequestDecoder: Sendable {
     public let maxPayload: UInt32
+    /// Alignment of WRITE payload memory (a power of two): a device that
+    /// needs aligned buffers (O_DIRECT) can then write from it in place.
+    public let payloadAlignment: Int
     private var input = InputBuffer()
     private var pending: RequestHeader?
     private var discardRemaining = 0
 
-    public init(maxPayload: UInt32 = NBDLimits.maxPayload) {
+    public init(maxPayload: UInt32 = NBDLimits.maxPayload, payloadAlignment: Int = 64) {
+        precondition(payloadAlignment > 0 && payloadAlignment & (payloadAlignment - 1) == 0, "alignment must be a power of two")
         self.maxPayload = maxPayload
+        self.payloadAlignment = payloadAlignment
     }
 
     public mutating func receive(_ bytes: some Sequence<UInt8>) { input.append(contentsOf: bytes) }
@@ -77,17 +82,19 @@ public struct RequestDecoder: Sendable {
                 length: input.peek(UInt32.self, at: 24))
             input.skip(upTo: NBDMessageSize.request)
             guard header.carriesPayload else {
-                return IncomingRequest(header: header, payload: [], payloadDiscarded: false)
+                return IncomingRequest(header: header, payload: .empty, payloadDiscarded: false)
             }
             guard header.length <= maxPayload else {
                 discardRemaining = Int(header.length) - input.skip(upTo: Int(header.length))
-                return IncomingRequest(header: header, payload: [], payloadDiscarded: true)
+                return IncomingRequest(header: header, payload: .empty, payloadDiscarded: true)
             }
             pending = header
         }
         guard let header = pending, input.count >= Int(header.length) else { return nil }
         pending = nil
-        return IncomingRequest(header: header, payload: input.take(Int(header.length)), payloadDiscarded: false)
+        let payload = WritePayload(count: Int(header.length), alignment: payloadAlignment)
+        input.take(into: payload.fillableBytes)
+        return IncomingRequest(header: header, payload: payload, payloadDiscarded: false)
     }
 }
 
@@ -104,30 +111,21 @@ extension RequestDecoder {
 
     /// Returns the pending WRITE: its payload is the bytes already received
     /// followed by `missingPayloadCount` bytes that `read` must place in the
-    /// buffer it is given (filling it entirely, or throwing). After a throw
-    /// the stream is out of step and the connection must close.
+    /// buffer it is given (the payload's own memory, so nothing is copied;
+    /// filling it entirely, or throwing). After a throw the stream is out of
+    /// step and the connection must close.
     /// - Precondition: `missingPayloadCount > 0`.
     public mutating func completePendingWrite<E: Error>(
         reading read: (UnsafeMutableRawBufferPointer) throws(E) -> Void
     ) throws(E) -> IncomingRequest {
         precondition(missingPayloadCount > 0, "no WRITE payload is pending")
         let header = pending!
-        let length = Int(header.length)
-        let buffered = input.count
-        var failure: E?
-        let payload = [UInt8](unsafeUninitializedCapacity: length) { buffer, initialized in
-            let raw = UnsafeMutableRawBufferPointer(buffer)
-            input.take(into: UnsafeMutableRawBufferPointer(rebasing: raw[..<buffered]))
-            do throws(E) {
-                try read(UnsafeMutableRawBufferPointer(rebasing: raw[buffered...]))
-                initialized = length
-            } catch {
-                failure = error
-                initialized = 0
-            }
-        }
         pending = nil
-        if let failure { throw failure }
+        let payload = WritePayload(count: Int(header.length), alignment: payloadAlignment)
+        let memory = payload.fillableBytes
+        let buffered = input.count
+        input.take(into: UnsafeMutableRawBufferPointer(rebasing: memory[..<buffered]))
+        try read(UnsafeMutableRawBufferPointer(rebasing: memory[buffered...]))
         return IncomingRequest(header: header, payload: payload, payloadDiscarded: false)
     }
 }

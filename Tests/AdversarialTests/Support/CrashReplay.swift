@@ -3,6 +3,7 @@ import Glibc
 #endif
 import BlockDevice
 import PoolFormat
+import TestSupport
 
 @testable import CryptPool
 
@@ -101,7 +102,7 @@ final class CrashReplayer {
         }
         var image = durable
         if let seed = point.cacheSeed {
-            var random = SeededRandom(seed: seed)
+            var random = SeededGenerator(seed: seed)
             for index in (flush + 1)..<point.index { apply(operations[index], to: &image, keep: { Bool.random(using: &random) }) }
         }
         return image

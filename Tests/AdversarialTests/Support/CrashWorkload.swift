@@ -1,5 +1,6 @@
 import BlockDevice
 import Keys
+import TestSupport
 
 @testable import CryptPool
 
@@ -40,7 +41,7 @@ struct CrashWorkload {
 
     init(seed: UInt64, rounds: Int = 28) throws {
         device = try RecordingDevice(size: Self.deviceSize)
-        var random = SeededRandom(seed: seed)
+        var random = SeededGenerator(seed: seed)
         var image = ConsumerImage()
         var nextSeed: UInt64 = seed << 32 | 1
         let pool = try Pool.format(

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import BlockDevice
+import TestSupport
 import Threads
 
 /// What the hostile storage domain does to the requests it serves.
@@ -74,7 +75,7 @@ final class HostileDevice: BlockDevice {
 
     private struct State {
         var misbehaviour: Misbehaviour = .honest
-        var random: SeededRandom
+        var random: SeededGenerator
         var counters = Counters()
         /// Content of each 4 KiB block before its latest write.
         var previous: [UInt64: [UInt8]] = [:]
@@ -91,7 +92,7 @@ final class HostileDevice: BlockDevice {
 
     init(over backing: MemoryBlockDevice, seed: UInt64 = 1) {
         self.backing = backing
-        state = Guarded(State(random: SeededRandom(seed: seed)))
+        state = Guarded(State(random: SeededGenerator(seed: seed)))
     }
 
     var size: UInt64 { backing.size }

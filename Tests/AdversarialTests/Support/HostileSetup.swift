@@ -1,5 +1,6 @@
 import BlockDevice
 import NBDClient
+import TestSupport
 import Testing
 
 @testable import CryptPool

@@ -3,6 +3,7 @@ import Logging
 import NBDClient
 import NBDServer
 import Sockets
+import TestSupport
 
 /// A quiet logger: the scenarios provoke errors on purpose.
 func quietLogger(_ label: String) -> Logger {

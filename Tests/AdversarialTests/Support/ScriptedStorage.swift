@@ -1,6 +1,7 @@
 import BlockDevice
 import NBDProtocol
 import Sockets
+import TestSupport
 import Threads
 
 /// How the scripted storage domain breaks its READ replies on the wire.
@@ -169,7 +170,7 @@ final class ScriptedStorage: Sendable {
             }
             return sendRead(header, data, structured: structured, fault: fault, on: socket)
         case .write:
-            do { try device.writeBytes(at: header.offset, request.payload) } catch { failed = true }
+            do { try device.writeBytes(at: header.offset, Array(request.payload)) } catch { failed = true }
         case .trim, .writeZeroes:
             do { try device.writeZeroes(at: header.offset, length: UInt64(header.length), flags: []) } catch { failed = true }
         default:
@@ -194,8 +195,8 @@ final class ScriptedStorage: Sendable {
             _ = send(Array(honest.prefix(honest.count / 2)), socket)
             return false
         case .garbage:
-            var random = SeededRandom(seed: header.cookie)
-            return send((0..<honest.count).map { _ in UInt8.random(in: 0...255, using: &random) }, socket)
+            var random = SeededGenerator(seed: header.cookie)
+            return send(random.bytes(honest.count), socket)
         case .silence:
             return true
         case .errorReply:
@@ -225,8 +226,8 @@ final class ScriptedStorage: Sendable {
         case .misplacedChunk:
             return send(readReply(header.cookie, offset: header.offset + UInt64(data.count) + 4096, data, structured: true), socket)
         case .garbage:
-            var random = SeededRandom(seed: header.cookie)
-            return send((0..<honest.count).map { _ in UInt8.random(in: 0...255, using: &random) }, socket)
+            var random = SeededGenerator(seed: header.cookie)
+            return send(random.bytes(honest.count), socket)
         case .silence:
             return true
         case .errorReply:

@@ -27,20 +27,6 @@ func blockContents(seed: UInt64) -> [UInt8] {
     seed == 0 ? [UInt8](repeating: 0, count: blockSize) : seededBytes(blockSize, seed: seed)
 }
 
-/// A small, seedable random generator (SplitMix64), so that every random
-/// choice a test makes can be replayed from the seed it prints.
-struct SeededRandom: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 extension BlockDevice {
     /// Reads `count` bytes at `offset`, throwing the device's error.
     func readBytes(at offset: UInt64, count: Int) throws(BlockDeviceError) -> [UInt8] {
@@ -61,24 +47,6 @@ extension BlockDevice {
         }
         if let failure { throw failure }
     }
-}
-
-/// A temporary directory removed on deinit. Kept short, since Unix socket
-/// paths are limited to 107 bytes.
-final class TemporaryDirectory: Sendable {
-    let path: String
-
-    init(_ label: String = "adv") throws {
-        var template = Array("/tmp/\(label)-XXXXXX".utf8CString)
-        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw CocoaError(.fileWriteUnknown)
-        }
-        path = String(cString: made)
-    }
-
-    func file(_ name: String) -> String { "\(path)/\(name)" }
-
-    deinit { try? FileManager.default.removeItem(atPath: path) }
 }
 
 /// A trust anchor held in memory: what the crypt domain's state directory

@@ -3,37 +3,6 @@ import Foundation
 let kibibyte = 1 << 10
 let mebibyte = 1 << 20
 
-/// SplitMix64: a small seeded generator, so a failing random run can be
-/// repeated from the seed its messages print.
-struct SeededGenerator: RandomNumberGenerator {
-    private var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-/// `count` bytes from `generator`.
-func randomData(_ count: Int, using generator: inout some RandomNumberGenerator) -> Data {
-    var data = Data(count: count)
-    data.withUnsafeMutableBytes { raw in
-        var index = 0
-        while index < count {
-            var word = generator.next()
-            let take = min(8, count - index)
-            withUnsafeBytes(of: &word) { raw.baseAddress!.advanced(by: index).copyMemory(from: $0.baseAddress!, byteCount: take) }
-            index += take
-        }
-    }
-    return data
-}
-
 /// `count` bytes from /dev/urandom (the kernel is much faster than a
 /// generator loop in a debug build).
 func randomData(_ count: Int) -> Data {

@@ -1,5 +1,6 @@
 import Foundation
 import Sockets
+import TestScratch
 import Testing
 
 /// One volume the chain creates: its name and size in bytes.
@@ -23,8 +24,8 @@ final class Chain {
     let poolSize: Int
     /// Options given to every cryptd start, besides the required ones.
     var cryptdOptions: [String]
-    private(set) var storaged: Spawned?
-    private(set) var cryptd: Spawned?
+    private(set) var storaged: ChildProcess?
+    private(set) var cryptd: ChildProcess?
     private var storagedStarts = 0
     private var cryptdStarts = 0
 
@@ -88,7 +89,7 @@ final class Chain {
     func startStoraged() throws {
         precondition(storaged == nil, "storaged already runs")
         storagedStarts += 1
-        let process = try Spawned(
+        let process = try ChildProcess(
             [try Tools.built("bulkhead-storaged"), "--listen", "unix:" + storageSocket, "--export", "pool=" + image],
             logPath: scratch.file("storaged-\(storagedStarts).log"))
         storaged = process
@@ -119,10 +120,10 @@ final class Chain {
     }
 
     /// Launches cryptd without waiting for it, for tests that expect it to refuse.
-    func launchCryptd(_ extra: [String] = []) throws -> Spawned {
+    func launchCryptd(_ extra: [String] = []) throws -> ChildProcess {
         precondition(cryptd == nil, "cryptd already runs")
         cryptdStarts += 1
-        let process = try Spawned(try cryptdCommand(extra), logPath: scratch.file("cryptd-\(cryptdStarts).log"))
+        let process = try ChildProcess(try cryptdCommand(extra), logPath: scratch.file("cryptd-\(cryptdStarts).log"))
         cryptd = process
         return process
     }
@@ -174,18 +175,18 @@ final class Chain {
 
     // MARK: - Internals
 
-    private func stop(_ process: Spawned?, _ name: String) -> Int32? {
+    private func stop(_ process: ChildProcess?, _ name: String) -> Int32? {
         guard let process else { return nil }
         if let status = process.status {
             Issue.record("\(name) had exited on its own with status \(status): `\(process.commandLine)`\n\(lastPart(process.log))")
             return status
         }
-        let (status, killed) = process.terminate()
+        let (status, killed) = process.stop(grace: 15)
         if killed { Issue.record("\(name) ignored SIGTERM and was killed: `\(process.commandLine)`\n\(lastPart(process.log))") }
         return status
     }
 
-    private func waitUntilAccepting(_ process: Spawned, sockets: [String]) throws {
+    private func waitUntilAccepting(_ process: ChildProcess, sockets: [String]) throws {
         let deadline = Date().addingTimeInterval(Self.readyTimeout)
         var waiting = sockets
         while let socket = waiting.first {

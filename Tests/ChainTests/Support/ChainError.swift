@@ -5,7 +5,6 @@ enum ChainError: Error, CustomStringConvertible {
     case missingDevice(path: String, why: String)
     case notRoot(why: String)
     case notBuilt(program: String, path: String)
-    case launchFailed(command: String, reason: String)
     case timedOut(command: String, seconds: Double, output: String)
     case notReady(command: String, socket: String, seconds: Double, log: String)
     case exitedEarly(command: String, status: Int32, log: String)
@@ -22,8 +21,6 @@ enum ChainError: Error, CustomStringConvertible {
             "this test must run as root: \(why)"
         case .notBuilt(let program, let path):
             "\(program) is not built at \(path): run `swift build` before `swift test`"
-        case .launchFailed(let command, let reason):
-            "cannot start `\(command)`: \(reason)"
         case .timedOut(let command, let seconds, let output):
             "`\(command)` did not finish within \(seconds) s and was killed; output:\n\(output)"
         case .notReady(let command, let socket, let seconds, let log):

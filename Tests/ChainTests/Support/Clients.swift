@@ -1,4 +1,5 @@
 import Foundation
+import TestScratch
 
 /// Runs qemu-io on `uri` with one `-c` per command (raw format, discard
 /// passed through as NBD_CMD_TRIM). qemu-io exits 1 when any command fails,
@@ -15,9 +16,9 @@ func qemuIO(_ uri: String, _ commands: [String], timeout: Double = 60) throws ->
 /// requests and the replies to them (`QemuIOTrace`), its output
 /// line-buffered (stdbuf) so that the trace falls in order between the
 /// commands' reports.
-func launchQemuIO(_ uri: String, _ commands: [String], logPath: String) throws -> Spawned {
+func launchQemuIO(_ uri: String, _ commands: [String], logPath: String) throws -> ChildProcess {
     let tracing = QemuIOTrace.events.flatMap { ["--trace", $0] }
-    return try Spawned(
+    return try ChildProcess(
         ["stdbuf", "-oL", try Tools.path(of: "qemu-io")] + tracing + ["-f", "raw", "--cache=writeback", "--discard=unmap"] + commands.flatMap { ["-c", $0] } + [uri],
         logPath: logPath)
 }

@@ -1,4 +1,5 @@
 import Foundation
+import TestScratch
 
 /// How a finished command ended and what it printed (stdout and stderr interleaved).
 struct CommandResult: CustomStringConvertible {
@@ -34,7 +35,7 @@ func shellQuoted(_ arguments: [String]) -> String {
 func run(_ command: [String], timeout: Double = 60) throws -> CommandResult {
     let logPath = NSTemporaryDirectory() + "/bh-chain-cmd-" + UUID().uuidString
     defer { unlink(logPath) }
-    let child = try Spawned(command, logPath: logPath)
+    let child = try ChildProcess(command, logPath: logPath)
     guard let status = child.waitForExit(seconds: timeout) else {
         child.kill9()
         throw ChainError.timedOut(command: child.commandLine, seconds: timeout, output: lastPart(child.log))

@@ -1,4 +1,6 @@
 import Foundation
+import TestScratch
+import TestSupport
 
 /// A consumer's write-and-flush workload on one volume, one qemu-io process
 /// per step: `write; flush; write; flush; …; write` with fresh patterns at
@@ -63,7 +65,7 @@ final class PatternWorkload {
 
     /// A running step: its process and its commands.
     struct Step {
-        let process: Spawned
+        let process: ChildProcess
         let actions: [Action]
     }
 
@@ -169,7 +171,7 @@ final class PatternWorkload {
             throw ChainError.timedOut(command: step.process.commandLine, seconds: timeout, output: lastPart(step.process.log))
         }
         let output = step.process.log
-        unlink(step.process.logPath)
+        unlink(step.process.outputPath)
         let messages = QemuIOTrace.withoutTrace(output)
         let opened = !messages.contains("can't open")
         let outcome = opened ? Self.outcome(of: step.actions, in: output) : nil

@@ -1,4 +1,5 @@
 import Foundation
+import TestScratch
 
 /// What a finished command printed and how it ended.
 struct CommandResult: CustomStringConvertible {

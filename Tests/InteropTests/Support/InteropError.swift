@@ -6,7 +6,6 @@ enum InteropError: Error, CustomStringConvertible {
     case notRoot(why: String)
     case storagedNotBuilt(path: String)
     case commandTimedOut(command: String, seconds: Double, output: String)
-    case launchFailed(command: String, reason: String)
     case serverNotReady(command: String, socket: String, seconds: Double, log: String)
     case serverExited(command: String, status: Int32, log: String)
     case setupFailed(String)
@@ -23,8 +22,6 @@ enum InteropError: Error, CustomStringConvertible {
             "bulkhead-storaged is not built at \(path); run `swift build` first (scripts/test does)"
         case .commandTimedOut(let command, let seconds, let output):
             "`\(command)` did not finish within \(seconds) s and was killed; output:\n\(output)"
-        case .launchFailed(let command, let reason):
-            "cannot start `\(command)`: \(reason)"
         case .serverNotReady(let command, let socket, let seconds, let log):
             "`\(command)` did not accept connections on \(socket) within \(seconds) s; its log:\n\(log)"
         case .serverExited(let command, let status, let log):

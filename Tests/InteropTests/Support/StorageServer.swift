@@ -1,5 +1,6 @@
 import Foundation
 import Sockets
+import TestScratch
 import Testing
 
 /// One export handed to the server: `--export NAME=PATH[:ro]`.

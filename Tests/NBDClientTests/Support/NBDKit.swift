@@ -1,5 +1,6 @@
 import Foundation
 import Sockets
+import TestSupport
 import Testing
 
 /// A real nbdkit serving on a Unix socket in a temporary directory, killed

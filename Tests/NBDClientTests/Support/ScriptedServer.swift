@@ -2,6 +2,7 @@ import Foundation
 import NBDProtocol
 import Sockets
 import Synchronization
+import TestSupport
 
 /// A hostile (or merely scripted) NBD server on a temporary Unix socket.
 /// Each connection is handled on its own thread: the script either speaks

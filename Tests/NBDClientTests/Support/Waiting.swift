@@ -1,15 +1,5 @@
 import Foundation
-import Synchronization
-
-/// Waits until `condition` holds, polling; false if `timeout` seconds pass first.
-func eventually(timeout: Double, _ condition: () -> Bool) -> Bool {
-    let deadline = Date().addingTimeInterval(timeout)
-    while Date() < deadline {
-        if condition() { return true }
-        usleep(10_000)
-    }
-    return condition()
-}
+import TestSupport
 
 /// Runs `body` on `count` system threads at once and waits for all of them,
 /// at most `timeout` seconds; false if any is still running then.
@@ -45,10 +35,3 @@ final class Background<T: Sendable>: Sendable {
     }
 }
 
-/// A value behind a mutex, shareable between threads.
-final class Locked<T: Sendable>: Sendable {
-    private let mutex: Mutex<T>
-    init(_ value: T) { mutex = Mutex(value) }
-    func withLock<R>(_ body: (inout T) -> R) -> R { mutex.withLock { body(&$0) } }
-    var value: T { withLock { $0 } }
-}

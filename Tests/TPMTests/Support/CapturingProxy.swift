@@ -1,5 +1,6 @@
 import Foundation
 import Sockets
+import TestSupport
 import Threads
 
 /// A TCP proxy between the swtpm TCTI and swtpm that records every byte of

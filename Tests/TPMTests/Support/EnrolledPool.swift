@@ -2,6 +2,7 @@ import BlockDevice
 @testable import CryptPool
 import Foundation
 import Keys
+import TestSupport
 
 /// A pool image with a passphrase, a recovery key and a 4 MiB volume `vm1`,
 /// made by the real `bulkhead`, for the TPM product tests: they enrol it in

@@ -1,5 +1,6 @@
 import Foundation
 import ProcessSpawn
+import TestSupport
 
 /// A program built by this package, beside the test bundle (`.build/<triple>/debug/`).
 func built(_ program: String) throws -> String {

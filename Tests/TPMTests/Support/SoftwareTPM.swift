@@ -1,5 +1,6 @@
 import Foundation
 import Sockets
+import TestSupport
 
 /// A real swtpm (TPM 2.0 simulator) listening on a private loopback port
 /// pair (data P, control P+1) with its own state directory, started with

@@ -1,41 +1,5 @@
 import Foundation
 import Keys
-import Synchronization
-
-/// A private directory under /tmp, removed on deinit.
-final class TemporaryDirectory: Sendable {
-    let path: String
-
-    init() throws {
-        var template = Array("/tmp/tpmt-XXXXXX".utf8CString)
-        guard let result = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw POSIXError(.init(rawValue: errno) ?? .EIO)
-        }
-        path = String(cString: result)
-    }
-
-    func file(_ name: String) -> String { path + "/" + name }
-
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-}
-
-/// Waits until `condition` holds, polling; false if `timeout` seconds pass first.
-func eventually(timeout: Double, _ condition: () -> Bool) -> Bool {
-    let deadline = Date().addingTimeInterval(timeout)
-    while Date() < deadline {
-        if condition() { return true }
-        usleep(10_000)
-    }
-    return condition()
-}
-
-/// A value behind a mutex, shareable between threads.
-final class Locked<T: Sendable>: Sendable {
-    private let mutex: Mutex<T>
-    init(_ value: T) { mutex = Mutex(value) }
-    func withLock<R>(_ body: (inout T) -> R) -> R { mutex.withLock { body(&$0) } }
-    var value: T { withLock { $0 } }
-}
 
 struct TestFailure: Error, CustomStringConvertible {
     let description: String

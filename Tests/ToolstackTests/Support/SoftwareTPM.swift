@@ -1,5 +1,6 @@
 import Foundation
 import Sockets
+import TestSupport
 import Toolstack
 
 /// A real swtpm on a private loopback port pair with its own state folder,

@@ -61,16 +61,6 @@ func runChecked(_ argv: [String], timeout: Double = 120) throws -> ProcessLaunch
     return outcome
 }
 
-/// Waits until `condition` holds, polling; false if `timeout` seconds pass first.
-func eventually(timeout: Double, _ condition: () -> Bool) -> Bool {
-    let deadline = monotonicNow() + timeout
-    while monotonicNow() < deadline {
-        if condition() { return true }
-        usleep(20_000)
-    }
-    return condition()
-}
-
 /// Root, bwrap, setpriv: what booting with the sandbox needs.
 func requireBootPrivileges() throws {
     guard getuid() == 0 else { throw TestFailure("bulkhead boot needs root (it changes user and mounts)") }

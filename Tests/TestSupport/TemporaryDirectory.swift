@@ -1,0 +1,24 @@
+import Foundation
+
+/// A private directory under /tmp, removed with everything in it on deinit
+/// (or `remove()`). Its path is short, so Unix socket paths inside it stay
+/// far below the 108-byte `sun_path` limit.
+public final class TemporaryDirectory: Sendable {
+    public let path: String
+
+    /// Makes /tmp/`label`-XXXXXX.
+    public init(_ label: String = "bh") throws {
+        var template = Array("/tmp/\(label)-XXXXXX".utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+        }
+        path = String(cString: made)
+    }
+
+    public func file(_ name: String) -> String { path + "/" + name }
+
+    /// Removes the directory and everything in it now.
+    public func remove() { try? FileManager.default.removeItem(atPath: path) }
+
+    deinit { remove() }
+}
