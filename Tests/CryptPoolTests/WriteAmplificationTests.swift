@@ -4,6 +4,7 @@ import Keys
 import PoolFormat
 import Synchronization
 import Testing
+import TestSupport
 
 @testable import CryptPool
 
@@ -36,7 +37,7 @@ import Testing
         let writes = 3000
         let perFlush = 1000
         let start = device.writtenBytes
-        var random = SplitMix(seed: 7)
+        var random = SeededGenerator(seed: 7)
         var expected: [UInt64: UInt64] = [:]
         for index in 0..<writes {
             let logical = random.next() % (Self.volumeSize / Self.blockSize)
@@ -73,7 +74,7 @@ import Testing
         let pool = try Pool.format(storage: device, passphrase: passphrase, cost: testCost, anchor: nil, configuration: configuration).pool
         try pool.createVolume(name: "v", size: Self.volumeSize)
         let volume = try pool.volume(named: "v")
-        var random = SplitMix(seed: 8)
+        var random = SeededGenerator(seed: 8)
         for index in 0..<(records - 1) {
             try write(volume, (random.next() % (Self.volumeSize / Self.blockSize)) * Self.blockSize, randomBytes(4096, seed: UInt64(index)))
         }
