@@ -26,6 +26,26 @@ extension Pool {
         do { try storage.read(at: first * UInt64(Self.blockSize), into: buffer) } catch { throw .storage(error) }
     }
 
+    /// Reads whole blocks straight into each piece's buffer, every piece
+    /// in one storage batch where the device can send one (a remote
+    /// device: one round trip however fragmented the read), one by one
+    /// otherwise.
+    func readScattered(_ pieces: [(first: PhysicalBlock, buffer: UnsafeMutableRawBufferPointer)]) throws(PoolError) {
+        guard pieces.count > 1 else {
+            if let piece = pieces.first { try readBlocks(piece.first, into: piece.buffer) }
+            return
+        }
+        for piece in pieces { precondition(piece.buffer.count % Self.blockSize == 0) }
+        let reads = pieces.map { (offset: $0.first * UInt64(Self.blockSize), buffer: $0.buffer) }
+        do {
+            if let batch = asynchronousStorage {
+                try batch.read(reads)
+            } else {
+                for piece in reads { try storage.read(at: piece.offset, into: piece.buffer) }
+            }
+        } catch { throw .storage(error) }
+    }
+
     /// Writes whole blocks straight from `buffer`.
     func writeBlocks(_ first: PhysicalBlock, from buffer: UnsafeRawBufferPointer) throws(PoolError) {
         precondition(buffer.count % Self.blockSize == 0)
