@@ -46,6 +46,31 @@ extension Pool {
         } catch { throw .storage(error) }
     }
 
+    /// Reads `blocks` (sorted, so that neighbours form runs) in batches of
+    /// at most `batchBlocks`, each batch one `readScattered`, and hands
+    /// `body` each block's index in `blocks` and its bytes, in order.
+    func readEach(
+        _ blocks: [PhysicalBlock], batchBlocks: Int = 1024, _ body: (Int, ArraySlice<UInt8>) throws(PoolError) -> Void
+    ) throws(PoolError) {
+        var bytes = [UInt8](repeating: 0, count: min(blocks.count, batchBlocks) * Self.blockSize)
+        for start in stride(from: 0, to: blocks.count, by: batchBlocks) {
+            let end = min(start + batchBlocks, blocks.count)
+            var failure: PoolError?
+            bytes.withUnsafeMutableBytes { raw in
+                let pieces = contiguousRuns(Array(blocks[start..<end])).map { run in
+                    (blocks[start + run.start],
+                     UnsafeMutableRawBufferPointer(rebasing: raw[(run.start * Self.blockSize)..<((run.start + run.count) * Self.blockSize)]))
+                }
+                do throws(PoolError) { try readScattered(pieces) } catch { failure = error }
+            }
+            if let failure { throw failure }
+            for index in start..<end {
+                let offset = (index - start) * Self.blockSize
+                try body(index, bytes[offset..<(offset + Self.blockSize)])
+            }
+        }
+    }
+
     /// Writes whole blocks straight from `buffer`.
     func writeBlocks(_ first: PhysicalBlock, from buffer: UnsafeRawBufferPointer) throws(PoolError) {
         precondition(buffer.count % Self.blockSize == 0)
