@@ -146,7 +146,8 @@ struct BatchDefaultTests {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
         defer { buffer.deallocate() }
         let outcomes = Outcomes()
-        #expect(!device.startReads([(0, buffer), (8192, buffer)], completion: outcomes.completion))
+        let pieces: [ReadPiece] = [(0, buffer), (8192, buffer)]
+        #expect(!device.startReads(pieces, completion: outcomes.completion))
         device.finishHeld()
         #expect(outcomes.value.isEmpty)
         // An empty batch is done at once.
@@ -160,10 +161,11 @@ struct BatchDefaultTests {
         defer { buffer.deallocate() }
         let outcomes = Outcomes()
         // Inline: done on the spot; the piece past the end fails.
-        #expect(device.startReads([(0, buffer), (16384, buffer), (4096, buffer)], completion: outcomes.completion))
+        let pieces: [ReadPiece] = [(0, buffer), (16384, buffer), (4096, buffer)]
+        #expect(device.startReads(pieces, completion: outcomes.completion))
         #expect(outcomes.value == ["failed"])
         #expect(throws: BlockDeviceError.outOfRange(offset: 16384, length: 4096, size: 16384)) {
-            try device.read([(0, buffer), (16384, buffer)])
+            try device.read(pieces)
         }
     }
 }

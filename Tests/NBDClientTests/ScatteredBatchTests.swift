@@ -167,7 +167,8 @@ struct ScatteredBatchTests {
         }
         #expect(gathered.value.sorted() == Self.sortedOffsets())
         // Pieces it cannot take (an empty one) leave the batch unstarted.
-        #expect(!device.startWrites(pieces + [(0, UnsafeRawBufferPointer(start: nil, count: 0))], fua: false) { _ in })
+        let withAnEmptyPiece: [WritePiece] = pieces + [(0, UnsafeRawBufferPointer(start: nil, count: 0))]
+        #expect(!device.startWrites(withAnEmptyPiece, fua: false) { _ in })
     }
 
     @Test func synchronousScatteredReadIsOneBatch() throws {
@@ -197,7 +198,7 @@ struct ScatteredBatchTests {
             return code == EIO && operation.contains("NBD_CMD_READ at \(failing)")
         }
         // A piece outside the export is refused before anything is sent.
-        let outside = buffers[0]
-        #expect(throws: BlockDeviceError.self) { try device.read([(1 << 20, outside)]) }
+        let outside: [ReadPiece] = [(1 << 20, buffers[0])]
+        #expect(throws: BlockDeviceError.outOfRange(offset: 1 << 20, length: 4096, size: 1 << 20)) { try device.read(outside) }
     }
 }
