@@ -64,7 +64,9 @@ public protocol AsynchronousBlockDevice: BlockDevice {
 
 extension AsynchronousBlockDevice {
     public func startReads(_ pieces: [ReadPiece], completion: @escaping @Sendable (AsynchronousOutcome) -> Void) -> Bool {
-        startEach(pieces.count, completion) { index, done in startRead(at: pieces[index].offset, into: pieces[index].buffer, completion: done) }
+        startEach(pieces.count, completion) { index, done in
+            startRead(at: pieces[index].offset, into: pieces[index].buffer, completion: done)
+        }
     }
 
     public func startWrites(_ pieces: [WritePiece], fua: Bool, completion: @escaping @Sendable (AsynchronousOutcome) -> Void) -> Bool {

@@ -58,8 +58,8 @@ extension Pool {
             var failure: PoolError?
             bytes.withUnsafeMutableBytes { raw in
                 let pieces = contiguousRuns(Array(blocks[start..<end])).map { run in
-                    (blocks[start + run.start],
-                     UnsafeMutableRawBufferPointer(rebasing: raw[(run.start * Self.blockSize)..<((run.start + run.count) * Self.blockSize)]))
+                    let bytes = (run.start * Self.blockSize)..<((run.start + run.count) * Self.blockSize)
+                    return (blocks[start + run.start], UnsafeMutableRawBufferPointer(rebasing: raw[bytes]))
                 }
                 do throws(PoolError) { try readScattered(pieces) } catch { failure = error }
             }
