@@ -1,3 +1,5 @@
+import Synchronization
+
 /// How an operation started with `AsynchronousBlockDevice` ended.
 public enum AsynchronousOutcome: Sendable {
     /// Done: the data is in place (READ) or written (WRITE).
@@ -11,6 +13,11 @@ public enum AsynchronousOutcome: Sendable {
     case redoSynchronously
 }
 
+/// One piece of a batched READ: `buffer.count` bytes at `offset`.
+public typealias ReadPiece = (offset: UInt64, buffer: UnsafeMutableRawBufferPointer)
+/// One piece of a batched WRITE: `buffer` at `offset`.
+public typealias WritePiece = (offset: UInt64, buffer: UnsafeRawBufferPointer)
+
 /// A block device that can also start READs and WRITEs without blocking the
 /// calling thread, so an NBD server's connection thread can keep reading
 /// requests while earlier ones are in flight (the crypt volume over a remote
@@ -22,6 +29,11 @@ public enum AsynchronousOutcome: Sendable {
 /// `completion` exactly once, on any thread, possibly before returning. The
 /// buffer must stay valid and untouched until then. Completions must not
 /// block: they may run on a thread that other requests' replies depend on.
+///
+/// The batch forms (`startReads`, `startWrites`, `read(_:)`) carry the
+/// pieces of one request scattered over the device (a fragmented volume's
+/// runs): a remote device sends them together, paying one round trip and
+/// one registration; the default implementations take them one by one.
 public protocol AsynchronousBlockDevice: BlockDevice {
     /// Starts NBD_CMD_READ of `buffer.count` bytes at `offset`.
     func startRead(
@@ -34,4 +46,92 @@ public protocol AsynchronousBlockDevice: BlockDevice {
         at offset: UInt64, from buffer: UnsafeRawBufferPointer, fua: Bool,
         completion: @escaping @Sendable (AsynchronousOutcome) -> Void
     ) -> Bool
+
+    /// Starts NBD_CMD_READ of every piece, with one completion for all:
+    /// `.done` once every piece is in place, otherwise `.redoSynchronously`
+    /// if any piece asks for it, else the first piece's failure. An empty
+    /// batch completes `.done` at once.
+    func startReads(_ pieces: [ReadPiece], completion: @escaping @Sendable (AsynchronousOutcome) -> Void) -> Bool
+
+    /// Starts NBD_CMD_WRITE of every piece, durably with `fua`, with one
+    /// completion for all, merged as `startReads` does.
+    func startWrites(_ pieces: [WritePiece], fua: Bool, completion: @escaping @Sendable (AsynchronousOutcome) -> Void) -> Bool
+
+    /// NBD_CMD_READ of every piece, blocking until all are in place; throws
+    /// the first failure, in piece order, once every piece has ended.
+    func read(_ pieces: [ReadPiece]) throws(BlockDeviceError)
+}
+
+extension AsynchronousBlockDevice {
+    public func startReads(_ pieces: [ReadPiece], completion: @escaping @Sendable (AsynchronousOutcome) -> Void) -> Bool {
+        startEach(pieces.count, completion) { index, done in
+            startRead(at: pieces[index].offset, into: pieces[index].buffer, completion: done)
+        }
+    }
+
+    public func startWrites(_ pieces: [WritePiece], fua: Bool, completion: @escaping @Sendable (AsynchronousOutcome) -> Void) -> Bool {
+        startEach(pieces.count, completion) { index, done in
+            startWrite(at: pieces[index].offset, from: pieces[index].buffer, fua: fua, completion: done)
+        }
+    }
+
+    public func read(_ pieces: [ReadPiece]) throws(BlockDeviceError) {
+        var failure: BlockDeviceError?
+        for piece in pieces {
+            do { try read(at: piece.offset, into: piece.buffer) } catch { if failure == nil { failure = error } }
+        }
+        if let failure { throw failure }
+    }
+
+    /// Starts `count` single requests with `start(index, done)`, merging
+    /// their outcomes into one call of `completion`. If the first does not
+    /// start, nothing did: false. If a later one does not start, the batch
+    /// ends `.redoSynchronously` once those started have completed.
+    private func startEach(
+        _ count: Int, _ completion: @escaping @Sendable (AsynchronousOutcome) -> Void,
+        _ start: (Int, @escaping @Sendable (AsynchronousOutcome) -> Void) -> Bool
+    ) -> Bool {
+        guard count > 0 else {
+            completion(.done)
+            return true
+        }
+        let merge = OutcomeMerge(count, completion)
+        for index in 0..<count {
+            if start(index, { merge.finish($0) }) { continue }
+            guard index > 0 else { return false }
+            // The pieces not started count as one redo each.
+            for _ in index..<count { merge.finish(.redoSynchronously) }
+            break
+        }
+        return true
+    }
+}
+
+/// Merges the outcomes of a batch's pieces and calls the batch's
+/// completion when the last arrives.
+private final class OutcomeMerge: Sendable {
+    private struct State: Sendable {
+        var remaining: Int
+        var merged: AsynchronousOutcome = .done
+    }
+
+    private let state: Mutex<State>
+    private let completion: @Sendable (AsynchronousOutcome) -> Void
+
+    init(_ count: Int, _ completion: @escaping @Sendable (AsynchronousOutcome) -> Void) {
+        state = Mutex(State(remaining: count))
+        self.completion = completion
+    }
+
+    func finish(_ outcome: AsynchronousOutcome) {
+        let last: AsynchronousOutcome? = state.withLock { state in
+            switch (state.merged, outcome) {
+            case (_, .done), (.redoSynchronously, _), (.failed, .failed): break
+            default: state.merged = outcome
+            }
+            state.remaining -= 1
+            return state.remaining == 0 ? state.merged : nil
+        }
+        if let last { completion(last) }
+    }
 }

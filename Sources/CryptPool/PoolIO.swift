@@ -26,6 +26,51 @@ extension Pool {
         do { try storage.read(at: first * UInt64(Self.blockSize), into: buffer) } catch { throw .storage(error) }
     }
 
+    /// Reads whole blocks straight into each piece's buffer, every piece
+    /// in one storage batch where the device can send one (a remote
+    /// device: one round trip however fragmented the read), one by one
+    /// otherwise.
+    func readScattered(_ pieces: [(first: PhysicalBlock, buffer: UnsafeMutableRawBufferPointer)]) throws(PoolError) {
+        guard pieces.count > 1 else {
+            if let piece = pieces.first { try readBlocks(piece.first, into: piece.buffer) }
+            return
+        }
+        for piece in pieces { precondition(piece.buffer.count % Self.blockSize == 0) }
+        let reads = pieces.map { (offset: $0.first * UInt64(Self.blockSize), buffer: $0.buffer) }
+        do {
+            if let batch = asynchronousStorage {
+                try batch.read(reads)
+            } else {
+                for piece in reads { try storage.read(at: piece.offset, into: piece.buffer) }
+            }
+        } catch { throw .storage(error) }
+    }
+
+    /// Reads `blocks` (sorted, so that neighbours form runs) in batches of
+    /// at most `batchBlocks`, each batch one `readScattered`, and hands
+    /// `body` each block's index in `blocks` and its bytes, in order.
+    func readEach(
+        _ blocks: [PhysicalBlock], batchBlocks: Int = 1024, _ body: (Int, ArraySlice<UInt8>) throws(PoolError) -> Void
+    ) throws(PoolError) {
+        var bytes = [UInt8](repeating: 0, count: min(blocks.count, batchBlocks) * Self.blockSize)
+        for start in stride(from: 0, to: blocks.count, by: batchBlocks) {
+            let end = min(start + batchBlocks, blocks.count)
+            var failure: PoolError?
+            bytes.withUnsafeMutableBytes { raw in
+                let pieces = contiguousRuns(Array(blocks[start..<end])).map { run in
+                    let bytes = (run.start * Self.blockSize)..<((run.start + run.count) * Self.blockSize)
+                    return (blocks[start + run.start], UnsafeMutableRawBufferPointer(rebasing: raw[bytes]))
+                }
+                do throws(PoolError) { try readScattered(pieces) } catch { failure = error }
+            }
+            if let failure { throw failure }
+            for index in start..<end {
+                let offset = (index - start) * Self.blockSize
+                try body(index, bytes[offset..<(offset + Self.blockSize)])
+            }
+        }
+    }
+
     /// Writes whole blocks straight from `buffer`.
     func writeBlocks(_ first: PhysicalBlock, from buffer: UnsafeRawBufferPointer) throws(PoolError) {
         precondition(buffer.count % Self.blockSize == 0)

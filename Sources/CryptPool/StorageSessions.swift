@@ -47,9 +47,6 @@ struct LostWrites {
     }
 }
 
-/// Blocks read back per request while verifying.
-private let verifyRunLimit = 256
-
 extension Pool {
     /// The device's session epoch now, sampled before a write is sent.
     var storageEpoch: UInt64 { storage.sessionEpoch }
@@ -65,14 +62,8 @@ extension Pool {
         )
         var lost = LostWrites()
         let metadata = writes.metadata.sorted { $0.0 < $1.0 }
-        for run in verifyRuns(metadata.map(\.0)) {
-            let bytes = try readBlocks(metadata[run.start].0, count: run.count)
-            for index in run.start..<(run.start + run.count) {
-                let offset = (index - run.start) * Self.blockSize
-                if bytes[offset..<(offset + Self.blockSize)].elementsEqual(metadata[index].1) == false {
-                    lost.metadata.append(metadata[index].0)
-                }
-            }
+        try readEach(metadata.map(\.0)) { (index, bytes) throws(PoolError) in
+            if !bytes.elementsEqual(metadata[index].1) { lost.metadata.append(metadata[index].0) }
         }
         let sealed = writes.sealed.sorted { $0.pointer.block < $1.pointer.block }
         for run in verifyRuns(sealed.map { $0.pointer.block }) {
@@ -102,32 +93,21 @@ extension Pool {
             data.append((volume, block.rawValue, pointer))
         }
         data.sort { $0.2.block < $1.2.block }
-        for run in verifyRuns(data.map(\.2.block)) {
-            let bytes = try readBlocks(data[run.start].2.block, count: run.count)
-            for index in run.start..<(run.start + run.count) {
-                let (volume, block, pointer) = data[index]
-                let offset = (index - run.start) * Self.blockSize
-                guard let sealer = state.withLock({ try? dataSealer(volume, pointer.salt, in: &$0) }) else { continue }
-                let ad = AssociatedData.data(
-                    pool: poolID, volume: volume, block: LogicalBlock(block), salt: pointer.salt, counter: pointer.counter)
-                do {
-                    _ = try sealer.open(bytes[offset..<(offset + Self.blockSize)], tag: pointer.tag, counter: pointer.counter, associatedData: ad)
-                } catch {
-                    lost.data.append((volume, block, pointer.block))
-                }
+        try readEach(data.map(\.2.block)) { (index, bytes) throws(PoolError) in
+            let (volume, block, pointer) = data[index]
+            guard let sealer = state.withLock({ try? dataSealer(volume, pointer.salt, in: &$0) }) else { return }
+            let ad = AssociatedData.data(
+                pool: poolID, volume: volume, block: LogicalBlock(block), salt: pointer.salt, counter: pointer.counter)
+            do {
+                _ = try sealer.open(bytes, tag: pointer.tag, counter: pointer.counter, associatedData: ad)
+            } catch {
+                lost.data.append((volume, block, pointer.block))
             }
         }
         if lost.isEmpty {
             storageLogger.notice("every block written before the storage session changed is there; the flush stands")
         }
         return lost
-    }
-
-    /// Runs of consecutive blocks, at most `verifyRunLimit` long.
-    private func verifyRuns(_ blocks: [PhysicalBlock]) -> [(start: Int, count: Int)] {
-        contiguousRuns(blocks).flatMap { run in
-            stride(from: 0, to: run.count, by: verifyRunLimit).map { (run.start + $0, min(verifyRunLimit, run.count - $0)) }
-        }
     }
 
     /// Flushes the storage and checks that `writes` survived any session

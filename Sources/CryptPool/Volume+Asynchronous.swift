@@ -31,35 +31,26 @@ extension Volume: AsynchronousBlockDevice {
             completion(.done)
             return true
         }
-        let countdown = Countdown(located.runs.count)
-        for (index, run) in located.runs.enumerated() {
-            let region = located.region(of: run)
-            let started = storage.startRead(at: located.physicalStart(of: run) * Self.blockSize, into: region) { outcome in
-                guard let allDone = countdown.finish(outcome) else { return }
-                // The ciphertext is in the buffer: another write may now map
-                // these blocks elsewhere without changing what is opened.
-                release()
-                guard allDone else { return completion(.redoSynchronously) }
-                do throws(PoolError) {
-                    try self.open(located)
-                    completion(.done)
-                } catch {
-                    completion(.failed(self.deviceError(error)))
-                }
-            }
-            if !started {
-                if index == 0 {
-                    release()
-                    return false
-                }
-                if let allDone = countdown.finish(.redoSynchronously) {
-                    release()
-                    precondition(!allDone)
-                    completion(.redoSynchronously)
-                }
+        // One storage batch for every run: a fragmented read costs one
+        // registration and one round trip, not one per run.
+        let pieces = located.runs.map { run in (located.physicalStart(of: run) * Self.blockSize, located.region(of: run)) }
+        let started = storage.startReads(pieces) { outcome in
+            // The ciphertext is in the buffer: another write may now map
+            // these blocks elsewhere without changing what is opened.
+            release()
+            // Any failure, even a final storage error, is redone
+            // synchronously, which retries across reconnects and reports
+            // the error the synchronous way.
+            guard case .done = outcome else { return completion(.redoSynchronously) }
+            do throws(PoolError) {
+                try self.open(located)
+                completion(.done)
+            } catch {
+                completion(.failed(self.deviceError(error)))
             }
         }
-        return true
+        if !started { release() }
+        return started
     }
 
     public func startWrite(
@@ -78,10 +69,9 @@ extension Volume: AsynchronousBlockDevice {
             release()
             return false
         }
-        // One run (almost every write) needs no countdown.
-        let countdown = sealed.runs.count > 1 ? Countdown(sealed.runs.count) : nil
-        let finish: @Sendable (Bool) -> Void = { allDone in
-            guard allDone else {
+        let pieces = sealed.runs.map { run in (sealed.physicalStart(of: run) * Self.blockSize, sealed.bytes(of: run)) }
+        let started = storage.startWrites(pieces, fua: false) { outcome in
+            guard case .done = outcome else {
                 self.abandon(sealed)
                 release()
                 return completion(.redoSynchronously)
@@ -95,25 +85,11 @@ extension Volume: AsynchronousBlockDevice {
                 completion(.failed(self.deviceError(error)))
             }
         }
-        for (index, run) in sealed.runs.enumerated() {
-            let started = storage.startWrite(at: sealed.physicalStart(of: run) * Self.blockSize, from: sealed.bytes(of: run), fua: false) {
-                outcome in
-                guard let countdown else {
-                    if case .done = outcome { return finish(true) }
-                    return finish(false)
-                }
-                if let allDone = countdown.finish(outcome) { finish(allDone) }
-            }
-            if !started {
-                if index == 0 {
-                    abandon(sealed)
-                    release()
-                    return false
-                }
-                if let allDone = countdown?.finish(.redoSynchronously) { finish(allDone) }
-            }
+        if !started {
+            abandon(sealed)
+            release()
         }
-        return true
+        return started
     }
 
     private func isWholeBlocks(_ offset: UInt64, _ count: Int) -> Bool {
@@ -134,30 +110,6 @@ extension Volume: AsynchronousBlockDevice {
         return {
             pool.ranges.unlock(ticket)
             pool.gate.releaseShared()
-        }
-    }
-}
-
-/// Counts down the storage requests of one volume request.
-private final class Countdown: Sendable {
-    private struct State {
-        var remaining: Int
-        var failed = false
-    }
-
-    private let state: Guarded<State>
-
-    init(_ count: Int) { state = Guarded(State(remaining: count)) }
-
-    /// Notes one request's outcome. For the last one, returns whether all
-    /// succeeded; nil before. Any failure, even a final storage error, is
-    /// redone synchronously, which retries across reconnects and reports
-    /// the error the synchronous way.
-    func finish(_ outcome: AsynchronousOutcome) -> Bool? {
-        state.withLock { state -> Bool? in
-            if case .done = outcome {} else { state.failed = true }
-            state.remaining -= 1
-            return state.remaining == 0 ? !state.failed : nil
         }
     }
 }

@@ -221,12 +221,11 @@ public final class Volume: BlockDevice {
     /// offset 0); with `only`, just those blocks (the ones a partial write
     /// merges into), the rest left untouched. Blocks consecutive both
     /// logically and physically are read in one storage request straight
-    /// into place and opened there.
+    /// into place and opened there; the requests of all runs go out as one
+    /// batch, so a fragmented read still costs one storage round trip.
     private func readPlain(_ blocks: Range<UInt64>, into plain: UnsafeMutableRawBufferPointer, only: [UInt64]? = nil) throws(PoolError) {
         let located = try locate(blocks, in: plain, only: only, cachedOnly: false)!
-        for run in located.runs {
-            try pool.readBlocks(located.physicalStart(of: run), into: located.region(of: run))
-        }
+        try pool.readScattered(located.runs.map { run in (located.physicalStart(of: run), located.region(of: run)) })
         try open(located)
     }
 
