@@ -66,21 +66,16 @@ extension Pool {
             if !bytes.elementsEqual(metadata[index].1) { lost.metadata.append(metadata[index].0) }
         }
         let sealed = writes.sealed.sorted { $0.pointer.block < $1.pointer.block }
-        for run in verifyRuns(sealed.map { $0.pointer.block }) {
-            let bytes = try readBlocks(sealed[run.start].pointer.block, count: run.count)
-            for index in run.start..<(run.start + run.count) {
-                let block = sealed[index]
-                let offset = (index - run.start) * Self.blockSize
-                let sealer = state.withLock { metadataSealer(block.pointer.salt, in: &$0) }
-                let ad = AssociatedData.metadata(
-                    pool: poolID, kind: block.kind, object: block.object, level: UInt16(block.level), firstIndex: block.firstIndex,
-                    salt: block.pointer.salt, counter: block.pointer.counter)
-                do {
-                    _ = try sealer.open(
-                        bytes[offset..<(offset + Self.blockSize)], tag: block.pointer.tag, counter: block.pointer.counter, associatedData: ad)
-                } catch {
-                    lost.metadata.append(block.pointer.block)
-                }
+        try readEach(sealed.map { $0.pointer.block }) { (index, bytes) throws(PoolError) in
+            let block = sealed[index]
+            let sealer = state.withLock { metadataSealer(block.pointer.salt, in: &$0) }
+            let ad = AssociatedData.metadata(
+                pool: poolID, kind: block.kind, object: block.object, level: UInt16(block.level), firstIndex: block.firstIndex,
+                salt: block.pointer.salt, counter: block.pointer.counter)
+            do {
+                _ = try sealer.open(bytes, tag: block.pointer.tag, counter: block.pointer.counter, associatedData: ad)
+            } catch {
+                lost.metadata.append(block.pointer.block)
             }
         }
         // Only the newest pointer of each logical block: an older one that

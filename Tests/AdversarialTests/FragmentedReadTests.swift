@@ -7,6 +7,7 @@ import NBDClient
 import NBDServer
 import PoolFormat
 import Sockets
+import TestSupport
 import Testing
 import Threads
 
@@ -224,7 +225,7 @@ final class FragmentedPool {
         try pool.createVolume(name: "vm", size: 1 << 20)
         volume = try pool.volume(named: "vm")
 
-        var generator = SeededRandom(seed: 42)
+        var generator = SeededGenerator(seed: 42)
         expected = (0..<(Int(Self.blocks) * 4096)).map { _ in UInt8.random(in: 0...255, using: &generator) }
         try expected.withUnsafeBytes { try volume.write(at: 0, from: $0, fua: false) }
         for block in stride(from: 0, to: Int(Self.blocks), by: 2) {

@@ -1,6 +1,5 @@
 import BlockDevice
 import Glibc
-import Synchronization
 import Testing
 
 /// Which requests a file device runs on the caller's thread
@@ -13,21 +12,21 @@ struct FileInlineTests {
         let device = try FileBlockDevice(path: file.path, threaded: false)
         let data = pattern(8192, seed: 4)
         let wrote = Outcomes()
-        let written = data.withUnsafeBytes { device.startWrite(at: 4096, from: $0, fua: false, completion: wrote.note) }
-        #expect(written && wrote.all == ["done"])
+        let written = data.withUnsafeBytes { device.startWrite(at: 4096, from: $0, fua: false, completion: wrote.completion) }
+        #expect(written && wrote.value == ["done"])
         #expect(file.peek(8192, at: 4096) == data)
         let read = Outcomes()
         var buffer = [UInt8](repeating: 0, count: 8192)
-        let started = buffer.withUnsafeMutableBytes { device.startRead(at: 4096, into: $0, completion: read.note) }
-        #expect(started && read.all == ["done"] && buffer == data)
+        let started = buffer.withUnsafeMutableBytes { device.startRead(at: 4096, into: $0, completion: read.completion) }
+        #expect(started && read.value == ["done"] && buffer == data)
         // FUA waits for the disk, even on tmpfs: never inline.
-        let fua = data.withUnsafeBytes { device.startWrite(at: 0, from: $0, fua: true, completion: wrote.note) }
-        #expect(!fua && wrote.all == ["done"])
+        let fua = data.withUnsafeBytes { device.startWrite(at: 0, from: $0, fua: true, completion: wrote.completion) }
+        #expect(!fua && wrote.value == ["done"])
         // Out of range: started, and failed the way the synchronous call fails.
         let failed = Outcomes()
         var beyond = [UInt8](repeating: 0, count: 4096)
-        #expect(beyond.withUnsafeMutableBytes { device.startRead(at: 1 << 20, into: $0, completion: failed.note) })
-        #expect(failed.all == ["failed"])
+        #expect(beyond.withUnsafeMutableBytes { device.startRead(at: 1 << 20, into: $0, completion: failed.completion) })
+        #expect(failed.value == ["failed"])
     }
 
     @Test func threadedAndDirectNeverRunInline() throws {
@@ -35,9 +34,9 @@ struct FileInlineTests {
         let threaded = try FileBlockDevice(path: file.path)
         let outcomes = Outcomes()
         var buffer = [UInt8](repeating: 0, count: 4096)
-        #expect(!buffer.withUnsafeMutableBytes { threaded.startRead(at: 0, into: $0, completion: outcomes.note) })
-        #expect(!buffer.withUnsafeBytes { threaded.startWrite(at: 0, from: $0, fua: false, completion: outcomes.note) })
-        #expect(outcomes.all.isEmpty)
+        #expect(!buffer.withUnsafeMutableBytes { threaded.startRead(at: 0, into: $0, completion: outcomes.completion) })
+        #expect(!buffer.withUnsafeBytes { threaded.startWrite(at: 0, from: $0, fua: false, completion: outcomes.completion) })
+        #expect(outcomes.value.isEmpty)
     }
 
     /// On a disk file system a READ runs inline only from the page cache
@@ -54,31 +53,13 @@ struct FileInlineTests {
         #expect(try device.read(at: 0, count: 65536) == data)
         let cached = Outcomes()
         var buffer = [UInt8](repeating: 0, count: 65536)
-        if buffer.withUnsafeMutableBytes({ device.startRead(at: 0, into: $0, completion: cached.note) }) {
-            #expect(cached.all == ["done"] && buffer == data)
+        if buffer.withUnsafeMutableBytes({ device.startRead(at: 0, into: $0, completion: cached.completion) }) {
+            #expect(cached.value == ["done"] && buffer == data)
         }
         dropPageCache(file.path)
         let evicted = Outcomes()
-        #expect(!buffer.withUnsafeMutableBytes { device.startRead(at: 0, into: $0, completion: evicted.note) })
-        #expect(evicted.all.isEmpty)
-    }
-}
-
-/// Records the outcomes a device reports, by name.
-private final class Outcomes: Sendable {
-    private let names = Mutex<[String]>([])
-
-    var all: [String] { names.withLock { $0 } }
-
-    var note: @Sendable (AsynchronousOutcome) -> Void {
-        { outcome in
-            let name = switch outcome {
-            case .done: "done"
-            case .failed: "failed"
-            case .redoSynchronously: "redo"
-            }
-            self.names.withLock { $0.append(name) }
-        }
+        #expect(!buffer.withUnsafeMutableBytes { device.startRead(at: 0, into: $0, completion: evicted.completion) })
+        #expect(evicted.value.isEmpty)
     }
 }
 

@@ -3,6 +3,7 @@ import Foundation
 import NBDClient
 import NBDProtocol
 import Sockets
+import TestSupport
 import Testing
 
 /// Records the calls of one asynchronous completion.
