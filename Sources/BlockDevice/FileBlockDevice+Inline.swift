@@ -23,20 +23,11 @@ extension FileBlockDevice: AsynchronousBlockDevice {
         completion: @escaping @Sendable (AsynchronousOutcome) -> Void
     ) -> Bool {
         guard !threaded, !isDirect, !buffer.isEmpty else { return false }
-        if inMemoryFileSystem {
-            runInline(completion) { () throws(BlockDeviceError) in try read(at: offset, into: buffer) }
-            return true
+        return start(.read, count: buffer.count, completion: completion) { () throws(BlockDeviceError) in
+            try read(at: offset, into: buffer)
+        } withoutWaiting: {
+            (LinuxSystem.read(fd, into: buffer, at: offset, flags: LinuxSystem.rwfNowait), errno)
         }
-        guard nowait.allowsReads else { return false }
-        let count = LinuxSystem.read(fd, into: buffer, at: offset, flags: LinuxSystem.rwfNowait)
-        // A short read (partly cached) or any error is left, untouched, to
-        // the synchronous path, which finishes or reports it.
-        guard count == buffer.count else {
-            if count < 0, LinuxSystem.refusesNowait(errno) { nowait.refuseReads() }
-            return false
-        }
-        completion(.done)
-        return true
     }
 
     public func startWrite(
@@ -45,41 +36,55 @@ extension FileBlockDevice: AsynchronousBlockDevice {
     ) -> Bool {
         // FUA waits for the disk.
         guard !threaded, !isDirect, !fua, !isReadOnly, !buffer.isEmpty else { return false }
+        return start(.write, count: buffer.count, completion: completion) { () throws(BlockDeviceError) in
+            try write(at: offset, from: buffer, fua: false)
+        } withoutWaiting: {
+            (LinuxSystem.write(fd, from: buffer, at: offset, flags: LinuxSystem.rwfNowait), errno)
+        }
+    }
+
+    /// Runs a request of `count` bytes here if it cannot wait for a disk:
+    /// on a memory file system `synchronously`; elsewhere `withoutWaiting`
+    /// (a RWF_NOWAIT call, giving its result and errno) while the kernel
+    /// takes the flag. False, for the synchronous path, otherwise.
+    private func start(
+        _ direction: NowaitSupport.Direction, count: Int, completion: @Sendable (AsynchronousOutcome) -> Void,
+        synchronously: () throws(BlockDeviceError) -> Void, withoutWaiting: () -> (Int, Int32)
+    ) -> Bool {
         if inMemoryFileSystem {
-            runInline(completion) { () throws(BlockDeviceError) in try write(at: offset, from: buffer, fua: false) }
+            do throws(BlockDeviceError) {
+                try synchronously()
+                completion(.done)
+            } catch {
+                completion(.failed(error))
+            }
             return true
         }
-        guard nowait.allowsWrites else { return false }
-        let count = LinuxSystem.write(fd, from: buffer, at: offset, flags: LinuxSystem.rwfNowait)
-        // Rewriting a partly written range with the same bytes is harmless.
-        guard count == buffer.count else {
-            if count < 0, LinuxSystem.refusesNowait(errno) { nowait.refuseWrites() }
+        guard nowait.allows(direction) else { return false }
+        let (done, code) = withoutWaiting()
+        // Anything short of the whole request (partly cached, an error) is
+        // left to the synchronous path, which finishes or reports it; a
+        // partly written range is rewritten there with the same bytes.
+        guard done == count else {
+            if done < 0, LinuxSystem.refusesNowait(code) { nowait.refuse(direction) }
             return false
         }
         completion(.done)
         return true
-    }
-
-    private func runInline(
-        _ completion: @Sendable (AsynchronousOutcome) -> Void, _ body: () throws(BlockDeviceError) -> Void
-    ) {
-        do throws(BlockDeviceError) {
-            try body()
-            completion(.done)
-        } catch {
-            completion(.failed(error))
-        }
     }
 }
 
 /// What the kernel has said about RWF_NOWAIT on one file: learnt from the
 /// first refusal, so unsupported calls are not repeated per request.
 final class NowaitSupport: Sendable {
-    private let readsRefused = Atomic(false)
-    private let writesRefused = Atomic(false)
+    enum Direction: UInt8 {
+        case read = 1
+        case write = 2
+    }
 
-    var allowsReads: Bool { !readsRefused.load(ordering: .relaxed) }
-    var allowsWrites: Bool { !writesRefused.load(ordering: .relaxed) }
-    func refuseReads() { readsRefused.store(true, ordering: .relaxed) }
-    func refuseWrites() { writesRefused.store(true, ordering: .relaxed) }
+    /// The directions refused so far, as a set of `Direction` bits.
+    private let refused = Atomic<UInt8>(0)
+
+    func allows(_ direction: Direction) -> Bool { refused.load(ordering: .relaxed) & direction.rawValue == 0 }
+    func refuse(_ direction: Direction) { refused.bitwiseOr(direction.rawValue, ordering: .relaxed) }
 }

@@ -301,11 +301,17 @@ final class Transmission: Sendable {
 
     // MARK: Workers
 
-    /// Hands a request to a worker thread, starting one if none is idle.
+    /// Hands a request to a worker thread, starting one if the idle ones
+    /// are too few for the requests waiting.
     private func enqueue(_ request: IncomingRequest) {
         let startWorker = work.update { work -> Bool in
             work.queue.append(request)
-            guard work.idle == 0, work.workers < configuration.workersPerConnection else { return false }
+            // More waiting than idle workers to take them: an idle count
+            // alone would miss that a worker just started takes one request
+            // of a burst, not all of it.
+            guard work.queue.count - work.head > work.idle, work.workers < configuration.workersPerConnection else {
+                return false
+            }
             work.workers += 1
             return true
         }
