@@ -168,7 +168,7 @@ let package = Package(
             dependencies: ["Keys", "PoolFormat", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(
             name: "CryptPoolTests",
-            dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "TestSupport", .product(name: "Crypto", package: "swift-crypto")]),
+            dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "Threads", "TestSupport", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"]),
         .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets", "TestSupport"]),
         .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets", "TestSupport"]),

@@ -3,6 +3,8 @@ import Crypto
 import Keys
 import Logging
 import PoolFormat
+import Synchronization
+import Threads
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -288,16 +290,37 @@ public final class Volume: BlockDevice {
         return located
     }
 
-    /// Opens every located block in place, once storage has filled them in.
+    /// Opens every located block in place, once storage has filled them in;
+    /// a large request's blocks are shared out over the cores
+    /// (`ParallelWork`). The first failure, by position, is thrown.
     func open(_ located: LocatedRead) throws(PoolError) {
         let blockSize = Int(Self.blockSize)
-        var sealers = SealerCache(volume: self)
-        for (logical, pointer) in located.blocks {
-            let slot = located.slot(logical)
-            let region = UnsafeMutableRawBufferPointer(rebasing: located.plain[slot..<(slot + blockSize)])
-            try openData(region, logical: logical, pointer: pointer, sealer: try sealers.sealer(pointer.salt))
+        var sealerCache = SealerCache(volume: self)
+        var found: [BlockSealer] = []
+        found.reserveCapacity(located.blocks.count)
+        for (_, pointer) in located.blocks { found.append(try sealerCache.sealer(pointer.salt)) }
+        let sealers = found
+        let firstFailure = Mutex<(index: Int, error: PoolError)?>(nil)
+        ParallelWork.shared.run(count: located.blocks.count, grain: Self.parallelGrain) { range in
+            for index in range {
+                let (logical, pointer) = located.blocks[index]
+                let slot = located.slot(logical)
+                let region = UnsafeMutableRawBufferPointer(rebasing: located.plain[slot..<(slot + blockSize)])
+                do throws(PoolError) {
+                    try self.openData(region, logical: logical, pointer: pointer, sealer: sealers[index])
+                } catch {
+                    firstFailure.withLock { first in
+                        if first == nil || index < first!.index { first = (index, error) }
+                    }
+                }
+            }
         }
+        if let failure = firstFailure.withLock({ $0 }) { throw failure.error }
     }
+
+    /// Blocks per piece when a request's cipher work is shared out: 64 KiB,
+    /// enough to outweigh waking a helper (a few µs) many times over.
+    static let parallelGrain = 16
 
     /// The data sealers of the sessions one request meets (almost always
     /// one), so the pool's state lock is taken once per session, not per block.
@@ -365,17 +388,27 @@ public final class Volume: BlockDevice {
             return (locations, salt, first, try pool.dataSealer(id, salt, in: &state), state.generation + 1)
         }
         let write = SealedWrite(blocks: blocks, locations: locations, epoch: pool.storageEpoch)
-        for position in 0..<count {
-            let index = write.logicalIndex(at: position)
-            let logical = blocks.lowerBound + UInt64(index)
-            let counter = NonceCounter(rawValue: firstCounter + UInt64(index))
-            let ad = AssociatedData.data(pool: pool.poolID, volume: id, block: LogicalBlock(logical), salt: salt, counter: counter)
-            var pointer = BlockPointer(block: locations[index], salt: salt, counter: counter, generation: generation, tag: .zero)
-            sealer.seal(
-                UnsafeRawBufferPointer(rebasing: plain[(index * blockSize)..<((index + 1) * blockSize)]),
-                into: UnsafeMutableRawBufferPointer(rebasing: write.sealed[(position * blockSize)..<((position + 1) * blockSize)]),
-                tag: &pointer.tag, counter: counter, associatedData: ad)
-            write.pointers[index] = pointer
+        let poolID = pool.poolID
+        let volume = id
+        // SAFETY: `plain` outlives the call, which returns only when every
+        // piece has run; pieces write disjoint blocks and pointers.
+        nonisolated(unsafe) let plain = plain
+        write.pointers.withUnsafeMutableBufferPointer { pointers in
+            nonisolated(unsafe) let pointers = pointers
+            ParallelWork.shared.run(count: count, grain: Self.parallelGrain) { range in
+                for position in range {
+                    let index = write.logicalIndex(at: position)
+                    let logical = blocks.lowerBound + UInt64(index)
+                    let counter = NonceCounter(rawValue: firstCounter + UInt64(index))
+                    let ad = AssociatedData.data(pool: poolID, volume: volume, block: LogicalBlock(logical), salt: salt, counter: counter)
+                    var pointer = BlockPointer(block: locations[index], salt: salt, counter: counter, generation: generation, tag: .zero)
+                    sealer.seal(
+                        UnsafeRawBufferPointer(rebasing: plain[(index * blockSize)..<((index + 1) * blockSize)]),
+                        into: UnsafeMutableRawBufferPointer(rebasing: write.sealed[(position * blockSize)..<((position + 1) * blockSize)]),
+                        tag: &pointer.tag, counter: counter, associatedData: ad)
+                    pointers[index] = pointer
+                }
+            }
         }
         return write
     }
