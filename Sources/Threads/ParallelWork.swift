@@ -31,8 +31,15 @@ public final class ParallelWork: Sendable {
         var helpers = 0
     }
 
-    /// The process-wide crew: one helper per core beyond the first, at most 7.
-    public static let shared = ParallelWork(helpers: min(7, max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) - 1)))
+    /// The process-wide crew: one helper per core beyond the first, at most
+    /// 7; BULKHEAD_PARALLEL_HELPERS sets the number (0: none), for
+    /// measuring and for hosts that pin the domain to one core.
+    public static let shared: ParallelWork = {
+        if let text = getenv("BULKHEAD_PARALLEL_HELPERS"), let helpers = Int(String(cString: text)), (0...64).contains(helpers) {
+            return ParallelWork(helpers: helpers)
+        }
+        return ParallelWork(helpers: min(7, max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) - 1)))
+    }()
 
     private let maximumHelpers: Int
     private let state = Guarded(State())
