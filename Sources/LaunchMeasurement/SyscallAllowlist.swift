@@ -99,6 +99,8 @@ public enum SyscallAllowlist {
         rule("accept4", "connections from the crypt domain"),
         rule("unlink", "a stale socket file; the socket file at shutdown"),
         rule("pwrite64", "writes to the disks"),
+        rule("preadv2", "reads with RWF_NOWAIT, run inline when the page cache has the data"),
+        rule("pwritev2", "writes with RWF_NOWAIT, run inline when they need not wait"),
         rule("fdatasync", "NBD_CMD_FLUSH and FUA writes"),
         rule("fsync", "NBD_CMD_FLUSH on block devices"),
         rule("fallocate", "NBD_CMD_TRIM and WRITE_ZEROES punch holes"),
