@@ -61,7 +61,7 @@ struct BootTests {
         let machine = try VirtualMachine()
         defer { machine.remove() }
         try FileManager.default.copyItem(atPath: artifacts.pristinePool, toPath: machine.pool)
-        let root = try rootVolumeTreeRoot(artifacts)
+        let root = try checkpointedRootVolumeTreeRoot(machine.pool, artifacts)
         try flipBit(machine.pool, at: root * UInt64(PoolLayout.blockSize) + 3000, bit: 5)
 
         let boot = try machine.boot(artifacts, initramfs: artifacts.initramfs, marker: "BOOT STOPPED")
@@ -111,16 +111,15 @@ struct BootTests {
 
     // MARK: Helpers
 
-    /// The physical block of the root volume's checkpointed tree root, read
-    /// with the engine from a scratch copy (opening may write to the copy).
-    private func rootVolumeTreeRoot(_ artifacts: BootArtifacts) throws -> UInt64 {
-        let scratch = try VirtualMachine()
-        defer { scratch.remove() }
-        try FileManager.default.copyItem(atPath: artifacts.pristinePool, toPath: scratch.pool)
-        let device = try FileBlockDevice(path: scratch.pool)
+    /// Folds the root volume's log into its tree in the pool at `path` (a
+    /// checkpoint: a clean close leaves the log for the next open to
+    /// replay) and returns the physical block of the tree's root.
+    private func checkpointedRootVolumeTreeRoot(_ path: String, _ artifacts: BootArtifacts) throws -> UInt64 {
+        let device = try FileBlockDevice(path: path)
         let pool = try Pool.open(storage: device, secret: .passphrase(Array(artifacts.passphrase.utf8)), anchor: nil)
+        try pool.exclusiveCommit { _, _ in }
         let volume = try #require(pool.state.withLock { $0.volumes.values.first { $0.name == "root" } })
-        // The crypt domain's final checkpoint folded everything into the tree.
+        try pool.close()
         #expect(volume.overlay.isEmpty && volume.depth == 3 && !volume.root.isNull)
         return volume.root.block
     }
