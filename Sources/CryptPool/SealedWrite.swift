@@ -1,4 +1,5 @@
 import PoolFormat
+import Threads
 
 /// A write sealed into newly allocated places and not yet mapped: the
 /// sealed blocks in physical order in one buffer, so that each run of

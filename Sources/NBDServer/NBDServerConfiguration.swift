@@ -1,3 +1,4 @@
+import NBDProtocol
 import Sockets
 
 /// Limits and tuning of an `NBDServer`. Every resource a client can tie up
@@ -42,6 +43,8 @@ public struct NBDServerConfiguration: Sendable {
     /// Decides whether an accepted peer may talk to the server at all, e.g.
     /// from its SO_PEERCRED credentials; nil admits everyone.
     public var acceptPeer: (@Sendable (Socket) -> Bool)?
+    /// Where WRITE payloads get their memory; nil for malloc alone.
+    public var payloadMemory: (any PayloadMemory)?
 
     public init(
         maxConnections: Int = defaultMaxConnections,
@@ -50,7 +53,8 @@ public struct NBDServerConfiguration: Sendable {
         workersPerConnection: Int = defaultWorkersPerConnection,
         threadStackSize: Int = defaultThreadStackSize,
         readChunkSize: Int = defaultReadChunkSize,
-        shutdownTimeout: Double = defaultShutdownTimeout
+        shutdownTimeout: Double = defaultShutdownTimeout,
+        payloadMemory: (any PayloadMemory)? = PayloadCache.shared
     ) {
         self.maxConnections = max(1, maxConnections)
         self.handshakeTimeout = handshakeTimeout
@@ -59,5 +63,6 @@ public struct NBDServerConfiguration: Sendable {
         self.threadStackSize = max(256 * 1024, threadStackSize)
         self.readChunkSize = max(4096, readChunkSize)
         self.shutdownTimeout = shutdownTimeout
+        self.payloadMemory = payloadMemory
     }
 }

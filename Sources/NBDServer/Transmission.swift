@@ -89,7 +89,8 @@ final class Transmission: Sendable {
 
     private func readRequests() {
         var decoder = RequestDecoder(
-            maxPayload: session.export.blockSize.maximum, payloadAlignment: Self.payloadAlignment(for: device))
+            maxPayload: session.export.blockSize.maximum, payloadAlignment: Self.payloadAlignment(for: device),
+            payloadMemory: configuration.payloadMemory)
         decoder.receive(leftover)
         let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: configuration.readChunkSize, alignment: 64)
         defer { chunk.deallocate() }

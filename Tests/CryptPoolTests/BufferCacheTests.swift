@@ -1,6 +1,6 @@
 import Testing
 
-@testable import CryptPool
+import Threads
 
 /// The cache of large buffers that keeps sealed-write buffers out of the
 /// malloc heap: reused, and never holding more than its bound.

@@ -33,4 +33,49 @@ import Testing
         #expect(a != c)
         #expect(try decoder.next() == nil)
     }
+
+    @Test(arguments: [false, true])
+    func payloadMemoryIsTakenOnceAndGivenBackWhole(direct: Bool) throws {
+        let memory = RecordingPayloadMemory()
+        let payload = (0..<300).map { UInt8(truncatingIfNeeded: $0) }
+        var decoder = RequestDecoder(payloadAlignment: 512, payloadMemory: memory)
+        var request: IncomingRequest?
+        if direct {
+            // The header alone, then the payload read straight into the memory.
+            decoder.receive(Wire.request(.write, cookie: 1, length: 300) + payload[..<100])
+            #expect(try decoder.next() == nil)
+            request = decoder.completePendingWrite { target in target.copyBytes(from: payload[100...]) }
+        } else {
+            decoder.receive(Wire.request(.write, cookie: 1, length: 300) + payload)
+            request = try decoder.next()
+        }
+        #expect(memory.taken.map(\.count) == [300 + RecordingPayloadMemory.slack])
+        #expect(Int(bitPattern: memory.taken.first?.baseAddress) % 512 == 0)
+        // The payload shows the bytes it was sent, not the buffer's slack.
+        #expect(try Array(#require(request).payload) == payload)
+        #expect(memory.given.isEmpty)
+        request = nil
+        #expect(memory.given.map(\.baseAddress) == memory.taken.map(\.baseAddress))
+        #expect(memory.given.map(\.count) == memory.taken.map(\.count))
+    }
+}
+
+/// Hands out buffers larger than asked (as a cache of size classes does)
+/// and records what it hands out and gets back.
+private final class RecordingPayloadMemory: PayloadMemory, @unchecked Sendable {
+    static let slack = 100
+    private(set) var taken: [UnsafeMutableRawBufferPointer] = []
+    private(set) var given: [UnsafeMutableRawBufferPointer] = []
+
+    func take(count: Int, alignment: Int) -> UnsafeMutableRawBufferPointer {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count + Self.slack, alignment: alignment)
+        taken.append(buffer)
+        return buffer
+    }
+
+    func give(_ buffer: UnsafeMutableRawBufferPointer) {
+        given.append(buffer)
+    }
+
+    deinit { for buffer in taken { buffer.deallocate() } }
 }

@@ -47,14 +47,17 @@ public struct RequestDecoder: Sendable {
     /// Alignment of WRITE payload memory (a power of two): a device that
     /// needs aligned buffers (O_DIRECT) can then write from it in place.
     public let payloadAlignment: Int
+    /// Where payload memory comes from; nil for malloc.
+    public let payloadMemory: (any PayloadMemory)?
     private var input = InputBuffer()
     private var pending: RequestHeader?
     private var discardRemaining = 0
 
-    public init(maxPayload: UInt32 = NBDLimits.maxPayload, payloadAlignment: Int = 64) {
+    public init(maxPayload: UInt32 = NBDLimits.maxPayload, payloadAlignment: Int = 64, payloadMemory: (any PayloadMemory)? = nil) {
         precondition(payloadAlignment > 0 && payloadAlignment & (payloadAlignment - 1) == 0, "alignment must be a power of two")
         self.maxPayload = maxPayload
         self.payloadAlignment = payloadAlignment
+        self.payloadMemory = payloadMemory
     }
 
     public mutating func receive(_ bytes: some Sequence<UInt8>) { input.append(contentsOf: bytes) }
@@ -92,7 +95,7 @@ public struct RequestDecoder: Sendable {
         }
         guard let header = pending, input.count >= Int(header.length) else { return nil }
         pending = nil
-        let payload = WritePayload(count: Int(header.length), alignment: payloadAlignment)
+        let payload = WritePayload(count: Int(header.length), alignment: payloadAlignment, memory: payloadMemory)
         input.take(into: payload.fillableBytes)
         return IncomingRequest(header: header, payload: payload, payloadDiscarded: false)
     }
@@ -121,7 +124,7 @@ extension RequestDecoder {
         precondition(missingPayloadCount > 0, "no WRITE payload is pending")
         let header = pending!
         pending = nil
-        let payload = WritePayload(count: Int(header.length), alignment: payloadAlignment)
+        let payload = WritePayload(count: Int(header.length), alignment: payloadAlignment, memory: payloadMemory)
         let memory = payload.fillableBytes
         let buffered = input.count
         input.take(into: UnsafeMutableRawBufferPointer(rebasing: memory[..<buffered]))

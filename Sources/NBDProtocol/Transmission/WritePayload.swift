@@ -1,9 +1,21 @@
+/// Where WRITE payload memory comes from and goes back to: a server that
+/// receives large WRITEs keeps their buffers for the next ones instead of
+/// mapping and unmapping each (under mlockall every new mapping is also
+/// populated and zeroed, page by page).
+public protocol PayloadMemory: AnyObject, Sendable {
+    /// Uninitialized memory of at least `count` bytes at an address that
+    /// is a multiple of `alignment` (a power of two).
+    func take(count: Int, alignment: Int) -> UnsafeMutableRawBufferPointer
+    /// Gives back a buffer `take` returned, whole; nobody uses it afterwards.
+    func give(_ buffer: UnsafeMutableRawBufferPointer)
+}
+
 /// The payload of an NBD_CMD_WRITE request (proto.md, "NBD_CMD_WRITE") as
 /// the `RequestDecoder` hands it over: memory it allocates and fills once,
-/// never changes afterwards, and frees when the last reference goes. Its
-/// address is fixed for the object's whole life, so a device writing from
-/// `unsafeBytes` asynchronously needs only to hold the payload until it is
-/// done.
+/// never changes afterwards, and frees (or gives back to its
+/// `PayloadMemory`) when the last reference goes. Its address is fixed for
+/// the object's whole life, so a device writing from `unsafeBytes`
+/// asynchronously needs only to hold the payload until it is done.
 // SAFETY: the bytes are written only by the decoder, before the payload is
 // handed out; from then on they are read-only, so sharing across threads
 // is safe.
@@ -11,16 +23,28 @@ public final class WritePayload: @unchecked Sendable {
     /// The payload of every request other than an accepted WRITE.
     public static let empty = WritePayload(count: 0, alignment: 1)
 
+    /// The payload's bytes: the first `count` of `allocation`.
     private let storage: UnsafeMutableRawBufferPointer
+    private let allocation: UnsafeMutableRawBufferPointer
+    private let memory: (any PayloadMemory)?
 
     /// Uninitialized memory for `count` bytes at an address that is a
-    /// multiple of `alignment` (a power of two); the decoder fills it all
-    /// before handing the payload out.
-    init(count: Int, alignment: Int) {
-        storage = .allocate(byteCount: count, alignment: alignment)
+    /// multiple of `alignment` (a power of two), from `memory` if given;
+    /// the decoder fills it all before handing the payload out.
+    init(count: Int, alignment: Int, memory: (any PayloadMemory)? = nil) {
+        if let memory {
+            allocation = memory.take(count: count, alignment: alignment)
+            precondition(allocation.count >= count && Int(bitPattern: allocation.baseAddress) & (alignment - 1) == 0)
+        } else {
+            allocation = .allocate(byteCount: count, alignment: alignment)
+        }
+        storage = UnsafeMutableRawBufferPointer(rebasing: allocation[..<count])
+        self.memory = memory
     }
 
-    deinit { storage.deallocate() }
+    deinit {
+        if let memory { memory.give(allocation) } else { allocation.deallocate() }
+    }
 
     /// The memory the decoder fills, before anyone else sees the payload.
     var fillableBytes: UnsafeMutableRawBufferPointer { storage }

@@ -1,5 +1,3 @@
-import Threads
-
 /// Buffers kept for reuse instead of going back to malloc. The crypt
 /// daemon maps every allocation from 128 KiB up on its own (its malloc
 /// threshold), so that freed large buffers never sit in the heap for small
@@ -10,12 +8,12 @@ import Threads
 /// glibc a consolidation of its fast bins, on every 4 KiB write.
 // SAFETY: the cache owns the buffers it holds; `take` hands one to exactly
 // one owner, which gives it back with `give` or deallocates it.
-final class BufferCache: @unchecked Sendable {
+public final class BufferCache: @unchecked Sendable {
     /// Buffers smaller than this come from malloc's heap as usual, unless
     /// the cache is made with a smaller `smallest`.
-    static let smallestCached = 128 << 10
+    public static let smallestCached = 128 << 10
     /// Buffers larger than this are not kept.
-    static let largestCached = 8 << 20
+    public static let largestCached = 8 << 20
 
     private struct Spare {
         /// Idle buffers by size class (`smallest << index`), oldest first.
@@ -26,12 +24,12 @@ final class BufferCache: @unchecked Sendable {
 
     private let spare: Guarded<Spare>
     /// Bytes of idle buffers kept at most.
-    let retainedBytes: Int
-    let alignment: Int
+    public let retainedBytes: Int
+    public let alignment: Int
     /// The smallest size kept, a power of two.
-    let smallest: Int
+    public let smallest: Int
 
-    init(retainedBytes: Int, alignment: Int, smallest: Int = BufferCache.smallestCached) {
+    public init(retainedBytes: Int, alignment: Int, smallest: Int = BufferCache.smallestCached) {
         precondition(smallest > 0 && smallest & (smallest - 1) == 0 && smallest <= Self.largestCached)
         self.retainedBytes = retainedBytes
         self.alignment = alignment
@@ -46,7 +44,7 @@ final class BufferCache: @unchecked Sendable {
 
     /// A buffer of at least `count` bytes (exactly `count` if not cached),
     /// not initialised.
-    func take(_ count: Int) -> UnsafeMutableRawBufferPointer {
+    public func take(_ count: Int) -> UnsafeMutableRawBufferPointer {
         guard let sizeClass = sizeClass(of: count) else { return .allocate(byteCount: count, alignment: alignment) }
         let size = smallest << sizeClass
         let reused = spare.withLock { spare -> UnsafeMutableRawBufferPointer? in
@@ -60,7 +58,7 @@ final class BufferCache: @unchecked Sendable {
 
     /// Gives back a buffer from `take`: kept if it is of a cached size,
     /// the oldest idle buffers freed to make room for it, largest sizes first.
-    func give(_ buffer: UnsafeMutableRawBufferPointer) {
+    public func give(_ buffer: UnsafeMutableRawBufferPointer) {
         guard let sizeClass = sizeClass(of: buffer.count), smallest << sizeClass == buffer.count, buffer.count <= retainedBytes
         else { return buffer.deallocate() }
         let evicted = spare.withLock { spare -> [UnsafeMutableRawBufferPointer] in
@@ -84,7 +82,7 @@ final class BufferCache: @unchecked Sendable {
     }
 
     /// Idle buffers and their bytes, for tests.
-    var idle: (count: Int, bytes: Int) { spare.withLock { ($0.count, $0.bytes) } }
+    public var idle: (count: Int, bytes: Int) { spare.withLock { ($0.count, $0.bytes) } }
 
     /// Cached buffers come in powers of two, so that requests of nearby
     /// sizes share them: the size class of `count` (`smallest << class` is

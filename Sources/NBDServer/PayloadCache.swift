@@ -1,0 +1,34 @@
+import NBDProtocol
+import Threads
+
+/// WRITE payload memory kept for reuse (`PayloadMemory` over a
+/// `BufferCache`): payloads from 128 KiB up come from and go back to the
+/// cache, smaller ones from malloc's heap.
+public final class PayloadCache: PayloadMemory {
+    /// Idle payload bytes a cache keeps by default: four 1 MiB WRITEs in
+    /// flight (fio's QD4, nbdcopy) reuse their buffers, and a cryptd,
+    /// whose memory is all locked, holds at most this much unused.
+    public static let defaultRetainedBytes = 16 << 20
+    /// The largest payload alignment a server asks for (a 4 KiB logical
+    /// block for O_DIRECT; `Transmission.payloadAlignment(for:)`).
+    static let alignment = 4096
+
+    /// The cache every server of the process shares by default.
+    public static let shared = PayloadCache(retainedBytes: defaultRetainedBytes)
+
+    private let buffers: BufferCache
+
+    public init(retainedBytes: Int) {
+        buffers = BufferCache(retainedBytes: retainedBytes, alignment: Self.alignment)
+    }
+
+    public func take(count: Int, alignment: Int) -> UnsafeMutableRawBufferPointer {
+        precondition(alignment <= Self.alignment, "payload alignment above \(Self.alignment)")
+        return buffers.take(count)
+    }
+
+    public func give(_ buffer: UnsafeMutableRawBufferPointer) { buffers.give(buffer) }
+
+    /// Idle buffers and their bytes, for tests.
+    public var idle: (count: Int, bytes: Int) { buffers.idle }
+}
