@@ -19,14 +19,9 @@ public final class FileBlockDevice: BlockDevice {
     public let isBlockDevice: Bool
     /// True when opened with O_DIRECT.
     public let isDirect: Bool
-    /// True when every request is to run on a worker thread; false lets a
-    /// server run those the page cache satisfies at once on its own thread
-    /// (FileBlockDevice+Inline.swift).
-    public let threaded: Bool
     let fd: Int32
-    /// A regular file on tmpfs or ramfs: no request waits for a disk.
-    let inMemoryFileSystem: Bool
-    let nowait = NowaitSupport()
+    /// Which requests may run on the caller's thread (FileBlockDevice+Inline.swift).
+    let inlinePolicy: InlinePolicy
 
     /// Largest piece of an unaligned O_DIRECT transfer bounced at once, and of
     /// the zero buffer written when zeroing must fall back to writes.
@@ -59,9 +54,8 @@ public final class FileBlockDevice: BlockDevice {
         self.path = path
         self.isReadOnly = readOnly
         self.isDirect = direct
-        self.threaded = threaded
         self.isBlockDevice = kind == S_IFBLK
-        self.inMemoryFileSystem = kind == S_IFREG && LinuxSystem.isInMemoryFileSystem(fd)
+        self.inlinePolicy = InlinePolicy(fd, regularFile: kind == S_IFREG, direct: direct, threaded: threaded)
 
         var capabilities: BlockDeviceCapabilities = [.multiConnConsistent]
         if isBlockDevice {
