@@ -159,8 +159,9 @@ let package = Package(
         // child processes.
         .target(name: "TestScratch", dependencies: ["ProcessSpawn"], path: "Tests/TestScratch", swiftSettings: strict),
         // What several test targets share: a seeded random generator,
-        // temporary directories, polling and a locked value.
-        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+        // temporary directories, polling, a locked value and test devices
+        // laid over others.
+        .target(name: "TestSupport", dependencies: ["BlockDevice"], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol", "TestSupport"]),
         .testTarget(name: "PoolFormatTests", dependencies: ["PoolFormat"]),
         .testTarget(
@@ -169,7 +170,7 @@ let package = Package(
         .testTarget(
             name: "CryptPoolTests",
             dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "Threads", "TestSupport", .product(name: "Crypto", package: "swift-crypto")]),
-        .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"]),
+        .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice", "TestSupport"]),
         .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets", "TestSupport"]),
         .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets", "TestSupport"]),
         .testTarget(name: "InteropTests", dependencies: ["Sockets", "TestScratch"]),

@@ -8,21 +8,15 @@ import Synchronization
 /// A READ or WRITE that the page cache can satisfy without waiting costs a
 /// copy, less than handing it to a worker thread, so the server's
 /// connection thread runs it on the spot. Whatever might wait for the disk
-/// (a page-cache miss, write-back throttling, block allocation) is left to
-/// worker threads, where one slow request does not hold up the ones behind
-/// it:
-/// - on a memory file system (tmpfs, ramfs) every copy is a memory copy;
-/// - elsewhere, reads use `preadv2(RWF_NOWAIT)`, which fails with EAGAIN
-///   instead of waiting for the disk; writes run inline only where the
-///   kernel accepts `pwritev2(RWF_NOWAIT)` for buffered writes, else on
-///   workers.
-/// Never with O_DIRECT (every request goes to the disk) or `threaded`.
+/// (a page-cache miss, write-back throttling, block allocation, FUA) is left
+/// to worker threads, where one slow request does not hold up the ones
+/// behind it. Which requests may run here is the device's `InlinePolicy`.
 extension FileBlockDevice: AsynchronousBlockDevice {
     public func startRead(
         at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer,
         completion: @escaping @Sendable (AsynchronousOutcome) -> Void
     ) -> Bool {
-        guard !threaded, !isDirect, !buffer.isEmpty else { return false }
+        guard !buffer.isEmpty else { return false }
         return start(.read, count: buffer.count, completion: completion) { () throws(BlockDeviceError) in
             try read(at: offset, into: buffer)
         } withoutWaiting: {
@@ -35,7 +29,7 @@ extension FileBlockDevice: AsynchronousBlockDevice {
         completion: @escaping @Sendable (AsynchronousOutcome) -> Void
     ) -> Bool {
         // FUA waits for the disk.
-        guard !threaded, !isDirect, !fua, !isReadOnly, !buffer.isEmpty else { return false }
+        guard !fua, !isReadOnly, !buffer.isEmpty else { return false }
         return start(.write, count: buffer.count, completion: completion) { () throws(BlockDeviceError) in
             try write(at: offset, from: buffer, fua: false)
         } withoutWaiting: {
@@ -43,15 +37,18 @@ extension FileBlockDevice: AsynchronousBlockDevice {
         }
     }
 
-    /// Runs a request of `count` bytes here if it cannot wait for a disk:
-    /// on a memory file system `synchronously`; elsewhere `withoutWaiting`
-    /// (a RWF_NOWAIT call, giving its result and errno) while the kernel
-    /// takes the flag. False, for the synchronous path, otherwise.
+    /// Runs a request of `count` bytes here as the inline policy allows:
+    /// `synchronously` under `.always`; under `.nowait`, `withoutWaiting` (a
+    /// RWF_NOWAIT call, giving its result and errno) while the kernel takes
+    /// the flag. False, for the synchronous path, otherwise.
     private func start(
         _ direction: NowaitSupport.Direction, count: Int, completion: @Sendable (AsynchronousOutcome) -> Void,
         synchronously: () throws(BlockDeviceError) -> Void, withoutWaiting: () -> (Int, Int32)
     ) -> Bool {
-        if inMemoryFileSystem {
+        switch inlinePolicy {
+        case .never:
+            return false
+        case .always:
             do throws(BlockDeviceError) {
                 try synchronously()
                 completion(.done)
@@ -59,18 +56,46 @@ extension FileBlockDevice: AsynchronousBlockDevice {
                 completion(.failed(error))
             }
             return true
+        case .nowait(let support):
+            guard support.allows(direction) else { return false }
+            let (done, code) = withoutWaiting()
+            // Anything short of the whole request (partly cached, an error) is
+            // left to the synchronous path, which finishes or reports it; a
+            // partly written range is rewritten there with the same bytes.
+            guard done == count else {
+                if done < 0, LinuxSystem.refusesNowait(code) { support.refuse(direction) }
+                return false
+            }
+            completion(.done)
+            return true
         }
-        guard nowait.allows(direction) else { return false }
-        let (done, code) = withoutWaiting()
-        // Anything short of the whole request (partly cached, an error) is
-        // left to the synchronous path, which finishes or reports it; a
-        // partly written range is rewritten there with the same bytes.
-        guard done == count else {
-            if done < 0, LinuxSystem.refusesNowait(code) { nowait.refuse(direction) }
-            return false
+    }
+}
+
+/// Which READs and WRITEs (without FUA) a `FileBlockDevice` runs on the
+/// caller's thread: decided once, when the file is opened.
+enum InlinePolicy: Sendable {
+    /// Every one: a regular file on a memory file system (tmpfs, ramfs),
+    /// where every copy is a memory copy.
+    case always
+    /// Those the page cache satisfies: reads through
+    /// `preadv2(RWF_NOWAIT)`, which fails with EAGAIN instead of waiting for
+    /// the disk; writes through `pwritev2(RWF_NOWAIT)` where the kernel
+    /// takes it for buffered writes (ext4 does not), else on workers.
+    case nowait(NowaitSupport)
+    /// None: with `threaded`, or with O_DIRECT, where every request goes
+    /// to the disk.
+    case never
+
+    /// The policy for `fd`, opened with O_DIRECT if `direct`.
+    init(_ fd: Int32, regularFile: Bool, direct: Bool, threaded: Bool) {
+        if threaded || direct {
+            self = .never
+        } else if regularFile && LinuxSystem.isInMemoryFileSystem(fd) {
+            self = .always
+        } else {
+            self = .nowait(NowaitSupport())
         }
-        completion(.done)
-        return true
     }
 }
 

@@ -19,14 +19,9 @@ public final class FileBlockDevice: BlockDevice {
     public let isBlockDevice: Bool
     /// True when opened with O_DIRECT.
     public let isDirect: Bool
-    /// True when every request is to run on a worker thread; false lets a
-    /// server run those the page cache satisfies at once on its own thread
-    /// (FileBlockDevice+Inline.swift).
-    public let threaded: Bool
     let fd: Int32
-    /// A regular file on tmpfs or ramfs: no request waits for a disk.
-    let inMemoryFileSystem: Bool
-    let nowait = NowaitSupport()
+    /// Which requests may run on the caller's thread (FileBlockDevice+Inline.swift).
+    let inlinePolicy: InlinePolicy
 
     /// Largest piece of an unaligned O_DIRECT transfer bounced at once, and of
     /// the zero buffer written when zeroing must fall back to writes.
@@ -59,9 +54,8 @@ public final class FileBlockDevice: BlockDevice {
         self.path = path
         self.isReadOnly = readOnly
         self.isDirect = direct
-        self.threaded = threaded
         self.isBlockDevice = kind == S_IFBLK
-        self.inMemoryFileSystem = kind == S_IFREG && LinuxSystem.isInMemoryFileSystem(fd)
+        self.inlinePolicy = InlinePolicy(fd, regularFile: kind == S_IFREG, direct: direct, threaded: threaded)
 
         var capabilities: BlockDeviceCapabilities = [.multiConnConsistent]
         if isBlockDevice {
@@ -167,33 +161,36 @@ public final class FileBlockDevice: BlockDevice {
 
     /// pread until `buffer` is full, retrying short reads and EINTR.
     func preadFully(_ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockDeviceError) {
-        var done = 0
-        while done < buffer.count {
-            let count = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
-            if count > 0 {
-                done += count
-            } else if count == 0 {
-                // The file shrank under us: the range no longer exists.
-                throw .io(operation: "read \(path) at \(offset + UInt64(done)) (unexpected end of file)", errno: EIO)
-            } else if errno != EINTR {
-                throw .io(operation: "read \(path) at \(offset + UInt64(done))", errno: errno)
-            }
+        // Reading nothing: the file shrank under us, the range no longer exists.
+        try repeatUntilDone(buffer.count, at: offset, "read", nothingMeans: "unexpected end of file") { done in
+            pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
         }
     }
 
     /// pwrite until all of `buffer` is written, retrying short writes and EINTR.
     func pwriteFully(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(BlockDeviceError) {
+        try repeatUntilDone(buffer.count, at: offset, "write", nothingMeans: "no progress") { done in
+            pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+        }
+    }
+
+    /// Calls `transfer` with the bytes done so far until `count` are done,
+    /// retrying after a short transfer or EINTR; `verb` and `nothingMeans`
+    /// say what failed when it moves nothing or fails.
+    private func repeatUntilDone(
+        _ count: Int, at offset: UInt64, _ verb: String, nothingMeans: String, _ transfer: (_ done: Int) -> Int
+    ) throws(BlockDeviceError) {
         var done = 0
-        while done < buffer.count {
-            let count = pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
-            if count > 0 {
-                done += count
-            } else if count == 0 {
-                throw .io(operation: "write \(path) at \(offset + UInt64(done)) (no progress)", errno: EIO)
+        while done < count {
+            let moved = transfer(done)
+            if moved > 0 {
+                done += moved
+            } else if moved == 0 {
+                throw .io(operation: "\(verb) \(path) at \(offset + UInt64(done)) (\(nothingMeans))", errno: EIO)
             } else if errno != EINTR {
                 let code = errno
                 if code == ENOSPC || code == EDQUOT { throw .noSpace }
-                throw .io(operation: "write \(path) at \(offset + UInt64(done))", errno: code)
+                throw .io(operation: "\(verb) \(path) at \(offset + UInt64(done))", errno: code)
             }
         }
     }

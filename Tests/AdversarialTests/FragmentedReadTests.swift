@@ -20,7 +20,7 @@ import Threads
 /// round trip at a time never overlap. It is an `AsynchronousBlockDevice`,
 /// so the server hands it each READ on the connection thread as it decodes
 /// it, whatever its worker threads do.
-final class GatheringDevice: AsynchronousBlockDevice {
+final class GatheringDevice: AsynchronousBlockDevice, ForwardingBlockDevice {
     struct State {
         var expected: Int?
         var generation = 0
@@ -37,11 +37,6 @@ final class GatheringDevice: AsynchronousBlockDevice {
     static let patience = 3.0
 
     init(over inner: HostileDevice) { self.inner = inner }
-
-    var size: UInt64 { inner.size }
-    var isReadOnly: Bool { false }
-    var capabilities: BlockDeviceCapabilities { inner.capabilities }
-    var minimumBlockSize: UInt32 { 1 }
 
     /// Starts gathering `expected` reads, forgetting earlier counts; after
     /// `patience` seconds whatever is held is answered anyway.
@@ -105,26 +100,12 @@ final class GatheringDevice: AsynchronousBlockDevice {
     func startWrite(
         at offset: UInt64, from buffer: UnsafeRawBufferPointer, fua: Bool, completion: @escaping @Sendable (AsynchronousOutcome) -> Void
     ) -> Bool { false }
-
-    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockDeviceError) {
-        try inner.read(at: offset, into: buffer)
-    }
-    func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer, fua: Bool) throws(BlockDeviceError) {
-        try inner.write(at: offset, from: buffer, fua: fua)
-    }
-    func flush() throws(BlockDeviceError) { try inner.flush() }
-    func trim(at offset: UInt64, length: UInt64, fua: Bool) throws(BlockDeviceError) {
-        try inner.trim(at: offset, length: length, fua: fua)
-    }
-    func writeZeroes(at offset: UInt64, length: UInt64, flags: ZeroFlags) throws(BlockDeviceError) {
-        try inner.writeZeroes(at: offset, length: length, flags: flags)
-    }
 }
 
 /// The crypt side's storage: the real `RemoteBlockDevice`, counting how
 /// the pool calls on it, so a test can tell one batch from one `start` per
 /// run (both reach storage pipelined).
-final class CountingStorage: AsynchronousBlockDevice {
+final class CountingStorage: AsynchronousBlockDevice, ForwardingBlockDevice {
     struct Calls {
         var startRead = 0
         var startReads = 0
@@ -134,16 +115,10 @@ final class CountingStorage: AsynchronousBlockDevice {
         var readPieces = 0
     }
 
-    let remote: RemoteBlockDevice
+    let inner: RemoteBlockDevice
     let calls = Guarded(Calls())
 
-    init(_ remote: RemoteBlockDevice) { self.remote = remote }
-
-    var size: UInt64 { remote.size }
-    var isReadOnly: Bool { remote.isReadOnly }
-    var capabilities: BlockDeviceCapabilities { remote.capabilities }
-    var minimumBlockSize: UInt32 { remote.minimumBlockSize }
-    var sessionEpoch: UInt64 { remote.sessionEpoch }
+    init(_ remote: RemoteBlockDevice) { inner = remote }
 
     func reset() { calls.update { $0 = Calls() } }
 
@@ -151,39 +126,29 @@ final class CountingStorage: AsynchronousBlockDevice {
         at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer, completion: @escaping @Sendable (AsynchronousOutcome) -> Void
     ) -> Bool {
         calls.update { $0.startRead += 1 }
-        return remote.startRead(at: offset, into: buffer, completion: completion)
+        return inner.startRead(at: offset, into: buffer, completion: completion)
     }
     func startWrite(
         at offset: UInt64, from buffer: UnsafeRawBufferPointer, fua: Bool, completion: @escaping @Sendable (AsynchronousOutcome) -> Void
     ) -> Bool {
         calls.update { $0.startWrite += 1 }
-        return remote.startWrite(at: offset, from: buffer, fua: fua, completion: completion)
+        return inner.startWrite(at: offset, from: buffer, fua: fua, completion: completion)
     }
     func startReads(_ pieces: [ReadPiece], completion: @escaping @Sendable (AsynchronousOutcome) -> Void) -> Bool {
         calls.update { $0.startReads += 1 }
-        return remote.startReads(pieces, completion: completion)
+        return inner.startReads(pieces, completion: completion)
     }
     func startWrites(_ pieces: [WritePiece], fua: Bool, completion: @escaping @Sendable (AsynchronousOutcome) -> Void) -> Bool {
         calls.update { $0.startWrites += 1 }
-        return remote.startWrites(pieces, fua: fua, completion: completion)
+        return inner.startWrites(pieces, fua: fua, completion: completion)
     }
     func read(_ pieces: [ReadPiece]) throws(BlockDeviceError) {
         calls.update { $0.readPieces += 1 }
-        try remote.read(pieces)
+        try inner.read(pieces)
     }
     func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockDeviceError) {
         calls.update { $0.read += 1 }
-        try remote.read(at: offset, into: buffer)
-    }
-    func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer, fua: Bool) throws(BlockDeviceError) {
-        try remote.write(at: offset, from: buffer, fua: fua)
-    }
-    func flush() throws(BlockDeviceError) { try remote.flush() }
-    func trim(at offset: UInt64, length: UInt64, fua: Bool) throws(BlockDeviceError) {
-        try remote.trim(at: offset, length: length, fua: fua)
-    }
-    func writeZeroes(at offset: UInt64, length: UInt64, flags: ZeroFlags) throws(BlockDeviceError) {
-        try remote.writeZeroes(at: offset, length: length, flags: flags)
+        try inner.read(at: offset, into: buffer)
     }
 }
 
@@ -303,35 +268,42 @@ enum AsynchronousPathOutcome: Equatable {
 /// run's READ reaches storage before the first is answered.
 @Suite("Fragmented volume reads", .serialized)
 struct FragmentedReadTests {
-    @Test func theFastPathSendsEveryRunInOneBatch() throws {
+    /// A fragmented pool, and the number of runs its blocks lie in, which
+    /// its storage is armed to gather.
+    static func armedPool(sourceLocation: SourceLocation = #_sourceLocation) throws -> (rig: FragmentedPool, runs: Int) {
         let rig = try FragmentedPool()
         let runs = try rig.located().runs.count
-        #expect(runs >= Int(FragmentedPool.blocks) / 2, "the volume is not fragmented: \(runs) runs")
+        #expect(runs >= Int(FragmentedPool.blocks) / 2, "the volume is not fragmented: \(runs) runs", sourceLocation: sourceLocation)
         rig.device.arm(runs)
+        return (rig, runs)
+    }
+
+    /// Expects storage to have seen the `runs` run reads all at once.
+    static func expectOneBatch(_ seen: GatheringDevice.State, runs: Int, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(seen.reads == runs, sourceLocation: sourceLocation)
+        #expect(seen.most == runs, "at most \(seen.most) of \(runs) run reads reached storage together", sourceLocation: sourceLocation)
+        #expect(seen.gaveUp == 0, sourceLocation: sourceLocation)
+    }
+
+    @Test func theFastPathSendsEveryRunInOneBatch() throws {
+        let (rig, runs) = try Self.armedPool()
         let (outcome, bytes) = rig.startRead()
         let seen = rig.device.disarm()
         let calls = rig.storage.calls.withLock { $0 }
         #expect(calls.startReads == 1 && calls.startRead == 0, "\(calls)")
         #expect(outcome == .done)
         #expect(rig.wrongBlocks(bytes) == [])
-        #expect(seen.reads == runs)
-        #expect(seen.most == runs, "at most \(seen.most) of \(runs) run reads reached storage together")
-        #expect(seen.gaveUp == 0)
+        Self.expectOneBatch(seen, runs: runs)
     }
 
     @Test func theSynchronousPathSendsEveryRunInOneBatch() throws {
-        let rig = try FragmentedPool()
-        let runs = try rig.located().runs.count
-        #expect(runs >= Int(FragmentedPool.blocks) / 2, "the volume is not fragmented: \(runs) runs")
-        rig.device.arm(runs)
+        let (rig, runs) = try Self.armedPool()
         let bytes = try rig.read()
         let seen = rig.device.disarm()
         let calls = rig.storage.calls.withLock { $0 }
         #expect(calls.readPieces == 1 && calls.read == 0, "\(calls)")
         #expect(rig.wrongBlocks(bytes) == [])
-        #expect(seen.reads == runs)
-        #expect(seen.most == runs, "at most \(seen.most) of \(runs) run reads reached storage together")
-        #expect(seen.gaveUp == 0)
+        Self.expectOneBatch(seen, runs: runs)
     }
 
     /// One run failing fails the whole request: the fast path hands it to

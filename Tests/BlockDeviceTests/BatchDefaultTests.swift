@@ -1,33 +1,20 @@
 import BlockDevice
 import Synchronization
+import TestSupport
 import Testing
 
 /// A memory device whose `startRead`/`startWrite` accept only the first
 /// `accepting` requests and hold their completions until `finishHeld()`,
 /// to exercise the batch forms' default implementations.
-final class HoldingDevice: AsynchronousBlockDevice {
-    let backing: MemoryBlockDevice
+final class HoldingDevice: AsynchronousBlockDevice, ForwardingBlockDevice {
+    let inner: MemoryBlockDevice
     private let accepting: Int
     private let held = Mutex<(started: Int, completions: [@Sendable () -> Void])>((0, []))
 
     init(size: UInt64, accepting: Int = .max) throws {
-        backing = try MemoryBlockDevice(size: size)
+        inner = try MemoryBlockDevice(size: size)
         self.accepting = accepting
     }
-
-    var size: UInt64 { backing.size }
-    var isReadOnly: Bool { false }
-    var capabilities: BlockDeviceCapabilities { backing.capabilities }
-    var minimumBlockSize: UInt32 { 1 }
-    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockDeviceError) {
-        try backing.read(at: offset, into: buffer)
-    }
-    func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer, fua: Bool) throws(BlockDeviceError) {
-        try backing.write(at: offset, from: buffer, fua: fua)
-    }
-    func flush() throws(BlockDeviceError) {}
-    func trim(at offset: UInt64, length: UInt64, fua: Bool) throws(BlockDeviceError) {}
-    func writeZeroes(at offset: UInt64, length: UInt64, flags: ZeroFlags) throws(BlockDeviceError) {}
 
     var started: Int { held.withLock { $0.started } }
 
@@ -45,9 +32,9 @@ final class HoldingDevice: AsynchronousBlockDevice {
     ) -> Bool {
         // SAFETY: the test keeps the buffer alive until `finishHeld()`.
         nonisolated(unsafe) let buffer = buffer
-        return hold { [backing] in
+        return hold { [inner] in
             do throws(BlockDeviceError) {
-                try backing.read(at: offset, into: buffer)
+                try inner.read(at: offset, into: buffer)
                 completion(.done)
             } catch {
                 completion(.failed(error))
@@ -60,9 +47,9 @@ final class HoldingDevice: AsynchronousBlockDevice {
     ) -> Bool {
         // SAFETY: the test keeps the buffer alive until `finishHeld()`.
         nonisolated(unsafe) let buffer = buffer
-        return hold { [backing] in
+        return hold { [inner] in
             do throws(BlockDeviceError) {
-                try backing.write(at: offset, from: buffer, fua: fua)
+                try inner.write(at: offset, from: buffer, fua: fua)
                 completion(.done)
             } catch {
                 completion(.failed(error))

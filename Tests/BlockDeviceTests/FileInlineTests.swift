@@ -31,12 +31,12 @@ struct FileInlineTests {
 
     @Test func threadedAndDirectNeverRunInline() throws {
         let file = TemporaryFile(size: 1 << 20, directory: "/dev/shm")
-        let threaded = try FileBlockDevice(path: file.path)
-        let outcomes = Outcomes()
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        #expect(!buffer.withUnsafeMutableBytes { threaded.startRead(at: 0, into: $0, completion: outcomes.completion) })
-        #expect(!buffer.withUnsafeBytes { threaded.startWrite(at: 0, from: $0, fua: false, completion: outcomes.completion) })
-        #expect(outcomes.value.isEmpty)
+        expectNeverInline(try FileBlockDevice(path: file.path))
+        // With O_DIRECT every request goes to the disk, though the kernel
+        // takes RWF_NOWAIT on it (ext4 does, for a read of allocated blocks).
+        let diskFile = TemporaryFile(size: 1 << 20, directory: "/var/tmp")
+        diskFile.poke(pattern(4096), at: 0)
+        expectNeverInline(try FileBlockDevice(path: diskFile.path, direct: true, threaded: false))
     }
 
     /// On a disk file system a READ runs inline only from the page cache
@@ -61,6 +61,18 @@ struct FileInlineTests {
         #expect(!buffer.withUnsafeMutableBytes { device.startRead(at: 0, into: $0, completion: evicted.completion) })
         #expect(evicted.value.isEmpty)
     }
+}
+
+/// Expects `device` to leave a READ and a WRITE of one aligned block to
+/// the synchronous path.
+private func expectNeverInline(_ device: FileBlockDevice, sourceLocation: SourceLocation = #_sourceLocation) {
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
+    defer { buffer.deallocate() }
+    buffer.initializeMemory(as: UInt8.self, repeating: 0)
+    let outcomes = Outcomes()
+    #expect(!device.startRead(at: 0, into: buffer, completion: outcomes.completion), sourceLocation: sourceLocation)
+    #expect(!device.startWrite(at: 0, from: UnsafeRawBufferPointer(buffer), fua: false, completion: outcomes.completion), sourceLocation: sourceLocation)
+    #expect(outcomes.value.isEmpty, sourceLocation: sourceLocation)
 }
 
 /// The file system type /proc/mounts gives for the longest mount point

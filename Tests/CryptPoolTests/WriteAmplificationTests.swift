@@ -25,26 +25,43 @@ import TestSupport
     /// writes then dirty about one leaf each, as on a large volume.
     static let volumeSize: UInt64 = 1 << 30
 
+    /// A pool formatted on `device` with one thin volume "v" of `size` bytes.
+    static func poolWithVolume(
+        on device: any BlockDevice, size: UInt64 = volumeSize, anchor: (any TrustAnchor)? = nil, configuration: PoolConfiguration
+    ) throws -> (pool: Pool, volume: Volume) {
+        let pool = try Pool.format(storage: device, passphrase: passphrase, cost: testCost, anchor: anchor, configuration: configuration).pool
+        try pool.createVolume(name: "v", size: size)
+        return (pool, try pool.volume(named: "v"))
+    }
+
+    /// Writes `count` 4 KiB blocks, the one numbered `index` holding
+    /// `randomBytes(4096, seed: index)`, each to a block of the volume drawn
+    /// from `SeededGenerator(seed: placement)`, with a FLUSH after every
+    /// `flushEvery`; returns the seed each written block holds now.
+    @discardableResult
+    static func writeRandomBlocks(to volume: Volume, count: Int, placement: UInt64, flushEvery: Int = .max) throws -> [UInt64: UInt64] {
+        var random = SeededGenerator(seed: placement)
+        var holds: [UInt64: UInt64] = [:]
+        for index in 0..<count {
+            let logical = random.next() % (volumeSize / blockSize)
+            try write(volume, logical * blockSize, randomBytes(4096, seed: UInt64(index)))
+            holds[logical] = UInt64(index)
+            if (index + 1) % flushEvery == 0 { try volume.flush() }
+        }
+        return holds
+    }
+
     /// N random 4 KiB writes with a FLUSH every 1000 and a clean close cost
     /// the data, the log and one superblock per FLUSH: nothing else. The
     /// reopened pool replays the log and reads back every block.
     @Test func randomWritesWithFlushesCostTheDataAndTheLog() throws {
         let device = try CountingDevice(size: 64 << 20)
         let configuration = PoolConfiguration(commitInterval: 0)
-        let pool = try Pool.format(storage: device, passphrase: passphrase, cost: testCost, anchor: nil, configuration: configuration).pool
-        try pool.createVolume(name: "v", size: Self.volumeSize)
-        let volume = try pool.volume(named: "v")
+        let (pool, volume) = try Self.poolWithVolume(on: device, configuration: configuration)
         let writes = 3000
         let perFlush = 1000
         let start = device.writtenBytes
-        var random = SeededGenerator(seed: 7)
-        var expected: [UInt64: UInt64] = [:]
-        for index in 0..<writes {
-            let logical = random.next() % (Self.volumeSize / Self.blockSize)
-            try write(volume, logical * Self.blockSize, randomBytes(4096, seed: UInt64(index)))
-            expected[logical] = UInt64(index)
-            if (index + 1) % perFlush == 0 { try volume.flush() }
-        }
+        let expected = try Self.writeRandomBlocks(to: volume, count: writes, placement: 7, flushEvery: perFlush)
         try pool.close()
         let written = (device.writtenBytes - start) / Self.blockSize
         let flushes = writes / perFlush
@@ -70,14 +87,9 @@ import TestSupport
     @Test func checkpointWritesOnlyDirtiedNodes() throws {
         let device = try CountingDevice(size: 64 << 20)
         let records = 2000
-        let configuration = PoolConfiguration(checkpointRecords: records, commitInterval: 0)
-        let pool = try Pool.format(storage: device, passphrase: passphrase, cost: testCost, anchor: nil, configuration: configuration).pool
-        try pool.createVolume(name: "v", size: Self.volumeSize)
-        let volume = try pool.volume(named: "v")
-        var random = SeededGenerator(seed: 8)
-        for index in 0..<(records - 1) {
-            try write(volume, (random.next() % (Self.volumeSize / Self.blockSize)) * Self.blockSize, randomBytes(4096, seed: UInt64(index)))
-        }
+        let (pool, volume) = try Self.poolWithVolume(
+            on: device, configuration: PoolConfiguration(checkpointRecords: records, commitInterval: 0))
+        try Self.writeRandomBlocks(to: volume, count: records - 1, placement: 8)
         try volume.flush()
         try write(volume, 0, randomBytes(4096, seed: 99))
         let generation = pool.generation
@@ -108,9 +120,8 @@ import TestSupport
         let device = try CountingDevice(size: 16 << 20)
         let anchor = EpochCounter()
         let configuration = PoolConfiguration(commitInterval: 0)
-        let pool = try Pool.format(storage: device, passphrase: passphrase, cost: testCost, anchor: anchor, configuration: configuration).pool
-        try pool.createVolume(name: "v", size: 1 << 20)
-        try write(try pool.volume(named: "v"), 0, randomBytes(4096, seed: 1))
+        let (pool, volume) = try WriteAmplificationTests.poolWithVolume(on: device, size: 1 << 20, anchor: anchor, configuration: configuration)
+        try write(volume, 0, randomBytes(4096, seed: 1))
         try pool.flush()
 
         var start = device.writtenBytes
@@ -133,7 +144,7 @@ import TestSupport
 }
 
 /// A memory device that counts the bytes written to it.
-final class CountingDevice: BlockDevice {
+final class CountingDevice: ForwardingBlockDevice {
     let inner: MemoryBlockDevice
     private let written = Atomic<UInt64>(0)
 
@@ -142,24 +153,10 @@ final class CountingDevice: BlockDevice {
     }
 
     var writtenBytes: UInt64 { written.load(ordering: .acquiring) }
-    var size: UInt64 { inner.size }
-    var isReadOnly: Bool { false }
-    var capabilities: BlockDeviceCapabilities { inner.capabilities }
-    var minimumBlockSize: UInt32 { inner.minimumBlockSize }
-
-    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockDeviceError) {
-        try inner.read(at: offset, into: buffer)
-    }
 
     func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer, fua: Bool) throws(BlockDeviceError) {
         try inner.write(at: offset, from: buffer, fua: fua)
         written.add(UInt64(buffer.count), ordering: .acquiringAndReleasing)
-    }
-
-    func flush() throws(BlockDeviceError) { try inner.flush() }
-
-    func trim(at offset: UInt64, length: UInt64, fua: Bool) throws(BlockDeviceError) {
-        try inner.trim(at: offset, length: length, fua: fua)
     }
 
     func writeZeroes(at offset: UInt64, length: UInt64, flags: ZeroFlags) throws(BlockDeviceError) {
@@ -199,10 +196,8 @@ final class EpochCounter: TrustAnchor {
     static func checkpointMeetingRestart(losingCache: Bool) throws -> (pool: Pool, device: RestartingDevice, flushed: Result<Void, any Error>) {
         let device = try RestartingDevice(size: 64 << 20)
         let records = 1200
-        let configuration = PoolConfiguration(checkpointRecords: records, commitInterval: 0)
-        let pool = try Pool.format(storage: device, passphrase: passphrase, cost: testCost, anchor: nil, configuration: configuration).pool
-        try pool.createVolume(name: "v", size: WriteAmplificationTests.volumeSize)
-        let volume = try pool.volume(named: "v")
+        let (pool, volume) = try WriteAmplificationTests.poolWithVolume(
+            on: device, configuration: PoolConfiguration(checkpointRecords: records, commitInterval: 0))
         for index in 0..<records {
             try write(volume, UInt64(index) * 64 * 4096, randomBytes(4096, seed: UInt64(index)))
             if index == records - 2 { try volume.flush() }
@@ -248,7 +243,7 @@ final class EpochCounter: TrustAnchor {
 
 /// A memory device with an honest write-back cache that can restart (a new
 /// session epoch) at a chosen flush, keeping or losing what it cached.
-final class RestartingDevice: BlockDevice {
+final class RestartingDevice: ForwardingBlockDevice {
     private struct State {
         var cache: [(offset: UInt64, bytes: [UInt8])] = []
         var epoch: UInt64 = 0
@@ -257,17 +252,13 @@ final class RestartingDevice: BlockDevice {
         var restarted = false
     }
 
-    let backing: MemoryBlockDevice
+    let inner: MemoryBlockDevice
     private let state = Mutex(State())
 
     init(size: UInt64) throws {
-        backing = try MemoryBlockDevice(size: size)
+        inner = try MemoryBlockDevice(size: size)
     }
 
-    var size: UInt64 { backing.size }
-    var isReadOnly: Bool { false }
-    var capabilities: BlockDeviceCapabilities { backing.capabilities }
-    var minimumBlockSize: UInt32 { backing.minimumBlockSize }
     var sessionEpoch: UInt64 { state.withLock { $0.epoch } }
     var blocksReadAfterRestart: UInt64 { state.withLock { $0.readAfterRestart } }
 
@@ -278,7 +269,7 @@ final class RestartingDevice: BlockDevice {
 
     func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockDeviceError) {
         try state.withLock { state throws(BlockDeviceError) in
-            try backing.read(at: offset, into: buffer)
+            try inner.read(at: offset, into: buffer)
             for entry in state.cache {
                 let start = max(entry.offset, offset)
                 let end = min(entry.offset + UInt64(entry.bytes.count), offset + UInt64(buffer.count))
@@ -293,7 +284,7 @@ final class RestartingDevice: BlockDevice {
         try checkRange(offset, UInt64(buffer.count))
         let bytes = Array(buffer)
         if fua {
-            try state.withLock { _ throws(BlockDeviceError) in try backing.write(at: offset, from: buffer, fua: true) }
+            try state.withLock { _ throws(BlockDeviceError) in try inner.write(at: offset, from: buffer, fua: true) }
         } else {
             state.withLock { $0.cache.append((offset, bytes)) }
         }
@@ -314,7 +305,7 @@ final class RestartingDevice: BlockDevice {
             for entry in state.cache {
                 var failure: BlockDeviceError?
                 entry.bytes.withUnsafeBytes { bytes in
-                    do throws(BlockDeviceError) { try backing.write(at: entry.offset, from: bytes, fua: false) } catch { failure = error }
+                    do throws(BlockDeviceError) { try inner.write(at: entry.offset, from: bytes, fua: false) } catch { failure = error }
                 }
                 if let failure { throw failure }
             }
@@ -324,11 +315,11 @@ final class RestartingDevice: BlockDevice {
 
     func trim(at offset: UInt64, length: UInt64, fua: Bool) throws(BlockDeviceError) {
         try flush()
-        try backing.trim(at: offset, length: length, fua: fua)
+        try inner.trim(at: offset, length: length, fua: fua)
     }
 
     func writeZeroes(at offset: UInt64, length: UInt64, flags: ZeroFlags) throws(BlockDeviceError) {
         try flush()
-        try backing.writeZeroes(at: offset, length: length, flags: flags)
+        try inner.writeZeroes(at: offset, length: length, flags: flags)
     }
 }

@@ -24,7 +24,12 @@ final class OutcomeRecorder: Sendable {
         return calls.value.first
     }
 
-    var count: Int { calls.value.count }
+    /// The number of calls a tenth of a second from now, when a second
+    /// call that was coming has come.
+    func callsAfterAWhile() -> Int {
+        Thread.sleep(forTimeInterval: 0.1)
+        return calls.value.count
+    }
 }
 
 /// The batch forms of `RemoteBlockDevice` (`startReads`, `startWrites`,
@@ -80,126 +85,132 @@ struct ScatteredBatchTests {
         }
     }
 
-    static func pieces(_ buffers: [UnsafeMutableRawBufferPointer]) -> [ReadPiece] {
-        zip(spans, buffers).map { ($0.offset, $1) }
-    }
-
     static func sortedOffsets() -> [UInt64] { spans.map(\.offset).sorted() }
 
-    @Test func startedReadsGoOutAsOneBatchWithOneCompletion() throws {
-        let (server, gathered) = try Self.gathering(Self.spans.count)
+    /// What one test works with: a `gathering` server's record of the
+    /// offsets it gathered, a device connected to that server, and buffers
+    /// for `spans`.
+    struct Scene {
+        let gathered: Locked<[UInt64]>
+        let device: RemoteBlockDevice
+        let buffers: [UnsafeMutableRawBufferPointer]
+
+        var readPieces: [ReadPiece] { zip(spans, buffers).map { ($0.offset, $1) } }
+        var writePieces: [WritePiece] { zip(spans, buffers).map { ($0.offset, UnsafeRawBufferPointer($1)) } }
+
+        /// Starts the reads of every span as one batch and waits for its
+        /// completion; the recorder tells whether it came more than once.
+        func startReads(sourceLocation: SourceLocation = #_sourceLocation) throws -> (AsynchronousOutcome, OutcomeRecorder) {
+            let recorder = OutcomeRecorder()
+            #expect(device.startReads(readPieces, completion: recorder.completion), sourceLocation: sourceLocation)
+            let outcome = try #require(recorder.wait(timeout: 15), "the batch never completed", sourceLocation: sourceLocation)
+            return (outcome, recorder)
+        }
+
+        /// Expects the server to have gathered every span, each once.
+        func expectEverySpanGathered(sourceLocation: SourceLocation = #_sourceLocation) {
+            #expect(gathered.value.sorted() == sortedOffsets(), sourceLocation: sourceLocation)
+        }
+
+        /// Expects every buffer to hold the honest answer for its span.
+        func expectHonestBytes(sourceLocation: SourceLocation = #_sourceLocation) {
+            for (span, buffer) in zip(spans, buffers) {
+                #expect(buffer.allSatisfy { $0 == fill(span.offset) }, "piece at \(span.offset)", sourceLocation: sourceLocation)
+            }
+        }
+    }
+
+    /// Runs `body` on a scene over `gathering(spans.count, failing:hangUp:)`,
+    /// then closes the server and frees the buffers.
+    static func withScene(failing: Set<UInt64> = [], hangUp: Bool = false, _ body: (Scene) throws -> Void) throws {
+        let (server, gathered) = try gathering(spans.count, failing: failing, hangUp: hangUp)
         defer { server.close() }
         let device = try RemoteBlockDevice(connectingTo: server.address, options: .forTests())
-        let buffers = Self.buffers()
+        let buffers = buffers()
         defer { for buffer in buffers { buffer.deallocate() } }
-        let recorder = OutcomeRecorder()
-        #expect(device.startReads(Self.pieces(buffers), completion: recorder.completion))
-        let outcome = try #require(recorder.wait(timeout: 15), "the batch never completed")
-        guard case .done = outcome else {
-            Issue.record("expected .done, got \(outcome)")
-            return
+        try body(Scene(gathered: gathered, device: device, buffers: buffers))
+    }
+
+    @Test func startedReadsGoOutAsOneBatchWithOneCompletion() throws {
+        try Self.withScene { scene in
+            let (outcome, recorder) = try scene.startReads()
+            guard case .done = outcome else {
+                Issue.record("expected .done, got \(outcome)")
+                return
+            }
+            scene.expectEverySpanGathered()
+            scene.expectHonestBytes()
+            #expect(recorder.callsAfterAWhile() == 1)
         }
-        #expect(gathered.value.sorted() == Self.sortedOffsets())
-        for (span, buffer) in zip(Self.spans, buffers) {
-            #expect(buffer.allSatisfy { $0 == Self.fill(span.offset) }, "piece at \(span.offset)")
-        }
-        Thread.sleep(forTimeInterval: 0.1)
-        #expect(recorder.count == 1)
     }
 
     @Test func aFailingPieceFailsTheStartedBatchOnce() throws {
         let failing = Self.spans[3].offset
-        let (server, gathered) = try Self.gathering(Self.spans.count, failing: [failing])
-        defer { server.close() }
-        let device = try RemoteBlockDevice(connectingTo: server.address, options: .forTests())
-        let buffers = Self.buffers()
-        defer { for buffer in buffers { buffer.deallocate() } }
-        let recorder = OutcomeRecorder()
-        #expect(device.startReads(Self.pieces(buffers), completion: recorder.completion))
-        let outcome = try #require(recorder.wait(timeout: 15), "the batch never completed")
-        guard case .failed(.io(let operation, let code)) = outcome else {
-            Issue.record("expected an I/O failure, got \(outcome)")
-            return
-        }
-        #expect(code == EIO)
-        #expect(operation.contains("NBD_CMD_READ at \(failing)+\(Self.spans[3].count)"))
-        #expect(gathered.value.count == Self.spans.count)
-        Thread.sleep(forTimeInterval: 0.1)
-        #expect(recorder.count == 1)
-        // The connection survives a server error: the next batch completes.
-        let again = OutcomeRecorder()
-        #expect(device.startReads(Self.pieces(buffers), completion: again.completion))
-        guard case .done = try #require(again.wait(timeout: 15)) else {
-            Issue.record("the batch after a failure did not complete")
-            return
+        try Self.withScene(failing: [failing]) { scene in
+            let (outcome, recorder) = try scene.startReads()
+            guard case .failed(.io(let operation, let code)) = outcome else {
+                Issue.record("expected an I/O failure, got \(outcome)")
+                return
+            }
+            #expect(code == EIO)
+            #expect(operation.contains("NBD_CMD_READ at \(failing)+\(Self.spans[3].count)"))
+            #expect(scene.gathered.value.count == Self.spans.count)
+            #expect(recorder.callsAfterAWhile() == 1)
+            // The connection survives a server error: the next batch completes.
+            guard case .done = try scene.startReads().0 else {
+                Issue.record("the batch after a failure did not complete")
+                return
+            }
         }
     }
 
     @Test func aConnectionLostMidBatchAsksForTheSynchronousRedo() throws {
-        let (server, gathered) = try Self.gathering(Self.spans.count, hangUp: true)
-        defer { server.close() }
-        let device = try RemoteBlockDevice(connectingTo: server.address, options: .forTests())
-        let buffers = Self.buffers()
-        defer { for buffer in buffers { buffer.deallocate() } }
-        let recorder = OutcomeRecorder()
-        #expect(device.startReads(Self.pieces(buffers), completion: recorder.completion))
-        let outcome = try #require(recorder.wait(timeout: 15), "the batch never completed")
-        guard case .redoSynchronously = outcome else {
-            Issue.record("expected .redoSynchronously, got \(outcome)")
-            return
+        try Self.withScene(hangUp: true) { scene in
+            let (outcome, recorder) = try scene.startReads()
+            guard case .redoSynchronously = outcome else {
+                Issue.record("expected .redoSynchronously, got \(outcome)")
+                return
+            }
+            #expect(scene.gathered.value.count == Self.spans.count)
+            #expect(recorder.callsAfterAWhile() == 1)
         }
-        #expect(gathered.value.count == Self.spans.count)
-        Thread.sleep(forTimeInterval: 0.1)
-        #expect(recorder.count == 1)
     }
 
     @Test func startedWritesGoOutAsOneBatch() throws {
-        let (server, gathered) = try Self.gathering(Self.spans.count)
-        defer { server.close() }
-        let device = try RemoteBlockDevice(connectingTo: server.address, options: .forTests())
-        let buffers = Self.buffers()
-        defer { for buffer in buffers { buffer.deallocate() } }
-        let pieces: [WritePiece] = zip(Self.spans, buffers).map { ($0.offset, UnsafeRawBufferPointer($1)) }
-        let recorder = OutcomeRecorder()
-        #expect(device.startWrites(pieces, fua: false, completion: recorder.completion))
-        guard case .done = try #require(recorder.wait(timeout: 15), "the batch never completed") else {
-            Issue.record("the write batch failed")
-            return
+        try Self.withScene { scene in
+            let recorder = OutcomeRecorder()
+            #expect(scene.device.startWrites(scene.writePieces, fua: false, completion: recorder.completion))
+            guard case .done = try #require(recorder.wait(timeout: 15), "the batch never completed") else {
+                Issue.record("the write batch failed")
+                return
+            }
+            scene.expectEverySpanGathered()
+            // Pieces it cannot take (an empty one) leave the batch unstarted.
+            let withAnEmptyPiece: [WritePiece] = scene.writePieces + [(0, UnsafeRawBufferPointer(start: nil, count: 0))]
+            #expect(!scene.device.startWrites(withAnEmptyPiece, fua: false) { _ in })
         }
-        #expect(gathered.value.sorted() == Self.sortedOffsets())
-        // Pieces it cannot take (an empty one) leave the batch unstarted.
-        let withAnEmptyPiece: [WritePiece] = pieces + [(0, UnsafeRawBufferPointer(start: nil, count: 0))]
-        #expect(!device.startWrites(withAnEmptyPiece, fua: false) { _ in })
     }
 
     @Test func synchronousScatteredReadIsOneBatch() throws {
-        let (server, gathered) = try Self.gathering(Self.spans.count)
-        defer { server.close() }
-        let device = try RemoteBlockDevice(connectingTo: server.address, options: .forTests())
-        let buffers = Self.buffers()
-        defer { for buffer in buffers { buffer.deallocate() } }
-        try device.read(Self.pieces(buffers))
-        #expect(gathered.value.sorted() == Self.sortedOffsets())
-        for (span, buffer) in zip(Self.spans, buffers) {
-            #expect(buffer.allSatisfy { $0 == Self.fill(span.offset) }, "piece at \(span.offset)")
+        try Self.withScene { scene in
+            try scene.device.read(scene.readPieces)
+            scene.expectEverySpanGathered()
+            scene.expectHonestBytes()
         }
     }
 
     @Test func synchronousScatteredReadThrowsAFailingPiece() throws {
         let failing = Self.spans[5].offset
-        let (server, _) = try Self.gathering(Self.spans.count, failing: [failing])
-        defer { server.close() }
-        let device = try RemoteBlockDevice(connectingTo: server.address, options: .forTests())
-        let buffers = Self.buffers()
-        defer { for buffer in buffers { buffer.deallocate() } }
-        #expect {
-            try device.read(Self.pieces(buffers))
-        } throws: { error in
-            guard case BlockDeviceError.io(let operation, let code) = error else { return false }
-            return code == EIO && operation.contains("NBD_CMD_READ at \(failing)")
+        try Self.withScene(failing: [failing]) { scene in
+            #expect {
+                try scene.device.read(scene.readPieces)
+            } throws: { error in
+                guard case BlockDeviceError.io(let operation, let code) = error else { return false }
+                return code == EIO && operation.contains("NBD_CMD_READ at \(failing)")
+            }
+            // A piece outside the export is refused before anything is sent.
+            let outside: [ReadPiece] = [(1 << 20, scene.buffers[0])]
+            #expect(throws: BlockDeviceError.outOfRange(offset: 1 << 20, length: 4096, size: 1 << 20)) { try scene.device.read(outside) }
         }
-        // A piece outside the export is refused before anything is sent.
-        let outside: [ReadPiece] = [(1 << 20, buffers[0])]
-        #expect(throws: BlockDeviceError.outOfRange(offset: 1 << 20, length: 4096, size: 1 << 20)) { try device.read(outside) }
     }
 }

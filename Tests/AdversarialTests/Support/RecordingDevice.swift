@@ -1,4 +1,5 @@
 import BlockDevice
+import TestSupport
 import Threads
 
 /// What the crypt pool sent to its storage, in order, plus marks the
@@ -13,12 +14,12 @@ enum RecordedOperation {
 /// A block device that records every change the pool makes to it (like
 /// dm-log-writes), and serves reads from the memory device underneath, as
 /// a disk's cache would.
-final class RecordingDevice: BlockDevice {
-    let backing: MemoryBlockDevice
+final class RecordingDevice: ForwardingBlockDevice {
+    let inner: MemoryBlockDevice
     private let log = Guarded<[RecordedOperation]>([])
 
     init(size: UInt64) throws {
-        backing = try MemoryBlockDevice(size: size)
+        inner = try MemoryBlockDevice(size: size)
     }
 
     var operations: [RecordedOperation] { log.withLock { $0 } }
@@ -27,18 +28,9 @@ final class RecordingDevice: BlockDevice {
     /// Adds a workload mark at this point of the stream.
     func mark(_ event: WorkloadEvent) { log.update { $0.append(.mark(event)) } }
 
-    var size: UInt64 { backing.size }
-    var isReadOnly: Bool { false }
-    var capabilities: BlockDeviceCapabilities { backing.capabilities }
-    var minimumBlockSize: UInt32 { 1 }
-
-    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockDeviceError) {
-        try backing.read(at: offset, into: buffer)
-    }
-
     func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer, fua: Bool) throws(BlockDeviceError) {
         try log.withLock { (log) throws(BlockDeviceError) in
-            try backing.write(at: offset, from: buffer, fua: false)
+            try inner.write(at: offset, from: buffer, fua: false)
             log.append(.write(offset: offset, bytes: Array(buffer)))
             if fua { log.append(.flush) }
         }
@@ -54,7 +46,7 @@ final class RecordingDevice: BlockDevice {
 
     func writeZeroes(at offset: UInt64, length: UInt64, flags: ZeroFlags) throws(BlockDeviceError) {
         try log.withLock { (log) throws(BlockDeviceError) in
-            try backing.writeZeroes(at: offset, length: length, flags: [])
+            try inner.writeZeroes(at: offset, length: length, flags: [])
             log.append(.zero(offset: offset, length: length))
             if flags.contains(.fua) { log.append(.flush) }
         }
