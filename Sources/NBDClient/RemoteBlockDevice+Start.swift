@@ -1,18 +1,25 @@
 import NBDProtocol
 
 /// A batch checked against the export and split into pieces of at most
-/// `chunkSize`.
+/// `chunkSize`. The usual batch (every operation inside the export and no
+/// larger than a chunk) is sent as it is, with no arrays made for it.
 struct BatchPlan {
-    private(set) var pieces: [NBDOperation] = []
+    private(set) var pieces: [NBDOperation]
     private(set) var merge: ResultMerge
 
     init(_ operations: [NBDOperation], device: RemoteBlockDevice) {
+        guard operations.contains(where: { device.problem(with: $0) != nil || device.needsSplitting($0) }) else {
+            pieces = operations
+            merge = ResultMerge(settled: nil, owners: [])
+            return
+        }
+        pieces = []
         merge = ResultMerge(settled: [Result<Void, NBDClientError>?](repeating: nil, count: operations.count))
         pieces.reserveCapacity(operations.count)
         merge.owners.reserveCapacity(operations.count)
         for (index, operation) in operations.enumerated() {
             if let problem = device.problem(with: operation) {
-                merge.settled[index] = .failure(.invalidRequest(problem))
+                merge.settled![index] = .failure(.invalidRequest(problem))
                 continue
             }
             for piece in device.split(operation) {
@@ -25,14 +32,15 @@ struct BatchPlan {
 
 /// The way back from a batch's piece results to one result per operation.
 struct ResultMerge: Sendable {
-    /// Results settled before sending (range problems), by operation.
-    var settled: [Result<Void, NBDClientError>?]
+    /// Results settled before sending (range problems), by operation; nil
+    /// when the pieces are the operations themselves, one for one.
+    var settled: [Result<Void, NBDClientError>?]?
     /// The operation each piece belongs to.
     var owners: [Int] = []
 
     /// One result per operation: its first failure (in piece order), or success.
     func results(of pieceResults: [Result<Void, NBDClientError>]) -> [Result<Void, NBDClientError>] {
-        var results = settled
+        guard var results = settled else { return pieceResults }
         for (piece, result) in pieceResults.enumerated() {
             if case .failure = result, results[owners[piece]] == nil { results[owners[piece]] = result }
         }

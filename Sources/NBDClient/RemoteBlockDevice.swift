@@ -142,6 +142,15 @@ public final class RemoteBlockDevice: BlockDevice {
         return nil
     }
 
+    /// Whether `split` would not give back `operation` itself.
+    func needsSplitting(_ operation: NBDOperation) -> Bool {
+        switch operation {
+        case .read(_, let buffer): buffer.isEmpty || buffer.count > Int(chunkSize)
+        case .write(_, let buffer, _): buffer.isEmpty || buffer.count > Int(chunkSize)
+        default: false
+        }
+    }
+
     /// Pieces of at most `chunkSize` bytes; none for an empty READ or WRITE.
     func split(_ operation: NBDOperation) -> [NBDOperation] {
         let chunk = Int(chunkSize)
