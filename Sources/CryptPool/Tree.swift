@@ -83,21 +83,25 @@ extension Pool {
     func lookup(root: BlockPointer, tree: TreeIdentity, range: Range<UInt64>) throws(PoolError) -> [BlockPointer] {
         var result: [BlockPointer] = []
         result.reserveCapacity(range.count)
-        _ = try collect(root, tree: tree, level: tree.depth, firstIndex: 0, range: range, into: &result) {
-            (pointer, level, first) throws(PoolError) in try loadNode(pointer, tree: tree, level: level, firstIndex: first)
-        }
+        _ = try lookup(root: root, tree: tree, range: range, cachedOnly: false, into: &result)
         return result
     }
 
-    /// `lookup(root:tree:range:)` without storage reads: nil when a node on
-    /// the way is not in the cache (Volume+Asynchronous.swift).
-    func cachedLookup(root: BlockPointer, tree: TreeIdentity, range: Range<UInt64>) throws(PoolError) -> [BlockPointer]? {
-        var result: [BlockPointer] = []
-        result.reserveCapacity(range.count)
-        let complete = try collect(root, tree: tree, level: tree.depth, firstIndex: 0, range: range, into: &result) {
+    /// Appends the pointers of `range` to `result`, as `lookup(root:tree:range:)`
+    /// gives them; with `cachedOnly`, without storage reads: false (and
+    /// `result` partly appended) when a node on the way is not in the
+    /// cache (Volume+Asynchronous.swift).
+    func lookup(
+        root: BlockPointer, tree: TreeIdentity, range: Range<UInt64>, cachedOnly: Bool, into result: inout [BlockPointer]
+    ) throws(PoolError) -> Bool {
+        guard cachedOnly else {
+            return try collect(root, tree: tree, level: tree.depth, firstIndex: 0, range: range, into: &result) {
+                (pointer, level, first) throws(PoolError) in try loadNode(pointer, tree: tree, level: level, firstIndex: first)
+            }
+        }
+        return try collect(root, tree: tree, level: tree.depth, firstIndex: 0, range: range, into: &result) {
             pointer, _, _ in nodeCache.get(pointer)
         }
-        return complete ? result : nil
     }
 
     /// Appends the unit pointers of `range` under the node `pointer` at

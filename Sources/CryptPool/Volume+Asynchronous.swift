@@ -18,16 +18,16 @@ extension Volume: AsynchronousBlockDevice {
     ) -> Bool {
         guard let storage = pool.asynchronousStorage, isWholeBlocks(offset, buffer.count), !pool.hasFailed else { return false }
         let blocks = Self.blockRange(offset, UInt64(buffer.count))
-        guard let release = lock(blocks) else { return false }
+        guard let ticket = lock(blocks) else { return false }
         let found: LocatedRead?
         do throws(PoolError) { found = try locate(blocks, in: buffer, cachedOnly: true) } catch { found = nil }
         guard let located = found else {
             // Failures, such as a misplaced pointer, are reported by the synchronous path.
-            release()
+            release(ticket)
             return false
         }
         guard !located.runs.isEmpty else {
-            release()
+            release(ticket)
             completion(.done)
             return true
         }
@@ -37,7 +37,7 @@ extension Volume: AsynchronousBlockDevice {
         let started = storage.startReads(pieces) { outcome in
             // The ciphertext is in the buffer: another write may now map
             // these blocks elsewhere without changing what is opened.
-            release()
+            self.release(ticket)
             // Any failure, even a final storage error, is redone
             // synchronously, which retries across reconnects and reports
             // the error the synchronous way.
@@ -49,7 +49,7 @@ extension Volume: AsynchronousBlockDevice {
                 completion(.failed(self.deviceError(error)))
             }
         }
-        if !started { release() }
+        if !started { release(ticket) }
         return started
     }
 
@@ -61,33 +61,33 @@ extension Volume: AsynchronousBlockDevice {
             return false
         }
         let blocks = Self.blockRange(offset, UInt64(buffer.count))
-        guard let release = lock(blocks) else { return false }
+        guard let ticket = lock(blocks) else { return false }
         let prepared: SealedWrite?
         do throws(PoolError) { prepared = try seal(blocks, from: buffer) } catch { prepared = nil }
         guard let sealed = prepared else {
             // Out of space (a commit must free some) or the volume is gone.
-            release()
+            release(ticket)
             return false
         }
         let pieces = sealed.runs.map { run in (sealed.physicalStart(of: run) * Self.blockSize, sealed.bytes(of: run)) }
         let started = storage.startWrites(pieces, fua: false) { outcome in
             guard case .done = outcome else {
                 self.abandon(sealed)
-                release()
+                self.release(ticket)
                 return completion(.redoSynchronously)
             }
             do throws(PoolError) {
                 try self.map(sealed)
-                release()
+                self.release(ticket)
                 completion(.done)
             } catch {
-                release()
+                self.release(ticket)
                 completion(.failed(self.deviceError(error)))
             }
         }
         if !started {
             abandon(sealed)
-            release()
+            release(ticket)
         }
         return started
     }
@@ -99,17 +99,18 @@ extension Volume: AsynchronousBlockDevice {
     }
 
     /// Takes the gate shared and the blocks' range lock if neither needs
-    /// waiting; returns what gives them back.
-    private func lock(_ blocks: Range<UInt64>) -> (@Sendable () -> Void)? {
-        let pool = self.pool
+    /// waiting; `release` gives them back.
+    private func lock(_ blocks: Range<UInt64>) -> RangeLocks.Ticket? {
         guard pool.gate.tryAcquireShared() else { return nil }
         guard let ticket = pool.ranges.tryLock(key: id.rawValue, range: blocks) else {
             pool.gate.releaseShared()
             return nil
         }
-        return {
-            pool.ranges.unlock(ticket)
-            pool.gate.releaseShared()
-        }
+        return ticket
+    }
+
+    private func release(_ ticket: RangeLocks.Ticket) {
+        pool.ranges.unlock(ticket)
+        pool.gate.releaseShared()
     }
 }

@@ -177,6 +177,7 @@ public final class Volume: BlockDevice {
     /// Current pointers of `blocks`: the overlay first, then the checkpointed
     /// tree. With `cachedOnly`, nil when a tree node is not in the cache.
     private func pointers(_ blocks: Range<UInt64>, cachedOnly: Bool = false) throws(PoolError) -> [BlockPointer]? {
+        if blocks.count == 1 { return try pointer(blocks.lowerBound, cachedOnly: cachedOnly) }
         let (decided, root, depth) = try pool.state.withLock { (state) throws(PoolError) in
             guard let volume = state.volumes[id] else { throw .noSuchVolume(name) }
             return (blocks.map { volume.overlay.lookup($0) }, volume.root, volume.depth)
@@ -196,14 +197,23 @@ public final class Volume: BlockDevice {
             var end = index + 1
             while end < decided.count, decided[end] == nil { end += 1 }
             let run = (blocks.lowerBound + UInt64(index))..<(blocks.lowerBound + UInt64(end))
-            if cachedOnly {
-                guard let found = try pool.cachedLookup(root: root, tree: tree, range: run) else { return nil }
-                result += found
-            } else {
-                result += try pool.lookup(root: root, tree: tree, range: run)
-            }
+            guard try pool.lookup(root: root, tree: tree, range: run, cachedOnly: cachedOnly, into: &result) else { return nil }
             index = end
         }
+        return result
+    }
+
+    /// `pointers` of one block (every 4 KiB request), with no array but the result.
+    private func pointer(_ block: UInt64, cachedOnly: Bool) throws(PoolError) -> [BlockPointer]? {
+        let (decided, root, depth) = try pool.state.withLock { (state) throws(PoolError) in
+            guard let volume = state.volumes[id] else { throw .noSuchVolume(name) }
+            return (volume.overlay.lookup(block), volume.root, volume.depth)
+        }
+        if let decided { return [decided] }
+        let tree = TreeIdentity(kind: .volumeTreeNode, object: id.rawValue, depth: depth, volumeName: name)
+        var result: [BlockPointer] = []
+        result.reserveCapacity(1)
+        guard try pool.lookup(root: root, tree: tree, range: block..<(block + 1), cachedOnly: cachedOnly, into: &result) else { return nil }
         return result
     }
 
@@ -262,7 +272,10 @@ public final class Volume: BlockDevice {
         precondition(plain.count == blocks.count * blockSize)
         var located = LocatedRead(first: blocks.lowerBound, plain: plain)
         located.blocks.reserveCapacity(only?.count ?? blocks.count)
-        for run in only.map(contiguousLogicalRuns) ?? [blocks] {
+        let runs = only.map(contiguousLogicalRuns)
+        for runIndex in 0..<(runs?.count ?? 1) {
+            // Without `only`, the one run is the whole request: no array for it.
+            let run = runs?[runIndex] ?? blocks
             guard let pointers = try pointers(run, cachedOnly: cachedOnly) else { return nil }
             for (offset, pointer) in pointers.enumerated() {
                 let logical = run.lowerBound + UInt64(offset)
@@ -296,6 +309,15 @@ public final class Volume: BlockDevice {
     func open(_ located: LocatedRead) throws(PoolError) {
         let blockSize = Int(Self.blockSize)
         var sealerCache = SealerCache(volume: self)
+        guard located.blocks.count >= Self.parallelThreshold else {
+            // Too few blocks to share out: no sealer list, failure box or closure.
+            for (logical, pointer) in located.blocks {
+                let slot = located.slot(logical)
+                let region = UnsafeMutableRawBufferPointer(rebasing: located.plain[slot..<(slot + blockSize)])
+                try openData(region, logical: logical, pointer: pointer, sealer: sealerCache.sealer(pointer.salt))
+            }
+            return
+        }
         var found: [BlockSealer] = []
         found.reserveCapacity(located.blocks.count)
         for (_, pointer) in located.blocks { found.append(try sealerCache.sealer(pointer.salt)) }
@@ -321,6 +343,8 @@ public final class Volume: BlockDevice {
     /// Blocks per piece when a request's cipher work is shared out: 64 KiB,
     /// enough to outweigh waking a helper (a few µs) many times over.
     static let parallelGrain = 16
+    /// Blocks from which `ParallelWork` splits a request (two grains).
+    static let parallelThreshold = 2 * parallelGrain
 
     /// The data sealers of the sessions one request meets (almost always
     /// one), so the pool's state lock is taken once per session, not per block.
