@@ -7,7 +7,7 @@ import Threads
 /// requests in flight, the sending side and the waiting side. The reader
 /// thread (ReplyReader.swift) holds it too, so it lives until that thread
 /// has finished even if the `NBDConnection` is gone.
-final class ConnectionCore: Sendable {
+final class ConnectionCore: Sendable, SendBatch.Sender {
     let socket: Socket
     let session: ClientSession
     let maxPayload: UInt32
@@ -153,7 +153,7 @@ final class ConnectionCore: Sendable {
             guard !headers.isEmpty else { return result }
             defer { state.withLock { $0.sending = false } }
             if gather, operations.allSatisfy({ $0.inlinePayloadCount <= Self.inlinePayloadLimit }),
-                SendBatch.enlist(self, flush: { self.sendGathered() })
+                SendBatch.enlist(self)
             {
                 var next = headers.startIndex
                 for (index, operation) in operations.enumerated() {
@@ -188,6 +188,8 @@ final class ConnectionCore: Sendable {
     }
 
     /// Sends the requests gathered in a send batch, at its end.
+    func flushBatch() { sendGathered() }
+
     private func sendGathered() {
         sendLock.withLock { gathered in
             guard !gathered.isEmpty else { return }

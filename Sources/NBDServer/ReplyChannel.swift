@@ -11,7 +11,7 @@ import Threads
 /// which every volume's replies depend on: a consumer that stops reading
 /// must stall only itself. Inside a `SendBatch`, small replies are gathered
 /// and leave in one system call when the batch ends.
-final class ReplyChannel: Sendable {
+final class ReplyChannel: Sendable, SendBatch.Sender {
     /// Bytes waiting for the flusher: a copy, or the caller's memory lent
     /// until `release` is called.
     private enum Chunk {
@@ -53,22 +53,31 @@ final class ReplyChannel: Sendable {
     /// Replies sent or queued so far.
     var count: UInt64 { state.withLock { $0.sent } }
 
+    /// Sends a small reply with the others of the calling thread's send
+    /// batch, at its end: copied, so the caller may reuse `bytes` at once.
+    /// False, and nothing sent, outside a batch or for a reply too large to
+    /// gather; then `send` it.
+    func gather(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard bytes.count <= Self.gatherLimit, SendBatch.enlist(self) else { return false }
+        let full = state.withLock { state -> Bool in
+            guard !state.failed else { return false }
+            state.sent += 1
+            state.gathered.append(contentsOf: bytes)
+            return state.gathered.count >= Self.gatherTarget
+        }
+        // A chunk of thousands of small READs must not pile up its
+        // replies in memory until the batch ends.
+        if full { flushGathered() }
+        return true
+    }
+
     /// Sends one whole reply after every reply sent before it. With
     /// `release`, the bytes are lent rather than copied when they cannot all
     /// go out at once: the caller keeps them valid until `release` is
     /// called (at once if they went out or sending failed).
     func send(_ bytes: UnsafeRawBufferPointer, release: (@Sendable () -> Void)? = nil) {
-        if bytes.count <= Self.gatherLimit, SendBatch.enlist(self, flush: { self.flushGathered() }) {
-            let full = state.withLock { state -> Bool in
-                guard !state.failed else { return false }
-                state.sent += 1
-                state.gathered.append(contentsOf: bytes)
-                return state.gathered.count >= Self.gatherTarget
-            }
+        if gather(bytes) {
             release?()
-            // A chunk of thousands of small READs must not pile up its
-            // replies in memory until the batch ends.
-            if full { flushGathered() }
             return
         }
         var failure: SocketError?
@@ -91,6 +100,8 @@ final class ReplyChannel: Sendable {
     }
 
     /// Writes what a send batch gathered.
+    func flushBatch() { flushGathered() }
+
     private func flushGathered() {
         var failure: SocketError?
         let startFlusher = state.withLock { state -> Bool in

@@ -252,8 +252,13 @@ final class Transmission: Sendable {
                 ReplyEncoder.encodeReadReplyHeader(
                     into: reply, cookie: header.cookie, offset: header.offset, length: header.length,
                     structured: self.session.structuredReplies)
-                // Lent, not copied, if the client is slow to take it.
-                self.replies.send(UnsafeRawBufferPointer(reply)) { self.returnReplyBuffer(replyBuffer) }
+                let bytes = UnsafeRawBufferPointer(reply)
+                if self.replies.gather(bytes) {
+                    self.returnReplyBuffer(replyBuffer)
+                } else {
+                    // Lent, not copied, if the client is slow to take it.
+                    self.replies.send(bytes) { self.returnReplyBuffer(replyBuffer) }
+                }
                 self.finished(request)
                 return
             case .failed(let error):

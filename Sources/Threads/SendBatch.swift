@@ -15,10 +15,16 @@ import Musl
 /// The thread must not wait, inside a batch, for anything a deferred send
 /// leads to: the flushes run only at its end.
 public enum SendBatch {
+    /// A sender whose held sends go out at the end of a batch.
+    public protocol Sender: AnyObject {
+        /// Sends what the sender held back during the batch.
+        func flushBatch()
+    }
+
     // SAFETY: a scope is only touched by the thread that created it, through
     // its thread-specific slot, and lives until its `run` returns.
     private final class Scope {
-        var flushes: [(ObjectIdentifier, () -> Void)] = []
+        var senders: [any Sender] = []
     }
 
     private static let key: pthread_key_t = {
@@ -35,7 +41,7 @@ public enum SendBatch {
         defer {
             pthread_setspecific(key, nil)
             // Sends made by the flushes themselves go out directly.
-            for (_, flush) in scope.flushes { flush() }
+            for sender in scope.senders { sender.flushBatch() }
         }
         return try body()
     }
@@ -43,14 +49,14 @@ public enum SendBatch {
     /// Whether the calling thread is inside a batch.
     public static var isActive: Bool { pthread_getspecific(key) != nil }
 
-    /// Arranges for `flush` to run when the calling thread's batch ends,
-    /// once per `owner` however often it enlists; false, and nothing
-    /// arranged, when the thread is not in a batch.
-    public static func enlist(_ owner: AnyObject, flush: @escaping () -> Void) -> Bool {
+    /// Arranges for `sender.flushBatch()` to run when the calling thread's
+    /// batch ends, once however often it enlists; false, and nothing
+    /// arranged, when the thread is not in a batch. (A sender, not a
+    /// closure: a closure would be allocated on every small send.)
+    public static func enlist(_ sender: some Sender) -> Bool {
         guard let raw = pthread_getspecific(key) else { return false }
         let scope = Unmanaged<Scope>.fromOpaque(raw).takeUnretainedValue()
-        let id = ObjectIdentifier(owner)
-        if !scope.flushes.contains(where: { $0.0 == id }) { scope.flushes.append((id, flush)) }
+        if !scope.senders.contains(where: { $0 === sender }) { scope.senders.append(sender) }
         return true
     }
 }
