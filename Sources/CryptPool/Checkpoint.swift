@@ -54,6 +54,8 @@ extension Pool {
                 volumes[id]!.root = try rebuild(
                     volume.root, tree: tree, level: volume.depth, firstIndex: 0, changes: changes, generation: generation,
                     writes: &writes, releases: &releases, allocated: &allocated)
+                // Dropped from the copy, so that the state holds the only
+                // reference when `adoptCheckpointed` empties it for reuse.
                 volumes[id]!.overlay = Overlay()
             }
 
@@ -109,7 +111,7 @@ extension Pool {
                 logRecordCount: 0, logBlockCount: 0)
             state.withLock { state in
                 state.generation = generation
-                state.volumes = volumes
+                state.adoptCheckpointed(volumes, overlayCapacity: 2 * configuration.checkpointRecords)
                 state.volumeTable = tablePointers
                 state.poolObject = sealedObject.pointer
                 state.logHead = .null

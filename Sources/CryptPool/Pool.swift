@@ -96,7 +96,7 @@ public final class Pool: Sendable {
         commitTimer = configuration.commitInterval > 0 ? CommitTimer(interval: configuration.commitInterval) : nil
     }
 
-    deinit { commitTimer?.requestStop() }
+    deinit { commitTimer?.detach() }
 
     /// The newest committed generation.
     public var generation: UInt64 { state.withLock { $0.generation } }
