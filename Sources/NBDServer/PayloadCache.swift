@@ -23,11 +23,17 @@ public final class PayloadCache: PayloadMemory {
     }
 
     public func take(count: Int, alignment: Int) -> UnsafeMutableRawBufferPointer {
+        // A small payload from the heap at the alignment asked: at the
+        // cache's 4 KiB alignment, glibc's memalign cost every 4 KiB WRITE
+        // a fast-bin consolidation.
+        guard count >= buffers.smallest else { return .allocate(byteCount: count, alignment: alignment) }
         precondition(alignment <= Self.alignment, "payload alignment above \(Self.alignment)")
         return buffers.take(count)
     }
 
-    public func give(_ buffer: UnsafeMutableRawBufferPointer) { buffers.give(buffer) }
+    public func give(_ buffer: UnsafeMutableRawBufferPointer) {
+        if buffer.count >= buffers.smallest { buffers.give(buffer) } else { buffer.deallocate() }
+    }
 
     /// Idle buffers and their bytes, for tests.
     public var idle: (count: Int, bytes: Int) { buffers.idle }
