@@ -11,6 +11,16 @@ import Threads
 /// timer ends, even when dropped dirty or while the timer commits; the
 /// timer reaches its pool without keeping it alive (CommitTimer.swift).
 @Suite struct AbandonedPoolTests {
+    /// A new pool on `device` committing every `interval` seconds, with a 1 MiB volume "v".
+    private func timedPool(on device: some BlockDevice, interval: Double) throws -> (Pool, Volume) {
+        let pool = try Pool.format(
+            storage: device, passphrase: passphrase, cost: testCost, anchor: nil,
+            configuration: PoolConfiguration(commitInterval: interval)
+        ).pool
+        try pool.createVolume(name: "v", size: 1 << 20)
+        return (pool, try pool.volume(named: "v"))
+    }
+
     /// A dirty pool with a 2 ms poll, dropped at varying moments, over and
     /// over. The pool is freed, which its device shows (the pool is its
     /// only other holder), and its thread ends.
@@ -19,13 +29,8 @@ import Threads
             var device = try MemoryBlockDevice(size: 16 << 20)
             let timer: CommitTimer
             do {
-                let pool = try Pool.format(
-                    storage: device, passphrase: passphrase, cost: testCost, anchor: nil,
-                    configuration: PoolConfiguration(commitInterval: 0.01)
-                ).pool
+                let (pool, volume) = try timedPool(on: device, interval: 0.01)
                 timer = try #require(pool.commitTimer)
-                try pool.createVolume(name: "v", size: 1 << 20)
-                let volume = try pool.volume(named: "v")
                 for block in 0..<16 { try write(volume, UInt64(block) * 4096, randomBytes(4096, seed: UInt64(round * 16 + block))) }
                 #expect(timer.isRunning)
                 Thread.sleep(forTimeInterval: Double(round % 5) * 0.002)
@@ -48,13 +53,8 @@ import Threads
         let dropped = Guarded(false)
         let timer: CommitTimer
         do {
-            let pool = try Pool.format(
-                storage: device, passphrase: passphrase, cost: testCost, anchor: nil,
-                configuration: PoolConfiguration(commitInterval: 0.05)
-            ).pool
+            let (pool, volume) = try timedPool(on: device, interval: 0.05)
             timer = try #require(pool.commitTimer)
-            try pool.createVolume(name: "v", size: 1 << 20)
-            let volume = try pool.volume(named: "v")
             device.hold()
             try write(volume, 0, randomBytes(4096, seed: 9))
             #expect(device.waitForHeldFlush(timeout: 5), "the timer never committed the write")
