@@ -92,7 +92,7 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
             state.nextBatch += 1
             state.batches[id] = CallbackBatch(
                 results: slots.map { slot in
-                    if case .finished(let result) = slot { result } else { nil }
+                    if case .finished(let result) = slot { result } else { .failure(.closed) }
                 },
                 unanswered: unanswered, deadline: requestTimeout.map { monotonicSeconds() + $0 }, completion: completion)
             return .batch(id)

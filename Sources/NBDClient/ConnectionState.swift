@@ -44,7 +44,8 @@ struct PendingRequest {
 /// A batch started without a waiting thread: its results so far and the
 /// closure that gets them once every operation has one.
 struct CallbackBatch {
-    var results: [Result<Void, NBDClientError>?]
+    /// One per operation; `.failure(.closed)` until its reply arrives.
+    var results: [Result<Void, NBDClientError>]
     /// Operations still without a result.
     var unanswered: Int
     /// When its requests time out (monotonic seconds), if they do.
@@ -137,7 +138,7 @@ struct ConnectionState {
         if batch.unanswered > 0 {
             batches[id] = batch
         } else {
-            wakeups.batches.append((batch.completion, batch.results.map { $0 ?? .failure(.closed) }))
+            wakeups.batches.append((batch.completion, batch.results))
         }
     }
 
