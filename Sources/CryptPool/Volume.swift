@@ -256,6 +256,12 @@ public final class Volume: BlockDevice {
 
         func physicalStart(of run: Range<Int>) -> PhysicalBlock { blocks[run.lowerBound].pointer.block }
 
+        /// Where block `index` of `blocks` lies in `plain`.
+        func region(ofBlock index: Int) -> UnsafeMutableRawBufferPointer {
+            let start = slot(blocks[index].logical)
+            return UnsafeMutableRawBufferPointer(rebasing: plain[start..<(start + Int(Volume.blockSize))])
+        }
+
         func region(of run: Range<Int>) -> UnsafeMutableRawBufferPointer {
             let start = slot(blocks[run.lowerBound].logical)
             return UnsafeMutableRawBufferPointer(rebasing: plain[start..<(start + run.count * Int(Volume.blockSize))])
@@ -307,14 +313,11 @@ public final class Volume: BlockDevice {
     /// a large request's blocks are shared out over the cores
     /// (`ParallelWork`). The first failure, by position, is thrown.
     func open(_ located: LocatedRead) throws(PoolError) {
-        let blockSize = Int(Self.blockSize)
         var sealerCache = SealerCache(volume: self)
         guard located.blocks.count >= Self.parallelThreshold else {
             // Too few blocks to share out: no sealer list, failure box or closure.
-            for (logical, pointer) in located.blocks {
-                let slot = located.slot(logical)
-                let region = UnsafeMutableRawBufferPointer(rebasing: located.plain[slot..<(slot + blockSize)])
-                try openData(region, logical: logical, pointer: pointer, sealer: sealerCache.sealer(pointer.salt))
+            for (index, (logical, pointer)) in located.blocks.enumerated() {
+                try openData(located.region(ofBlock: index), logical: logical, pointer: pointer, sealer: sealerCache.sealer(pointer.salt))
             }
             return
         }
@@ -326,10 +329,8 @@ public final class Volume: BlockDevice {
         ParallelWork.shared.run(count: located.blocks.count, grain: Self.parallelGrain) { range in
             for index in range {
                 let (logical, pointer) = located.blocks[index]
-                let slot = located.slot(logical)
-                let region = UnsafeMutableRawBufferPointer(rebasing: located.plain[slot..<(slot + blockSize)])
                 do throws(PoolError) {
-                    try self.openData(region, logical: logical, pointer: pointer, sealer: sealers[index])
+                    try self.openData(located.region(ofBlock: index), logical: logical, pointer: pointer, sealer: sealers[index])
                 } catch {
                     firstFailure.withLock { first in
                         if first == nil || index < first!.index { first = (index, error) }
