@@ -39,16 +39,10 @@ let package = Package(
         // (AES-256-GCM), passphrase KDF, recovery keys, keyslot wrapping.
         // C shims for Linux calls Swift cannot make directly (prctl, getrandom, fstatfs, preadv2).
         .target(name: "CSystemShims"),
-        // OpenSSL's libcrypto as a system library: AES-256-GCM with one
-        // cipher context per key and thread, reused across blocks.
-        .systemLibrary(
-            name: "CLibCrypto",
-            pkgConfig: "libcrypto",
-            providers: [.apt(["libssl-dev"])]),
         .target(
             name: "Keys",
             dependencies: [
-                "PoolFormat", "CSystemShims", "CLibCrypto", "Threads",
+                "PoolFormat", "CSystemShims", "Threads",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CryptoExtras", package: "swift-crypto"),
             ],

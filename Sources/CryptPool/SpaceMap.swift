@@ -12,6 +12,21 @@ struct SpaceMap {
     /// Next-fit cursor: allocation continues where it left off, which keeps
     /// consecutive writes contiguous and spreads wear.
     private var cursor: UInt64
+    /// Where the search for free extents (`extentBlocks` free blocks in a
+    /// row) continues; apart from `cursor`, so that single blocks fill the
+    /// holes overwrites leave while large writes pass them by.
+    private var extentCursor: UInt64
+
+    /// Requests of this many blocks or more are placed in free extents of at
+    /// least this length where any are left: 64 KiB, so that a 1 MiB write,
+    /// and every later read of it, costs at most 16 storage requests however
+    /// scattered the free space random overwrites have left (a pool with
+    /// free space in single-block holes would otherwise cost one per block).
+    static let extentBlocks = 16
+    /// Words (64 blocks each) one request searches for free extents before
+    /// it takes scattered blocks: 256 MiB of pool, a few µs of scanning,
+    /// so that a pool with no extents left costs little more than before.
+    static let extentSearchWords = 1024
 
     /// Blocks below this are fixed structures, never allocated.
     let firstAllocatable: PhysicalBlock
@@ -21,6 +36,7 @@ struct SpaceMap {
         firstAllocatable = SpaceMapGeometry(blockCount: blockCount).firstAllocatable
         words = [UInt64](repeating: 0, count: Int((blockCount + 63) / 64))
         cursor = firstAllocatable
+        extentCursor = firstAllocatable
         for block in 0..<firstAllocatable { markUsed(block) }
     }
 
@@ -63,12 +79,69 @@ struct SpaceMap {
         usedCount -= 1
     }
 
-    /// Allocates `count` blocks, as few runs as the free space allows.
-    /// Scans a word (64 blocks) at a time from the cursor.
+    /// Allocates `count` blocks, as few runs as the free space allows:
+    /// a request of `extentBlocks` or more from free extents first, then
+    /// (and every smaller request) next-fit from `cursor`.
     mutating func allocate(_ count: Int) -> [PhysicalBlock]? {
         guard UInt64(count) <= freeCount else { return nil }
         var result: [PhysicalBlock] = []
         result.reserveCapacity(count)
+        if count >= Self.extentBlocks { takeExtents(count, into: &result) }
+        takeNextFit(count, into: &result)
+        usedCount += UInt64(count)
+        return result
+    }
+
+    /// The free bits of the word holding `block`, from `block` on.
+    private func freeBits(from block: UInt64) -> UInt64 {
+        let index = Int(block / 64)
+        var free = ~words[index] & (UInt64.max << (block % 64))
+        if UInt64(index + 1) * 64 > blockCount { free &= (1 << (blockCount % 64)) - 1 }
+        return free
+    }
+
+    /// Fills `result` up to `count` from runs of at least `extentBlocks`
+    /// free blocks, from `extentCursor` on, searching at most
+    /// `extentSearchWords` words. A run may cross into the next word; one
+    /// that reaches a word's end is followed into the next.
+    private mutating func takeExtents(_ count: Int, into result: inout [PhysicalBlock]) {
+        var wordsLeft = Self.extentSearchWords
+        var continuing = false
+        while result.count < count, wordsLeft > 0 {
+            if extentCursor >= blockCount {
+                extentCursor = firstAllocatable
+                continuing = false
+            }
+            let index = Int(extentCursor / 64)
+            let free = freeBits(from: extentCursor)
+            var bit = extentCursor % 64
+            if !(continuing && free & (1 << bit) != 0) {
+                let next = index + 1 < words.count ? freeBits(from: UInt64(index + 1) * 64) : 0
+                // Bit i of `starts` is set when blocks i ..< i + extentBlocks
+                // of this word and the next are free.
+                var starts = free
+                for shift in 1..<UInt64(Self.extentBlocks) { starts &= free >> shift | next << (64 - shift) }
+                guard starts != 0 else {
+                    extentCursor = UInt64(index + 1) * 64
+                    wordsLeft -= 1
+                    continuing = false
+                    continue
+                }
+                bit = UInt64(starts.trailingZeroBitCount)
+            }
+            while bit < 64, free & (1 << bit) != 0, result.count < count {
+                words[index] |= 1 << bit
+                result.append(UInt64(index) * 64 + bit)
+                bit += 1
+            }
+            extentCursor = UInt64(index) * 64 + bit
+            continuing = bit == 64
+        }
+    }
+
+    /// Fills `result` up to `count` with the free blocks from `cursor` on,
+    /// a word (64 blocks) at a time, wrapping once.
+    private mutating func takeNextFit(_ count: Int, into result: inout [PhysicalBlock]) {
         // From the cursor's word to the end, then from the start and once
         // more through the cursor's word for the bits below the cursor.
         var wordsLeft = words.count + 1
@@ -77,9 +150,8 @@ struct SpaceMap {
             wordsLeft -= 1
             if cursor >= blockCount { cursor = firstAllocatable }
             let index = Int(cursor / 64)
-            var free = ~words[index] & (UInt64.max << (cursor % 64))
+            var free = freeBits(from: cursor)
             let end = UInt64(index + 1) * 64
-            if end > blockCount { free &= (1 << (blockCount % 64)) - 1 }
             while free != 0, result.count < count {
                 let bit = UInt64(free.trailingZeroBitCount)
                 free &= free - 1
@@ -89,8 +161,6 @@ struct SpaceMap {
             }
             if result.count < count { cursor = end }
         }
-        usedCount += UInt64(count)
-        return result
     }
 
     /// The persisted form: bitmap block `index`, with the blocks in

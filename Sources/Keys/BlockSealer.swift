@@ -9,12 +9,12 @@ public struct SealError: Error, Sendable, Equatable {}
 /// as 8 little-endian bytes followed by 4 zero bytes (docs/format.md,
 /// section 4). The caller guarantees each counter is used once per key.
 /// Sealers are cheap to copy and safe to share between threads; each keeps
-/// its expanded key in cipher contexts reused across calls.
+/// its expanded key in one cipher context used by every thread.
 public struct BlockSealer: Sendable {
     public static let tagLength = GCMContext.tagLength
-    private let contexts: GCMContextPool
+    private let context: GCMContext
 
-    init(key: SymmetricKey) { contexts = GCMContextPool(key: key) }
+    init(key: SymmetricKey) { context = GCMContext(key: key) }
 
     /// The 96-bit nonce for a counter.
     public static func nonce(_ counter: NonceCounter) -> [UInt8] {
@@ -33,9 +33,7 @@ public struct BlockSealer: Sendable {
         tag: UnsafeMutableRawBufferPointer, counter: NonceCounter, associatedData: UnsafeRawBufferPointer
     ) {
         Self.withNonce(counter) { nonce in
-            contexts.withContext { context in
-                context.seal(nonce: nonce, associatedData: associatedData, input: plaintext, output: ciphertext, tag: tag)
-            }
+            context.seal(nonce: nonce, associatedData: associatedData, input: plaintext, output: ciphertext, tag: tag)
         }
     }
 
@@ -47,9 +45,7 @@ public struct BlockSealer: Sendable {
         counter: NonceCounter, associatedData: UnsafeRawBufferPointer
     ) throws(SealError) {
         let opened = Self.withNonce(counter) { nonce in
-            contexts.withContext { context in
-                context.open(nonce: nonce, associatedData: associatedData, input: ciphertext, output: plaintext, tag: tag)
-            }
+            context.open(nonce: nonce, associatedData: associatedData, input: ciphertext, output: plaintext, tag: tag)
         }
         guard opened else { throw SealError() }
     }

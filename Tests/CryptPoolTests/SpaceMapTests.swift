@@ -4,8 +4,9 @@ import Testing
 
 @testable import CryptPool
 
-/// The allocator scans a word at a time; it must hand out exactly the
-/// blocks a block-by-block next-fit scan would.
+/// The allocator scans a word at a time. Requests below
+/// `SpaceMap.extentBlocks` must get exactly the blocks a block-by-block
+/// next-fit scan would; larger ones free extents while any are left.
 @Suite struct SpaceMapTests {
     /// The block-by-block next-fit reference: free blocks from `cursor` on, wrapping.
     private func reference(_ used: Set<UInt64>, from cursor: UInt64, first: UInt64, count: Int, blockCount: UInt64) -> [UInt64] {
@@ -21,7 +22,7 @@ import Testing
         return result
     }
 
-    @Test func allocatesLikeANextFitScan() {
+    @Test func smallRequestsAllocateLikeANextFitScan() {
         // A count that is not a multiple of 64, so the last word is partial.
         let blockCount: UInt64 = 20_000 + 37
         var map = SpaceMap(blockCount: blockCount)
@@ -30,7 +31,7 @@ import Testing
         var cursor = first
         var generator = SeededGenerator(seed: 5)
         for round in 0..<400 {
-            let count = Int(generator.next() % 300) + 1
+            let count = Int(generator.next() % UInt64(SpaceMap.extentBlocks - 1)) + 1
             let expected = reference(used, from: cursor, first: first, count: count, blockCount: blockCount)
             let got = map.allocate(count)
             guard UInt64(count) <= blockCount - UInt64(used.count) else {
@@ -67,4 +68,72 @@ import Testing
         map.release(blockCount - 1)
         #expect(map.allocate(1) == [blockCount - 1])
     }
+
+    /// Overwrites leave single-block holes behind; a large request passes
+    /// them by for free extents, even one that starts near a word's end,
+    /// and small requests still fill the holes.
+    @Test func largeRequestsTakeFreeExtents() {
+        let blockCount: UInt64 = 64 * 64
+        var map = SpaceMap(blockCount: blockCount)
+        let first = map.firstAllocatable
+        // A full pool; then every other block of the first half freed (the
+        // next-fit cursor, wrapped to the start, sits among these holes) and
+        // one extent freed that starts 8 blocks before a word's end.
+        _ = map.allocate(Int(map.freeCount))!
+        let holes = Set(stride(from: first + first % 2, to: 2_000, by: 2))
+        for block in holes { map.release(block) }
+        let extent = UInt64(3_064)..<3_400
+        for block in extent { map.release(block) }
+
+        let large = map.allocate(256)!
+        #expect(large == Array(extent.prefix(256)), "a 1 MiB request in \(runs(large).count) runs")
+
+        let small = map.allocate(3)!
+        #expect(small.allSatisfy { holes.contains($0) }, "small requests fill holes: \(small)")
+    }
+
+    /// With no extent left anywhere, a large request still gets exactly the
+    /// free blocks it asks for.
+    @Test func largeRequestsFallBackToScatteredBlocks() {
+        let blockCount: UInt64 = 64 * 40 + 5
+        var map = SpaceMap(blockCount: blockCount)
+        let all = map.allocate(Int(map.freeCount))!
+        for block in all where block % 3 == 0 { map.release(block) }
+        let free = map.freeCount
+        let got = map.allocate(100)!
+        #expect(got.count == 100 && Set(got).count == 100)
+        #expect(got.allSatisfy { $0 % 3 == 0 && $0 < blockCount })
+        #expect(map.freeCount == free - 100)
+        #expect(map.allocate(Int(free - 100) + 1) == nil)
+        #expect(map.allocate(Int(free - 100))?.count == Int(free - 100))
+    }
+
+    /// Mixed request sizes and frees: every block handed out was free, none
+    /// twice, and the free count stays in step.
+    @Test func mixedRequestsKeepTheMapConsistent() {
+        let blockCount: UInt64 = 20_000 + 37
+        var map = SpaceMap(blockCount: blockCount)
+        var used = Set(0..<map.firstAllocatable)
+        var generator = SeededGenerator(seed: 9)
+        for round in 0..<400 {
+            let count = Int(generator.next() % 300) + 1
+            guard let got = map.allocate(count) else {
+                #expect(UInt64(count) > blockCount - UInt64(used.count), "round \(round)")
+                continue
+            }
+            #expect(got.count == count && Set(got).count == count, "round \(round)")
+            #expect(got.allSatisfy { $0 < blockCount && !used.contains($0) }, "round \(round)")
+            used.formUnion(got)
+            #expect(map.freeCount == blockCount - UInt64(used.count))
+            for _ in 0..<Int(generator.next() % 400) {
+                let block = map.firstAllocatable + generator.next() % (blockCount - map.firstAllocatable)
+                if used.contains(block) {
+                    map.release(block)
+                    used.remove(block)
+                }
+            }
+        }
+    }
+
+    private func runs(_ blocks: [UInt64]) -> [(start: Int, count: Int)] { contiguousRuns(blocks) }
 }
