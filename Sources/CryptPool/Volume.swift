@@ -313,28 +313,19 @@ public final class Volume: BlockDevice {
     /// a large request's blocks are shared out over the cores
     /// (`ParallelWork`). The first failure, by position, is thrown.
     func open(_ located: LocatedRead) throws(PoolError) {
-        var sealerCache = SealerCache(volume: self)
-        guard located.blocks.count >= Self.parallelThreshold else {
-            // Too few blocks to share out: no sealer list, failure box or closure.
-            for (index, (logical, pointer)) in located.blocks.enumerated() {
-                try openData(located.region(ofBlock: index), logical: logical, pointer: pointer, sealer: sealerCache.sealer(pointer.salt))
-            }
-            return
-        }
-        var found: [BlockSealer] = []
-        found.reserveCapacity(located.blocks.count)
-        for (_, pointer) in located.blocks { found.append(try sealerCache.sealer(pointer.salt)) }
-        let sealers = found
         let firstFailure = Mutex<(index: Int, error: PoolError)?>(nil)
         ParallelWork.shared.run(count: located.blocks.count, grain: Self.parallelGrain) { range in
+            var sealers = SealerCache(volume: self)
             for index in range {
                 let (logical, pointer) = located.blocks[index]
                 do throws(PoolError) {
-                    try self.openData(located.region(ofBlock: index), logical: logical, pointer: pointer, sealer: sealers[index])
+                    try self.openData(located.region(ofBlock: index), logical: logical, pointer: pointer, sealer: sealers.sealer(pointer.salt))
                 } catch {
                     firstFailure.withLock { first in
                         if first == nil || index < first!.index { first = (index, error) }
                     }
+                    // The rest of this piece lies after the failure.
+                    return
                 }
             }
         }
@@ -344,11 +335,10 @@ public final class Volume: BlockDevice {
     /// Blocks per piece when a request's cipher work is shared out: 64 KiB,
     /// enough to outweigh waking a helper (a few µs) many times over.
     static let parallelGrain = 16
-    /// Blocks from which `ParallelWork` splits a request (two grains).
-    static let parallelThreshold = 2 * parallelGrain
 
-    /// The data sealers of the sessions one request meets (almost always
-    /// one), so the pool's state lock is taken once per session, not per block.
+    /// The data sealers of the sessions one piece of a request meets (almost
+    /// always one), so the pool's state lock is taken once per session and
+    /// piece, not per block.
     private struct SealerCache {
         let volume: Volume
         var last: (SessionSalt, BlockSealer)?
