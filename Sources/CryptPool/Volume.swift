@@ -175,47 +175,50 @@ public final class Volume: BlockDevice {
     }
 
     /// Current pointers of `blocks`: the overlay first, then the checkpointed
-    /// tree. With `cachedOnly`, nil when a tree node is not in the cache.
+    /// tree for the runs of blocks the overlay leaves to it, written over
+    /// their `leftToTree` marks. With `cachedOnly`, nil when a tree node is
+    /// not in the cache. The result is the only array made, one block or many.
     private func pointers(_ blocks: Range<UInt64>, cachedOnly: Bool = false) throws(PoolError) -> [BlockPointer]? {
-        if blocks.count == 1 { return try pointer(blocks.lowerBound, cachedOnly: cachedOnly) }
-        let (decided, root, depth) = try pool.state.withLock { (state) throws(PoolError) in
-            guard let volume = state.volumes[id] else { throw .noSuchVolume(name) }
-            return (blocks.map { volume.overlay.lookup($0) }, volume.root, volume.depth)
-        }
-        if decided.allSatisfy({ $0 != nil }) { return decided.map { $0! } }
-        let tree = TreeIdentity(kind: .volumeTreeNode, object: id.rawValue, depth: depth, volumeName: name)
         var result: [BlockPointer] = []
         result.reserveCapacity(blocks.count)
+        let (undecided, root, depth) = try pool.state.withLock { (state) throws(PoolError) in
+            guard let volume = state.volumes[id] else { throw .noSuchVolume(name) }
+            var undecided = 0
+            for block in blocks {
+                if let decided = volume.overlay.lookup(block) {
+                    result.append(decided)
+                } else {
+                    result.append(Self.leftToTree)
+                    undecided += 1
+                }
+            }
+            return (undecided, volume.root, volume.depth)
+        }
+        guard undecided > 0 else { return result }
+        let tree = TreeIdentity(kind: .volumeTreeNode, object: id.rawValue, depth: depth, volumeName: name)
         var index = 0
-        while index < decided.count {
-            if let pointer = decided[index] {
-                result.append(pointer)
+        while index < result.count {
+            guard result[index] == Self.leftToTree else {
                 index += 1
                 continue
             }
             // A run the overlay leaves to the tree: one walk down for the run.
             var end = index + 1
-            while end < decided.count, decided[end] == nil { end += 1 }
+            while end < result.count, result[end] == Self.leftToTree { end += 1 }
             let run = (blocks.lowerBound + UInt64(index))..<(blocks.lowerBound + UInt64(end))
-            guard try pool.lookup(root: root, tree: tree, range: run, cachedOnly: cachedOnly, into: &result) else { return nil }
+            guard try pool.lookup(root: root, tree: tree, range: run, cachedOnly: cachedOnly, into: &result, at: index) else { return nil }
             index = end
         }
         return result
     }
 
-    /// `pointers` of one block (every 4 KiB request), with no array but the result.
-    private func pointer(_ block: UInt64, cachedOnly: Bool) throws(PoolError) -> [BlockPointer]? {
-        let (decided, root, depth) = try pool.state.withLock { (state) throws(PoolError) in
-            guard let volume = state.volumes[id] else { throw .noSuchVolume(name) }
-            return (volume.overlay.lookup(block), volume.root, volume.depth)
-        }
-        if let decided { return [decided] }
-        let tree = TreeIdentity(kind: .volumeTreeNode, object: id.rawValue, depth: depth, volumeName: name)
-        var result: [BlockPointer] = []
-        result.reserveCapacity(1)
-        guard try pool.lookup(root: root, tree: tree, range: block..<(block + 1), cachedOnly: cachedOnly, into: &result) else { return nil }
-        return result
-    }
+    /// Marks, in `pointers`' result, a block the overlay leaves to the tree
+    /// until the tree's pointer replaces it. No overlay entry is this: writes
+    /// and log replay map only places inside the pool, and this place is
+    /// outside any, so a mark left behind would fail the placement check
+    /// (an error, never zeroes or another block).
+    private static let leftToTree = BlockPointer(
+        block: .max, salt: .zero, counter: NonceCounter(rawValue: .max), generation: .max, tag: .zero)
 
     /// Runs `body` with a zeroed scratch buffer of `count` bytes, zeroed
     /// again afterwards since it holds plaintext.
