@@ -316,9 +316,15 @@ public final class Volume: BlockDevice {
     /// a large request's blocks are shared out over the cores
     /// (`ParallelWork`). The first failure, by position, is thrown.
     func open(_ located: LocatedRead) throws(PoolError) {
+        guard let first = located.blocks.first else { return }
+        // The first block's sealer is found here, so pieces of a request
+        // sealed in one session (almost all) take no lock on a helper.
+        var primed = SealerCache(volume: self)
+        _ = try primed.sealer(first.pointer.salt)
+        let sealerCache = primed
         let firstFailure = Mutex<(index: Int, error: PoolError)?>(nil)
         ParallelWork.shared.run(count: located.blocks.count, grain: Self.parallelGrain) { range in
-            var sealers = SealerCache(volume: self)
+            var sealers = sealerCache
             for index in range {
                 let (logical, pointer) = located.blocks[index]
                 do throws(PoolError) {
@@ -339,10 +345,10 @@ public final class Volume: BlockDevice {
     /// enough to outweigh waking a helper (a few µs) many times over.
     static let parallelGrain = 16
 
-    /// The data sealers of the sessions one piece of a request meets (almost
-    /// always one), so the pool's state lock is taken once per session and
-    /// piece, not per block.
-    private struct SealerCache {
+    /// The data sealer of the last session a request (or a piece of it)
+    /// met, so the pool's state lock is taken once per change of session,
+    /// not per block.
+    private struct SealerCache: Sendable {
         let volume: Volume
         var last: (SessionSalt, BlockSealer)?
 
