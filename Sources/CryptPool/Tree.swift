@@ -81,39 +81,44 @@ extension Pool {
     /// `lookup(root:tree:index:)` gives them one by one; each node on the way
     /// is loaded once, not once per unit.
     func lookup(root: BlockPointer, tree: TreeIdentity, range: Range<UInt64>) throws(PoolError) -> [BlockPointer] {
-        var result: [BlockPointer] = []
-        result.reserveCapacity(range.count)
-        _ = try lookup(root: root, tree: tree, range: range, cachedOnly: false, into: &result)
+        var result = [BlockPointer](repeating: .null, count: range.count)
+        _ = try lookup(root: root, tree: tree, range: range, cachedOnly: false, into: &result, at: 0)
         return result
     }
 
-    /// Appends the pointers of `range` to `result`, as `lookup(root:tree:range:)`
-    /// gives them; with `cachedOnly`, without storage reads: false (and
-    /// `result` partly appended) when a node on the way is not in the
-    /// cache (Volume+Asynchronous.swift).
+    /// Writes the pointers of `range` over `result[position...]`, as
+    /// `lookup(root:tree:range:)` gives them; with `cachedOnly`, without
+    /// storage reads: false (and `result` partly written) when a node on the
+    /// way is not in the cache (Volume+Asynchronous.swift).
     func lookup(
-        root: BlockPointer, tree: TreeIdentity, range: Range<UInt64>, cachedOnly: Bool, into result: inout [BlockPointer]
+        root: BlockPointer, tree: TreeIdentity, range: Range<UInt64>, cachedOnly: Bool,
+        into result: inout [BlockPointer], at position: Int
     ) throws(PoolError) -> Bool {
+        var next = position
         guard cachedOnly else {
-            return try collect(root, tree: tree, level: tree.depth, firstIndex: 0, range: range, into: &result) {
+            return try collect(root, tree: tree, level: tree.depth, firstIndex: 0, range: range, into: &result, at: &next) {
                 (pointer, level, first) throws(PoolError) in try loadNode(pointer, tree: tree, level: level, firstIndex: first)
             }
         }
-        return try collect(root, tree: tree, level: tree.depth, firstIndex: 0, range: range, into: &result) {
+        return try collect(root, tree: tree, level: tree.depth, firstIndex: 0, range: range, into: &result, at: &next) {
             pointer, _, _ in nodeCache.get(pointer)
         }
     }
 
-    /// Appends the unit pointers of `range` under the node `pointer` at
-    /// `level`, which covers units from `firstIndex` on, getting nodes from
-    /// `load`; false as soon as `load` returns nil.
+    /// Writes the unit pointers of `range` under the node `pointer` at
+    /// `level`, which covers units from `firstIndex` on, over `result` from
+    /// `next` on, advancing `next`; gets nodes from `load`; false as soon as
+    /// `load` returns nil.
     private func collect(
         _ pointer: BlockPointer, tree: TreeIdentity, level: Int, firstIndex: UInt64, range: Range<UInt64>,
-        into result: inout [BlockPointer], load: (BlockPointer, Int, UInt64) throws(PoolError) -> TreeNode?
+        into result: inout [BlockPointer], at next: inout Int, load: (BlockPointer, Int, UInt64) throws(PoolError) -> TreeNode?
     ) throws(PoolError) -> Bool {
         guard !range.isEmpty else { return true }
         if pointer.isNull {
-            result.append(contentsOf: repeatElement(.null, count: range.count))
+            for _ in range {
+                result[next] = .null
+                next += 1
+            }
             return true
         }
         guard let node = try load(pointer, level, firstIndex) else { return false }
@@ -128,12 +133,13 @@ extension Pool {
             let (childEnd, overflow) = childFirst.addingReportingOverflow(span)
             let end = overflow ? range.upperBound : min(range.upperBound, childEnd)
             if level == 1 {
-                result.append(node.children[slot])
+                result[next] = node.children[slot]
+                next += 1
             } else {
                 guard
                     try collect(
                         node.children[slot], tree: tree, level: level - 1, firstIndex: childFirst, range: index..<end, into: &result,
-                        load: load)
+                        at: &next, load: load)
                 else { return false }
             }
             index = end

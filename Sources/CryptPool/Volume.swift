@@ -175,47 +175,50 @@ public final class Volume: BlockDevice {
     }
 
     /// Current pointers of `blocks`: the overlay first, then the checkpointed
-    /// tree. With `cachedOnly`, nil when a tree node is not in the cache.
+    /// tree for the runs of blocks the overlay leaves to it, written over
+    /// their `leftToTree` marks. With `cachedOnly`, nil when a tree node is
+    /// not in the cache. The result is the only array made, one block or many.
     private func pointers(_ blocks: Range<UInt64>, cachedOnly: Bool = false) throws(PoolError) -> [BlockPointer]? {
-        if blocks.count == 1 { return try pointer(blocks.lowerBound, cachedOnly: cachedOnly) }
-        let (decided, root, depth) = try pool.state.withLock { (state) throws(PoolError) in
-            guard let volume = state.volumes[id] else { throw .noSuchVolume(name) }
-            return (blocks.map { volume.overlay.lookup($0) }, volume.root, volume.depth)
-        }
-        if decided.allSatisfy({ $0 != nil }) { return decided.map { $0! } }
-        let tree = TreeIdentity(kind: .volumeTreeNode, object: id.rawValue, depth: depth, volumeName: name)
         var result: [BlockPointer] = []
         result.reserveCapacity(blocks.count)
+        let (undecided, root, depth) = try pool.state.withLock { (state) throws(PoolError) in
+            guard let volume = state.volumes[id] else { throw .noSuchVolume(name) }
+            var undecided = 0
+            for block in blocks {
+                if let decided = volume.overlay.lookup(block) {
+                    result.append(decided)
+                } else {
+                    result.append(Self.leftToTree)
+                    undecided += 1
+                }
+            }
+            return (undecided, volume.root, volume.depth)
+        }
+        guard undecided > 0 else { return result }
+        let tree = TreeIdentity(kind: .volumeTreeNode, object: id.rawValue, depth: depth, volumeName: name)
         var index = 0
-        while index < decided.count {
-            if let pointer = decided[index] {
-                result.append(pointer)
+        while index < result.count {
+            guard result[index] == Self.leftToTree else {
                 index += 1
                 continue
             }
             // A run the overlay leaves to the tree: one walk down for the run.
             var end = index + 1
-            while end < decided.count, decided[end] == nil { end += 1 }
+            while end < result.count, result[end] == Self.leftToTree { end += 1 }
             let run = (blocks.lowerBound + UInt64(index))..<(blocks.lowerBound + UInt64(end))
-            guard try pool.lookup(root: root, tree: tree, range: run, cachedOnly: cachedOnly, into: &result) else { return nil }
+            guard try pool.lookup(root: root, tree: tree, range: run, cachedOnly: cachedOnly, into: &result, at: index) else { return nil }
             index = end
         }
         return result
     }
 
-    /// `pointers` of one block (every 4 KiB request), with no array but the result.
-    private func pointer(_ block: UInt64, cachedOnly: Bool) throws(PoolError) -> [BlockPointer]? {
-        let (decided, root, depth) = try pool.state.withLock { (state) throws(PoolError) in
-            guard let volume = state.volumes[id] else { throw .noSuchVolume(name) }
-            return (volume.overlay.lookup(block), volume.root, volume.depth)
-        }
-        if let decided { return [decided] }
-        let tree = TreeIdentity(kind: .volumeTreeNode, object: id.rawValue, depth: depth, volumeName: name)
-        var result: [BlockPointer] = []
-        result.reserveCapacity(1)
-        guard try pool.lookup(root: root, tree: tree, range: block..<(block + 1), cachedOnly: cachedOnly, into: &result) else { return nil }
-        return result
-    }
+    /// Marks, in `pointers`' result, a block the overlay leaves to the tree
+    /// until the tree's pointer replaces it. No overlay entry is this: writes
+    /// and log replay map only places inside the pool, and this place is
+    /// outside any, so a mark left behind would fail the placement check
+    /// (an error, never zeroes or another block).
+    private static let leftToTree = BlockPointer(
+        block: .max, salt: .zero, counter: NonceCounter(rawValue: .max), generation: .max, tag: .zero)
 
     /// Runs `body` with a zeroed scratch buffer of `count` bytes, zeroed
     /// again afterwards since it holds plaintext.
@@ -313,28 +316,25 @@ public final class Volume: BlockDevice {
     /// a large request's blocks are shared out over the cores
     /// (`ParallelWork`). The first failure, by position, is thrown.
     func open(_ located: LocatedRead) throws(PoolError) {
-        var sealerCache = SealerCache(volume: self)
-        guard located.blocks.count >= Self.parallelThreshold else {
-            // Too few blocks to share out: no sealer list, failure box or closure.
-            for (index, (logical, pointer)) in located.blocks.enumerated() {
-                try openData(located.region(ofBlock: index), logical: logical, pointer: pointer, sealer: sealerCache.sealer(pointer.salt))
-            }
-            return
-        }
-        var found: [BlockSealer] = []
-        found.reserveCapacity(located.blocks.count)
-        for (_, pointer) in located.blocks { found.append(try sealerCache.sealer(pointer.salt)) }
-        let sealers = found
+        guard let first = located.blocks.first else { return }
+        // The first block's sealer is found here, so pieces of a request
+        // sealed in one session (almost all) take no lock on a helper.
+        var primed = SealerCache(volume: self)
+        _ = try primed.sealer(first.pointer.salt)
+        let sealerCache = primed
         let firstFailure = Mutex<(index: Int, error: PoolError)?>(nil)
         ParallelWork.shared.run(count: located.blocks.count, grain: Self.parallelGrain) { range in
+            var sealers = sealerCache
             for index in range {
                 let (logical, pointer) = located.blocks[index]
                 do throws(PoolError) {
-                    try self.openData(located.region(ofBlock: index), logical: logical, pointer: pointer, sealer: sealers[index])
+                    try self.openData(located.region(ofBlock: index), logical: logical, pointer: pointer, sealer: sealers.sealer(pointer.salt))
                 } catch {
                     firstFailure.withLock { first in
                         if first == nil || index < first!.index { first = (index, error) }
                     }
+                    // The rest of this piece lies after the failure.
+                    return
                 }
             }
         }
@@ -344,12 +344,11 @@ public final class Volume: BlockDevice {
     /// Blocks per piece when a request's cipher work is shared out: 64 KiB,
     /// enough to outweigh waking a helper (a few µs) many times over.
     static let parallelGrain = 16
-    /// Blocks from which `ParallelWork` splits a request (two grains).
-    static let parallelThreshold = 2 * parallelGrain
 
-    /// The data sealers of the sessions one request meets (almost always
-    /// one), so the pool's state lock is taken once per session, not per block.
-    private struct SealerCache {
+    /// The data sealer of the last session a request (or a piece of it)
+    /// met, so the pool's state lock is taken once per change of session,
+    /// not per block.
+    private struct SealerCache: Sendable {
         let volume: Volume
         var last: (SessionSalt, BlockSealer)?
 

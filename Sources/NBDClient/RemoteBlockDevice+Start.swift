@@ -8,7 +8,7 @@ struct BatchPlan {
     private(set) var merge: ResultMerge
 
     init(_ operations: [NBDOperation], device: RemoteBlockDevice) {
-        guard operations.contains(where: { device.problem(with: $0) != nil || device.needsSplitting($0) }) else {
+        guard operations.contains(where: { device.problem(with: $0) != nil || device.pieceCount(of: $0) != 1 }) else {
             pieces = operations
             merge = ResultMerge(settled: nil, owners: [])
             return
@@ -22,8 +22,8 @@ struct BatchPlan {
                 merge.settled![index] = .failure(.invalidRequest(problem))
                 continue
             }
-            for piece in device.split(operation) {
-                pieces.append(piece)
+            for piece in 0..<device.pieceCount(of: operation) {
+                pieces.append(device.piece(piece, of: operation))
                 merge.owners.append(index)
             }
         }

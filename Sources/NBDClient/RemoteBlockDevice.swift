@@ -142,31 +142,33 @@ public final class RemoteBlockDevice: BlockDevice {
         return nil
     }
 
-    /// Whether `split` would not give back `operation` itself.
-    func needsSplitting(_ operation: NBDOperation) -> Bool {
+    /// How many pieces `operation` goes out as: a READ or WRITE in pieces
+    /// of at most `chunkSize` bytes (none when empty), anything else whole.
+    /// The one rule for splitting: an operation of one piece is sent as it
+    /// is, so a batch of such operations goes out unchanged (`BatchPlan`).
+    func pieceCount(of operation: NBDOperation) -> Int {
+        let chunk = Int(chunkSize)
         switch operation {
-        case .read(_, let buffer): buffer.isEmpty || buffer.count > Int(chunkSize)
-        case .write(_, let buffer, _): buffer.isEmpty || buffer.count > Int(chunkSize)
-        default: false
+        case .read(_, let buffer): return buffer.count / chunk + (buffer.count % chunk == 0 ? 0 : 1)
+        case .write(_, let buffer, _): return buffer.count / chunk + (buffer.count % chunk == 0 ? 0 : 1)
+        default: return 1
         }
     }
 
-    /// Pieces of at most `chunkSize` bytes; none for an empty READ or WRITE.
-    func split(_ operation: NBDOperation) -> [NBDOperation] {
+    /// Piece `index` of the `pieceCount(of:)` pieces of `operation`: the
+    /// `chunkSize` bytes from `index * chunkSize` on (the last perhaps fewer).
+    func piece(_ index: Int, of operation: NBDOperation) -> NBDOperation {
         let chunk = Int(chunkSize)
+        let start = index * chunk
         switch operation {
         case .read(let offset, let buffer):
-            return stride(from: 0, to: buffer.count, by: chunk).map { start in
-                let end = min(start + chunk, buffer.count)
-                return .read(offset: offset + UInt64(start), into: UnsafeMutableRawBufferPointer(rebasing: buffer[start..<end]))
-            }
+            let end = min(start + chunk, buffer.count)
+            return .read(offset: offset + UInt64(start), into: UnsafeMutableRawBufferPointer(rebasing: buffer[start..<end]))
         case .write(let offset, let buffer, let fua):
-            return stride(from: 0, to: buffer.count, by: chunk).map { start in
-                let end = min(start + chunk, buffer.count)
-                return .write(offset: offset + UInt64(start), from: UnsafeRawBufferPointer(rebasing: buffer[start..<end]), fua: fua)
-            }
+            let end = min(start + chunk, buffer.count)
+            return .write(offset: offset + UInt64(start), from: UnsafeRawBufferPointer(rebasing: buffer[start..<end]), fua: fua)
         default:
-            return [operation]
+            return operation
         }
     }
 

@@ -11,19 +11,29 @@ import Musl
 /// claimed, so it never waits for a helper to become free: only for
 /// pieces a helper is already running, which need nothing but CPU.
 public final class ParallelWork: Sendable {
-    /// One loop being shared out.
+    /// One loop being shared out, in `pieceCount` pieces of `size` indexes
+    /// (the last perhaps shorter).
     private final class Job: @unchecked Sendable {
-        // SAFETY: `next` and `unfinished` are only touched under `ParallelWork.state`'s lock.
-        let pieces: [Range<Int>]
-        let body: @Sendable (Range<Int>) -> Void
+        // SAFETY: `next`, `unfinished` and clearing `body` happen only under
+        // `ParallelWork.state`'s lock; `body` is read by a thread only
+        // between claiming a piece and counting it finished, so before the
+        // caller clears it.
+        let count: Int
+        let size: Int
+        let pieceCount: Int
+        var body: (@Sendable (Range<Int>) -> Void)?
         var next = 0
         var unfinished: Int
 
-        init(pieces: [Range<Int>], body: @escaping @Sendable (Range<Int>) -> Void) {
-            self.pieces = pieces
+        init(count: Int, pieceCount: Int, body: @escaping @Sendable (Range<Int>) -> Void) {
+            self.count = count
+            self.size = (count + pieceCount - 1) / pieceCount
+            self.pieceCount = (count + size - 1) / size
             self.body = body
-            unfinished = pieces.count
+            unfinished = self.pieceCount
         }
+
+        func piece(_ index: Int) -> Range<Int> { (index * size)..<min((index + 1) * size, count) }
     }
 
     private struct State {
@@ -48,14 +58,25 @@ public final class ParallelWork: Sendable {
 
     /// Runs `body` over `0..<count` in pieces of at least `grain`, on this
     /// thread and idle helpers, and returns when every piece has run.
-    /// `body` must not block on anything but CPU work.
-    public func run(count: Int, grain: Int, _ body: @escaping @Sendable (Range<Int>) -> Void) {
+    /// `body` must not block on anything but CPU work. A loop too short to
+    /// split (under two grains) is one call of `body` on this thread, at no
+    /// cost beyond it: `body` does not escape, so it needs no allocation.
+    public func run(count: Int, grain: Int, _ body: @Sendable (Range<Int>) -> Void) {
         guard count > 0 else { return }
         let pieceCount = min(count / max(grain, 1), 4 * (maximumHelpers + 1))
         guard maximumHelpers > 0, pieceCount > 1 else { return body(0..<count) }
-        let size = (count + pieceCount - 1) / pieceCount
-        let pieces = stride(from: 0, to: count, by: size).map { $0..<min($0 + size, count) }
-        let job = Job(pieces: pieces, body: body)
+        // SAFETY: helpers keep `shared` only inside the job, which `share`
+        // lets go of before it returns: it waits until every piece has run,
+        // and each thread reads `body` before counting its piece finished.
+        // So `body` never outlives this call (withoutActuallyEscaping traps
+        // if it did).
+        withoutActuallyEscaping(body) { shared in share(Job(count: count, pieceCount: pieceCount, body: shared)) }
+    }
+
+    /// Lists `job` for the helpers, starting one if none is idle, runs the
+    /// pieces nobody has claimed, then waits for the pieces helpers are still
+    /// running and clears the job's body.
+    private func share(_ job: Job) {
         let startHelper = state.update { state -> Bool in
             state.jobs.append(job)
             guard state.helpers < maximumHelpers else { return false }
@@ -66,7 +87,7 @@ public final class ParallelWork: Sendable {
             state.update { $0.helpers -= 1 }
         }
         while let piece = claim(from: job) { finish(job, after: piece) }
-        _ = state.wait(until: { _ in job.unfinished == 0 }) { _ in () }
+        _ = state.wait(until: { _ in job.unfinished == 0 }) { _ in job.body = nil }
     }
 
     /// The next unclaimed piece of `job`, or nil when every piece is claimed.
@@ -77,15 +98,15 @@ public final class ParallelWork: Sendable {
     /// Claims `job`'s next piece; a job leaves the list with its last piece,
     /// so every listed job has one to give.
     private static func take(from job: Job, in state: inout State) -> Range<Int>? {
-        guard job.next < job.pieces.count else { return nil }
-        let piece = job.pieces[job.next]
+        guard job.next < job.pieceCount else { return nil }
+        let piece = job.piece(job.next)
         job.next += 1
-        if job.next == job.pieces.count { state.jobs.removeAll { $0 === job } }
+        if job.next == job.pieceCount { state.jobs.removeAll { $0 === job } }
         return piece
     }
 
     private func finish(_ job: Job, after piece: Range<Int>) {
-        job.body(piece)
+        job.body!(piece)
         state.update { _ in job.unfinished -= 1 }
     }
 
