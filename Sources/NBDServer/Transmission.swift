@@ -442,6 +442,17 @@ final class Transmission: Sendable {
     }
 
     private func sendCompletion(_ header: RequestHeader, error: NBDErrorCode?, message: String = "") {
+        guard error != nil else {
+            // The reply of every successful WRITE: encoded on the stack, no array.
+            let structured = session.structuredReplies
+            let length = ReplyEncoder.successLength(command: header.command, structured: structured)
+            var space = (UInt64(0), UInt64(0), UInt64(0))
+            withUnsafeMutableBytes(of: &space) { buffer in
+                ReplyEncoder.encodeSuccess(into: buffer, cookie: header.cookie, command: header.command, structured: structured)
+                replies.send(UnsafeRawBufferPointer(rebasing: buffer[..<length]))
+            }
+            return
+        }
         let bytes = ReplyEncoder.completion(
             cookie: header.cookie, error: error, message: message, command: header.command,
             structured: session.structuredReplies)

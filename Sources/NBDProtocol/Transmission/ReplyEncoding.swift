@@ -32,28 +32,54 @@ public enum ReplyEncoder {
     public static func completion(
         cookie: UInt64, error: NBDErrorCode?, message: String = "", command: Command, structured: Bool
     ) -> [UInt8] {
-        var bytes: [UInt8] = []
-        guard structured, error != nil || command == .read else {
+        guard let error else {
+            var bytes = [UInt8](repeating: 0, count: successLength(command: command, structured: structured))
+            bytes.withUnsafeMutableBytes { encodeSuccess(into: $0, cookie: cookie, command: command, structured: structured) }
+            return bytes
+        }
+        guard structured else {
+            var bytes: [UInt8] = []
+            bytes.reserveCapacity(NBDMessageSize.simpleReply)
             bytes.appendBigEndian(NBDMagic.simpleReply)
-            bytes.appendBigEndian(error?.rawValue ?? 0)
+            bytes.appendBigEndian(error.rawValue)
             bytes.appendBigEndian(cookie)
             return bytes
         }
         let text = Array(message.utf8.prefix(NBDLimits.maxStringLength))
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(NBDMessageSize.structuredReplyHeader + 6 + text.count)
         bytes.appendBigEndian(NBDMagic.structuredReply)
         bytes.appendBigEndian(ReplyFlags.done.rawValue)
-        if let error {
-            bytes.appendBigEndian(StructuredReplyType.error.rawValue)
-            bytes.appendBigEndian(cookie)
-            bytes.appendBigEndian(UInt32(6 + text.count))
-            bytes.appendBigEndian(error.rawValue)
-            bytes.appendBigEndian(UInt16(text.count))
-            bytes.append(contentsOf: text)
-        } else {
-            bytes.appendBigEndian(StructuredReplyType.none.rawValue)
-            bytes.appendBigEndian(cookie)
-            bytes.appendBigEndian(UInt32(0))
-        }
+        bytes.appendBigEndian(StructuredReplyType.error.rawValue)
+        bytes.appendBigEndian(cookie)
+        bytes.appendBigEndian(UInt32(6 + text.count))
+        bytes.appendBigEndian(error.rawValue)
+        bytes.appendBigEndian(UInt16(text.count))
+        bytes.append(contentsOf: text)
         return bytes
+    }
+
+    /// The length of a successful reply without data
+    /// (`encodeSuccess(into:cookie:command:structured:)`).
+    public static func successLength(command: Command, structured: Bool) -> Int {
+        structured && command == .read ? NBDMessageSize.structuredReplyHeader : NBDMessageSize.simpleReply
+    }
+
+    /// Writes a successful reply without data (WRITE, FLUSH, TRIM, ...; a
+    /// READ only under structured replies, as NBD_REPLY_TYPE_NONE with
+    /// NBD_REPLY_FLAG_DONE) into the first `successLength` bytes of
+    /// `buffer`, so the server sends it without building an array.
+    public static func encodeSuccess(into buffer: UnsafeMutableRawBufferPointer, cookie: UInt64, command: Command, structured: Bool) {
+        if structured && command == .read {
+            buffer.storeBigEndian(NBDMagic.structuredReply, at: 0)
+            buffer.storeBigEndian(ReplyFlags.done.rawValue, at: 4)
+            buffer.storeBigEndian(StructuredReplyType.none.rawValue, at: 6)
+            buffer.storeBigEndian(cookie, at: 8)
+            buffer.storeBigEndian(UInt32(0), at: 16)
+        } else {
+            buffer.storeBigEndian(NBDMagic.simpleReply, at: 0)
+            buffer.storeBigEndian(UInt32(0), at: 4)
+            buffer.storeBigEndian(cookie, at: 8)
+        }
     }
 }
