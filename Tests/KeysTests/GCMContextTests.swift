@@ -5,7 +5,7 @@ import Testing
 
 @testable import Keys
 
-/// The libcrypto context behind BlockSealer, with arbitrary nonces:
+/// The BoringSSL AEAD context behind BlockSealer, with arbitrary nonces:
 /// McGrew and Viega's AES-256-GCM test cases 15 and 16, in place and out
 /// of place, and what a failed open leaves behind.
 @Suite struct GCMContextTests {
@@ -113,8 +113,9 @@ import Testing
         #expect(!openedShortTag)
     }
 
-    /// Many threads share one sealer (the crypt domain's request threads
-    /// do); every block they seal opens and matches a single-threaded seal.
+    /// Many threads share one sealer, and so one AEAD context (the crypt
+    /// domain's request threads do, with no lock); every block they seal
+    /// opens and matches a single-threaded seal.
     @Test func sealerSharedBetweenThreads() async {
         let sealer = BlockSealer(key: key)
         let block = [UInt8](repeating: 0x3C, count: 4096)
