@@ -1,3 +1,4 @@
+import BlockDevice
 import PoolFormat
 import Threads
 
@@ -6,7 +7,8 @@ import Threads
 /// consecutive places goes to storage in one request.
 // SAFETY: filled by the thread that seals, then only read, by whichever
 // thread writes it to storage and maps it; `sealed` is owned here and goes
-// back to the buffer cache with the write.
+// back to the buffer cache with the write, so `pieces`, which point into
+// it, are valid as long as the write is held.
 final class SealedWrite: @unchecked Sendable {
     let blocks: Range<UInt64>
     /// The place of each logical block, in logical order.
@@ -22,8 +24,9 @@ final class SealedWrite: @unchecked Sendable {
     let sealed: UnsafeMutableRawBufferPointer
     /// The whole buffer `sealed` starts, perhaps larger.
     private let buffer: UnsafeMutableRawBufferPointer
-    /// Ranges of physical positions whose places are consecutive.
-    let runs: [Range<Int>]
+    /// The storage writes: each run of consecutive places, as its byte
+    /// offset on storage and its sealed bytes.
+    let pieces: [WritePiece]
 
     init(blocks: Range<UInt64>, locations: [PhysicalBlock], epoch: UInt64) {
         precondition(locations.count == blocks.count)
@@ -38,15 +41,16 @@ final class SealedWrite: @unchecked Sendable {
         buffer = Self.buffers.take(byteCount)
         sealed = UnsafeMutableRawBufferPointer(rebasing: buffer[..<byteCount])
         func place(_ position: Int) -> PhysicalBlock { locations[order?[position] ?? position] }
-        var runs: [Range<Int>] = []
+        let blockSize = PoolLayout.blockSize
+        var pieces: [WritePiece] = []
         var first = 0
         while first < locations.count {
             var end = first + 1
             while end < locations.count, place(end) == place(end - 1) + 1 { end += 1 }
-            runs.append(first..<end)
+            pieces.append((place(first) * UInt64(blockSize), UnsafeRawBufferPointer(rebasing: sealed[(first * blockSize)..<(end * blockSize)])))
             first = end
         }
-        self.runs = runs
+        self.pieces = pieces
     }
 
     deinit { Self.buffers.give(buffer) }
@@ -58,10 +62,4 @@ final class SealedWrite: @unchecked Sendable {
 
     /// The logical index of the block at physical position `position`.
     func logicalIndex(at position: Int) -> Int { order?[position] ?? position }
-
-    func physicalStart(of run: Range<Int>) -> PhysicalBlock { locations[logicalIndex(at: run.lowerBound)] }
-
-    func bytes(of run: Range<Int>) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(rebasing: sealed[(run.lowerBound * PoolLayout.blockSize)..<(run.upperBound * PoolLayout.blockSize)])
-    }
 }

@@ -69,8 +69,7 @@ extension Volume: AsynchronousBlockDevice {
             release(ticket)
             return false
         }
-        let pieces = sealed.runs.map { run in (sealed.physicalStart(of: run) * Self.blockSize, sealed.bytes(of: run)) }
-        let started = storage.startWrites(pieces, fua: false) { outcome in
+        let started = storage.startWrites(sealed.pieces, fua: false) { outcome in
             guard case .done = outcome else {
                 self.abandon(sealed)
                 self.release(ticket)

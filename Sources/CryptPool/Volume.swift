@@ -387,7 +387,7 @@ public final class Volume: BlockDevice {
     private func writePlain(_ blocks: Range<UInt64>, from plain: UnsafeRawBufferPointer) throws(PoolError) {
         let sealed = try seal(blocks, from: plain)
         do {
-            for run in sealed.runs { try pool.writeBlocks(sealed.physicalStart(of: run), from: sealed.bytes(of: run)) }
+            for piece in sealed.pieces { try pool.writeBlocks(piece.offset / Self.blockSize, from: piece.buffer) }
         } catch {
             abandon(sealed)
             throw error

@@ -187,9 +187,9 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
         }
     }
 
-    /// Sends the requests gathered in a send batch, at its end.
     func flushBatch() { sendGathered() }
 
+    /// Sends the requests gathered in a send batch, at its end.
     private func sendGathered() {
         sendLock.withLock { gathered in
             guard !gathered.isEmpty else { return }

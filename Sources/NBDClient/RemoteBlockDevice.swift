@@ -147,12 +147,14 @@ public final class RemoteBlockDevice: BlockDevice {
     /// The one rule for splitting: an operation of one piece is sent as it
     /// is, so a batch of such operations goes out unchanged (`BatchPlan`).
     func pieceCount(of operation: NBDOperation) -> Int {
-        let chunk = Int(chunkSize)
+        let bytes: Int
         switch operation {
-        case .read(_, let buffer): return buffer.count / chunk + (buffer.count % chunk == 0 ? 0 : 1)
-        case .write(_, let buffer, _): return buffer.count / chunk + (buffer.count % chunk == 0 ? 0 : 1)
+        case .read(_, let buffer): bytes = buffer.count
+        case .write(_, let buffer, _): bytes = buffer.count
         default: return 1
         }
+        let chunk = Int(chunkSize)
+        return (bytes + chunk - 1) / chunk
     }
 
     /// Piece `index` of the `pieceCount(of:)` pieces of `operation`: the

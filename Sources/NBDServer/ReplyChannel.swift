@@ -99,9 +99,9 @@ final class ReplyChannel: Sendable, SendBatch.Sender {
         if startFlusher { startFlushing() }
     }
 
-    /// Writes what a send batch gathered.
     func flushBatch() { flushGathered() }
 
+    /// Writes what a send batch gathered.
     private func flushGathered() {
         var failure: SocketError?
         let startFlusher = state.withLock { state -> Bool in

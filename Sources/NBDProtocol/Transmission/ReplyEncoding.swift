@@ -20,9 +20,7 @@ public enum ReplyEncoder {
             buffer.storeBigEndian(length + 8, at: 16)
             buffer.storeBigEndian(offset, at: 20)
         } else {
-            buffer.storeBigEndian(NBDMagic.simpleReply, at: 0)
-            buffer.storeBigEndian(UInt32(0), at: 4)
-            buffer.storeBigEndian(cookie, at: 8)
+            encodeSimpleReply(into: buffer, error: 0, cookie: cookie)
         }
     }
 
@@ -38,11 +36,8 @@ public enum ReplyEncoder {
             return bytes
         }
         guard structured else {
-            var bytes: [UInt8] = []
-            bytes.reserveCapacity(NBDMessageSize.simpleReply)
-            bytes.appendBigEndian(NBDMagic.simpleReply)
-            bytes.appendBigEndian(error.rawValue)
-            bytes.appendBigEndian(cookie)
+            var bytes = [UInt8](repeating: 0, count: NBDMessageSize.simpleReply)
+            bytes.withUnsafeMutableBytes { encodeSimpleReply(into: $0, error: error.rawValue, cookie: cookie) }
             return bytes
         }
         let text = Array(message.utf8.prefix(NBDLimits.maxStringLength))
@@ -77,9 +72,14 @@ public enum ReplyEncoder {
             buffer.storeBigEndian(cookie, at: 8)
             buffer.storeBigEndian(UInt32(0), at: 16)
         } else {
-            buffer.storeBigEndian(NBDMagic.simpleReply, at: 0)
-            buffer.storeBigEndian(UInt32(0), at: 4)
-            buffer.storeBigEndian(cookie, at: 8)
+            encodeSimpleReply(into: buffer, error: 0, cookie: cookie)
         }
+    }
+
+    /// A simple reply (magic, error, cookie) in the first 16 bytes of `buffer`.
+    private static func encodeSimpleReply(into buffer: UnsafeMutableRawBufferPointer, error: UInt32, cookie: UInt64) {
+        buffer.storeBigEndian(NBDMagic.simpleReply, at: 0)
+        buffer.storeBigEndian(error, at: 4)
+        buffer.storeBigEndian(cookie, at: 8)
     }
 }
