@@ -79,13 +79,39 @@ final class GCMContext: @unchecked Sendable {
         // BoringSSL zeroes the output of a failed open, so in place the
         // ciphertext would be gone: open from a copy, and put the copy
         // back if the tag does not match.
-        return withUnsafeTemporaryAllocation(byteCount: input.count, alignment: 64) { copy in
-            copy.copyMemory(from: input)
-            let opened = openApart(nonce: nonce, associatedData: associatedData, input: UnsafeRawBufferPointer(copy), output: output, tag: tag)
-            if !opened { output.copyMemory(from: UnsafeRawBufferPointer(copy)) }
-            return opened
+        guard input.count <= Self.stackCopyLimit else {
+            return withUnsafeTemporaryAllocation(byteCount: input.count, alignment: 16) { copy in
+                openFromCopy(copy, nonce: nonce, associatedData: associatedData, input: input, output: output, tag: tag)
+            }
+        }
+        // A block's copy lives on the stack: `withUnsafeTemporaryAllocation`
+        // of 4 KiB went to the heap, a malloc and a free per block opened,
+        // and with the storage reader and ParallelWork's helpers opening at
+        // once, their malloc arena's lock was most of cryptd's futex calls.
+        var copy = InlineArray<4096, UInt8>(repeating: 0)  // stackCopyLimit
+        var span = copy.mutableSpan
+        return span.withUnsafeMutableBytes { whole in
+            openFromCopy(
+                UnsafeMutableRawBufferPointer(rebasing: whole[..<input.count]), nonce: nonce, associatedData: associatedData,
+                input: input, output: output, tag: tag)
         }
     }
+
+    /// An in-place open (`output` is `input`) through `copy`, which has
+    /// `input`'s length and is apart from it.
+    private func openFromCopy(
+        _ copy: UnsafeMutableRawBufferPointer, nonce: UnsafeRawBufferPointer, associatedData: UnsafeRawBufferPointer,
+        input: UnsafeRawBufferPointer, output: UnsafeMutableRawBufferPointer, tag: UnsafeRawBufferPointer
+    ) -> Bool {
+        copy.copyMemory(from: input)
+        let opened = openApart(nonce: nonce, associatedData: associatedData, input: UnsafeRawBufferPointer(copy), output: output, tag: tag)
+        if !opened { output.copyMemory(from: UnsafeRawBufferPointer(copy)) }
+        return opened
+    }
+
+    /// The largest in-place open whose ciphertext copy goes on the stack:
+    /// one pool block (docs/format.md, section 2).
+    static let stackCopyLimit = 4096
 
     /// `open` into memory apart from `input`: zeroed on failure.
     private func openApart(

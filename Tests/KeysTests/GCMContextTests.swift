@@ -113,6 +113,22 @@ import Testing
         #expect(!openedShortTag)
     }
 
+    /// An in-place open copies the ciphertext to the stack up to one block
+    /// and to the heap above it: both sides open, and both give the
+    /// ciphertext back when the tag does not match.
+    @Test(arguments: [1, GCMContext.stackCopyLimit - 1, GCMContext.stackCopyLimit, GCMContext.stackCopyLimit + 1, 3 * GCMContext.stackCopyLimit])
+    func inPlaceOpenOnEitherSideOfStackCopyLimit(size: Int) {
+        let context = GCMContext(key: key)
+        let data = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ size) }
+        let sealed = seal(context, data, ad: [9])
+        let (opened, output) = open(context, sealed.ciphertext, tag: sealed.tag, ad: [9], inPlace: true)
+        #expect(opened && output == data)
+        var badTag = sealed.tag
+        badTag[0] ^= 0x80
+        let (openedBad, kept) = open(context, sealed.ciphertext, tag: badTag, ad: [9], inPlace: true)
+        #expect(!openedBad && kept == sealed.ciphertext)
+    }
+
     /// Many threads share one sealer, and so one AEAD context (the crypt
     /// domain's request threads do, with no lock); every block they seal
     /// opens and matches a single-threaded seal.
