@@ -90,11 +90,13 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
             }
             let id = state.nextBatch
             state.nextBatch += 1
-            state.batches[id] = CallbackBatch(
-                results: slots.map { slot in
-                    if case .finished(let result) = slot { result } else { .failure(.closed) }
-                },
-                unanswered: unanswered, deadline: requestTimeout.map { monotonicSeconds() + $0 }, completion: completion)
+            state.batches.insert(
+                CallbackBatch(
+                    results: slots.map { slot in
+                        if case .finished(let result) = slot { result } else { .failure(.closed) }
+                    },
+                    unanswered: unanswered, deadline: requestTimeout.map { monotonicSeconds() + $0 }, completion: completion),
+                for: id)
             return .batch(id)
         }
         if refused { return false }
@@ -141,8 +143,9 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
                     var buffer: UnsafeMutableRawBufferPointer?
                     if case .read(_, let target) = operation { buffer = target }
                     // Registered before any of its bytes leave, so its reply can never arrive first.
-                    state.requests[header.cookie] = PendingRequest(
-                        command: header.command, buffer: buffer, deadline: deadline, outcome: nil, owner: owner(index))
+                    state.requests.insert(
+                        PendingRequest(command: header.command, buffer: buffer, deadline: deadline, outcome: nil, owner: owner(index)),
+                        for: header.cookie)
                     state.newlySent.append(header)
                     headers.append(header)
                     slots[index] = .sent(cookie: header.cookie)
@@ -240,7 +243,7 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
                 }
                 var outcomes: [UInt64: Result<Void, NBDClientError>] = [:]
                 for cookie in cookies {
-                    outcomes[cookie] = state.requests.removeValue(forKey: cookie)?.outcome ?? .failure(.closed)
+                    outcomes[cookie] = state.requests.removeValue(for: cookie)?.outcome ?? .failure(.closed)
                 }
                 return (outcomes, nil)
             }

@@ -79,9 +79,10 @@ struct ConnectionState {
     /// Cookies are never reused on a connection, so a late or duplicate
     /// reply can never be mistaken for another request's.
     var nextCookie: UInt64 = 1
-    var requests: [UInt64: PendingRequest] = [:]
-    /// Callback batches with requests in flight, by batch number.
-    var batches: [UInt64: CallbackBatch] = [:]
+    var requests = CookieTable<PendingRequest>()
+    /// Callback batches with requests in flight, by batch number (numbered
+    /// like cookies, so they share the table).
+    var batches = CookieTable<CallbackBatch>()
     var nextBatch: UInt64 = 1
     /// Requests registered since the reader last looked; it hands them to
     /// its ReplyDecoder before decoding bytes that could answer them.
@@ -107,11 +108,11 @@ struct ConnectionState {
         guard let request = requests[cookie], request.outcome == nil else { return }
         switch request.owner {
         case .waiter(let waiter):
-            requests[cookie]?.outcome = outcome
+            requests.update(cookie) { $0.outcome = outcome }
             wakeups.waiters.append(waiter)
         case .batch:
             if copyingCookie == cookie {
-                requests[cookie]?.outcome = outcome
+                requests.update(cookie) { $0.outcome = outcome }
             } else {
                 forget(cookie, outcome: outcome, into: &wakeups)
             }
@@ -131,13 +132,13 @@ struct ConnectionState {
 
     /// Takes a callback request out of the table and records its result.
     private mutating func forget(_ cookie: UInt64, outcome: Result<Void, NBDClientError>, into wakeups: inout Wakeups) {
-        guard case .batch(let id, let slot) = requests.removeValue(forKey: cookie)?.owner else { return }
-        guard var batch = batches.removeValue(forKey: id) else { return }
-        batch.results[slot] = outcome
-        batch.unanswered -= 1
-        if batch.unanswered > 0 {
-            batches[id] = batch
-        } else {
+        guard case .batch(let id, let slot) = requests.removeValue(for: cookie)?.owner else { return }
+        let answered = batches.update(id) { batch in
+            batch.results[slot] = outcome
+            batch.unanswered -= 1
+            return batch.unanswered == 0
+        }
+        if answered == true, let batch = batches.removeValue(for: id) {
             wakeups.batches.append((batch.completion, batch.results))
         }
     }
@@ -151,7 +152,7 @@ struct ConnectionState {
 
     /// The earliest deadline of a callback batch still in flight.
     var earliestBatchDeadline: Double? {
-        batches.values.lazy.compactMap(\.deadline).min()
+        batches.allValues.lazy.compactMap(\.deadline).min()
     }
 
     /// Ends the connection: every request without an outcome gets `error`.
@@ -160,7 +161,7 @@ struct ConnectionState {
         guard failure == nil else { return nil }
         failure = error
         var wakeups = Wakeups()
-        for cookie in requests.keys { end(cookie, with: .failure(error), into: &wakeups) }
+        for cookie in requests.cookies { end(cookie, with: .failure(error), into: &wakeups) }
         return wakeups
     }
 }

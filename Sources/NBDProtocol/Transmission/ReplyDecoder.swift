@@ -37,14 +37,6 @@ public struct ReplyDecoder: Sendable {
         var message = ""
     }
 
-    /// A transfer in progress and what ends it.
-    private struct OpenTransfer: Sendable {
-        var transfer: DataTransfer
-        /// For a structured chunk: the request, already updated for this
-        /// chunk, and whether the chunk carries NBD_REPLY_FLAG_DONE. Nil for
-        /// a simple reply, which the transfer completes.
-        var chunk: (request: InFlight, done: Bool)?
-    }
 
     public let structuredReplies: Bool
     public let maxPayload: UInt32
@@ -52,8 +44,14 @@ public struct ReplyDecoder: Sendable {
     /// of `.data` events.
     public let transfersData: Bool
     private var input = InputBuffer()
-    private var open: OpenTransfer?
-    private var inFlight: [UInt64: InFlight] = [:]
+    /// The transfer in progress. Kept apart from `openChunk` so that
+    /// reading it, once per payload piece, copies no request state.
+    private var open: DataTransfer?
+    /// For a transfer of a structured chunk: the request, already updated
+    /// for this chunk, and whether the chunk carries NBD_REPLY_FLAG_DONE.
+    /// Nil for a simple reply, which the transfer completes.
+    private var openChunk: (request: InFlight, done: Bool)?
+    private var inFlight = CookieTable<InFlight>()
     /// Events decoded from one message but not yet returned (data, then its completion).
     private var queued: [ReplyEvent] = []
 
@@ -71,12 +69,12 @@ public struct ReplyDecoder: Sendable {
     /// Registers a request sent to the server, so its reply can be checked.
     /// - Precondition: `cookie` is not already in flight.
     public mutating func expect(_ request: RequestHeader) {
-        precondition(inFlight[request.cookie] == nil, "cookie \(request.cookie) reused while in flight")
-        inFlight[request.cookie] = InFlight(command: request.command, offset: request.offset, length: request.length)
+        precondition(!inFlight.contains(request.cookie), "cookie \(request.cookie) reused while in flight")
+        inFlight.insert(InFlight(command: request.command, offset: request.offset, length: request.length), for: request.cookie)
     }
 
     /// Whether `cookie` awaits a reply.
-    public func isInFlight(_ cookie: UInt64) -> Bool { inFlight[cookie] != nil }
+    public func isInFlight(_ cookie: UInt64) -> Bool { inFlight.contains(cookie) }
 
     public var inFlightCount: Int { inFlight.count }
 
@@ -84,10 +82,10 @@ public struct ReplyDecoder: Sendable {
     public mutating func receive(_ bytes: UnsafeRawBufferPointer) { input.append(bytes) }
 
     /// The READ payload to place before anything else is decoded, if any.
-    public var transfer: DataTransfer? { open?.transfer }
+    public var transfer: DataTransfer? { open }
 
     /// Bytes of the transfer's payload already received (`receive`).
-    public var bufferedTransferBytes: Int { open.map { min($0.transfer.remaining, input.count) } ?? 0 }
+    public var bufferedTransferBytes: Int { open.map { min($0.remaining, input.count) } ?? 0 }
 
     /// Moves the next `destination.count` buffered payload bytes of the
     /// transfer into `destination`, or drops them if it is nil.
@@ -108,21 +106,21 @@ public struct ReplyDecoder: Sendable {
     /// - Precondition: a transfer is open, nothing is buffered, and
     ///   `count <= transfer.remaining`.
     public mutating func transferReceived(_ count: Int) throws(NBDProtocolError) {
-        precondition(input.isEmpty && count >= 0 && count <= (open?.transfer.remaining ?? 0))
+        precondition(input.isEmpty && count >= 0 && count <= (open?.remaining ?? 0))
         try advanceTransfer(count)
     }
 
     private mutating func advanceTransfer(_ count: Int) throws(NBDProtocolError) {
         guard var current = open else { preconditionFailure("no transfer is open") }
-        current.transfer.offset += count
-        current.transfer.remaining -= count
-        guard current.transfer.remaining == 0 else {
+        current.offset += count
+        current.remaining -= count
+        guard current.remaining == 0 else {
             open = current
             return
         }
         open = nil
-        let cookie = current.transfer.cookie
-        if let (request, done) = current.chunk {
+        let cookie = current.cookie
+        if let (request, done) = openChunk.take() {
             try endChunk(cookie, request, done: done)
         } else {
             queued.append(.completed(cookie: cookie, error: nil, message: ""))
@@ -157,8 +155,8 @@ public struct ReplyDecoder: Sendable {
             guard !structuredReplies else { throw .simpleReplyToStructuredRead(cookie: cookie) }
             if error == 0, transfersData, request.length > 0 {
                 input.skip(upTo: NBDMessageSize.simpleReply)
-                inFlight[cookie] = nil
-                open = OpenTransfer(transfer: DataTransfer(cookie: cookie, offset: 0, remaining: Int(request.length)))
+                inFlight.removeValue(for: cookie)
+                open = DataTransfer(cookie: cookie, offset: 0, remaining: Int(request.length))
                 return true
             }
             if error == 0 {
@@ -166,13 +164,13 @@ public struct ReplyDecoder: Sendable {
                 guard input.count >= NBDMessageSize.simpleReply + Int(request.length) else { return false }
                 input.skip(upTo: NBDMessageSize.simpleReply)
                 queued.append(.data(cookie: cookie, offset: 0, bytes: input.take(Int(request.length))))
-                inFlight[cookie] = nil
+                inFlight.removeValue(for: cookie)
                 queued.append(.completed(cookie: cookie, error: nil, message: ""))
                 return true
             }
         }
         input.skip(upTo: NBDMessageSize.simpleReply)
-        inFlight[cookie] = nil
+        inFlight.removeValue(for: cookie)
         queued.append(.completed(cookie: cookie, error: error == 0 ? nil : NBDErrorCode(rawValue: error), message: ""))
         return true
     }
@@ -185,7 +183,7 @@ public struct ReplyDecoder: Sendable {
         let cookie = input.peek(UInt64.self, at: 8)
         let length = input.peek(UInt32.self, at: 16)
         guard structuredReplies else { throw .unexpectedStructuredReply(cookie: cookie) }
-        guard inFlight[cookie] != nil else { throw .unknownCookie(cookie) }
+        guard inFlight.contains(cookie) else { throw .unknownCookie(cookie) }
         let limit = maxPayload + NBDLimits.maxChunkOverhead
         guard length <= limit else { throw .chunkTooLong(cookie: cookie, length: length, limit: limit) }
         if transfersData, type == .offsetData { return try openDataTransfer(cookie: cookie, flags: flags, length: length) }
@@ -194,7 +192,7 @@ public struct ReplyDecoder: Sendable {
         let body = input.take(Int(length))
         // Taken out while it is updated, so its coverage is changed in place
         // rather than copied; put back below unless this chunk is the last.
-        var request = inFlight.removeValue(forKey: cookie)!
+        var request = inFlight.removeValue(for: cookie)!
 
         switch type {
         case .none:
@@ -244,7 +242,7 @@ public struct ReplyDecoder: Sendable {
     /// Puts the request back after a chunk, or ends it after the last one.
     private mutating func endChunk(_ cookie: UInt64, _ request: InFlight, done: Bool) throws(NBDProtocolError) {
         guard done else {
-            inFlight[cookie] = request
+            inFlight.insert(request, for: cookie)
             return
         }
         if request.error == nil, request.command == .read {
@@ -270,10 +268,9 @@ public struct ReplyDecoder: Sendable {
             throw .overlappingReadChunks(cookie: cookie, offset: offset)
         }
         input.skip(upTo: NBDMessageSize.structuredReplyHeader + 8)
-        inFlight[cookie] = nil
-        open = OpenTransfer(
-            transfer: DataTransfer(cookie: cookie, offset: Int(range.lowerBound), remaining: Int(length - 8)),
-            chunk: (request, flags.contains(.done)))
+        inFlight.removeValue(for: cookie)
+        open = DataTransfer(cookie: cookie, offset: Int(range.lowerBound), remaining: Int(length - 8))
+        openChunk = (request, flags.contains(.done))
         return true
     }
 
