@@ -91,7 +91,7 @@ extension Pool {
             // Space map: the state after this checkpoint is everything in use
             // now except what this checkpoint frees.
             unsettledRegion = region
-            let spaceMapRoot = try writeSpaceMap(region: region, excluding: Set(releases), generation: generation, writes: &writes)
+            let spaceMapRoot = try writeSpaceMap(region: region, excluding: releases, generation: generation, writes: &writes)
 
             let object = PoolObject(
                 blockCount: blockCount, spaceMapDepth: UInt16(geometry.depth), spaceMapRoot: spaceMapRoot, volumeTable: tablePointers,
@@ -142,13 +142,13 @@ extension Pool {
     /// Writes the bitmap blocks and tree nodes of `region` that differ from
     /// what the region last held, at their fixed places. Returns the root.
     private func writeSpaceMap(
-        region: Int, excluding: Set<PhysicalBlock>, generation: UInt64, writes: inout CheckpointWrites
+        region: Int, excluding: [PhysicalBlock], generation: UInt64, writes: inout CheckpointWrites
     ) throws(PoolError) -> BlockPointer {
         var image = state.withLock { $0.regions[region] }
-        let space = state.withLock { $0.space }
+        let persisted = state.withLock { $0.space.persistedImage(excluding: excluding) }
         var changed = Set<Int>()
         for index in 0..<geometry.leafCount {
-            let content = space.bitmapBlock(index, excluding: excluding)
+            let content = persisted.bitmapBlock(index)
             guard image.leaves[index] != content || image.leafPointers[index] == nil else { continue }
             let block = geometry.leaf(index, region: region)
             let sealed = try sealMetadata(

@@ -1,9 +1,12 @@
 import PoolFormat
 import Threads
 
-/// Authenticated, decoded tree nodes, bounded in count. Keyed by the whole
-/// pointer (block, session, counter, tag), so a block that is freed and
-/// rewritten never hits an old entry.
+/// Authenticated, decoded tree nodes, bounded in count. An entry matches
+/// only the whole pointer it was put with (block, session, counter, tag),
+/// so a block that is freed and rewritten never hits an old entry; the
+/// index hashes just the block number, one slot per block, since hashing
+/// the 64-byte pointer at every level of every lookup cost more than the
+/// comparison.
 ///
 /// Eviction is CLOCK (second chance): a node used (got) since the hand last
 /// passed it is spared once, so the upper levels, used by every lookup, and
@@ -14,7 +17,7 @@ import Threads
 /// used, and every miss sends a request down the synchronous path.
 final class NodeCache: Sendable {
     private struct Entries {
-        var slots: [BlockPointer: Int] = [:]
+        var slots: [PhysicalBlock: Int] = [:]
         // Parallel arrays indexed by slot.
         var keys: [BlockPointer] = []
         var nodes: [TreeNode] = []
@@ -43,7 +46,7 @@ final class NodeCache: Sendable {
 
     func get(_ pointer: BlockPointer) -> TreeNode? {
         entries.withLock { entries in
-            guard let slot = entries.slots[pointer] else { return nil }
+            guard let slot = entries.slots[pointer.block], entries.keys[slot] == pointer else { return nil }
             entries.used[slot] = true
             return entries.nodes[slot]
         }
@@ -51,17 +54,20 @@ final class NodeCache: Sendable {
 
     func put(_ pointer: BlockPointer, _ node: TreeNode) {
         entries.withLock { entries in
-            if let slot = entries.slots[pointer] {
+            if let slot = entries.slots[pointer.block] {
+                // The same node again, or its block rewritten: the old
+                // pointer no longer names anything live.
+                entries.keys[slot] = pointer
                 entries.nodes[slot] = node
             } else if entries.keys.count >= capacity {
                 let slot = entries.victim()
-                entries.slots[entries.keys[slot]] = nil
+                entries.slots[entries.keys[slot].block] = nil
                 entries.keys[slot] = pointer
                 entries.nodes[slot] = node
                 entries.used[slot] = false
-                entries.slots[pointer] = slot
+                entries.slots[pointer.block] = slot
             } else {
-                entries.slots[pointer] = entries.keys.count
+                entries.slots[pointer.block] = entries.keys.count
                 entries.keys.append(pointer)
                 entries.nodes.append(node)
                 entries.used.append(false)
@@ -72,13 +78,14 @@ final class NodeCache: Sendable {
     /// Drops a node no tree names any more (replaced by a checkpoint).
     func remove(_ pointer: BlockPointer) {
         entries.withLock { entries in
-            guard let slot = entries.slots.removeValue(forKey: pointer) else { return }
+            guard let slot = entries.slots[pointer.block], entries.keys[slot] == pointer else { return }
+            entries.slots[pointer.block] = nil
             let last = entries.keys.count - 1
             if slot != last {
                 entries.keys[slot] = entries.keys[last]
                 entries.nodes[slot] = entries.nodes[last]
                 entries.used[slot] = entries.used[last]
-                entries.slots[entries.keys[slot]] = slot
+                entries.slots[entries.keys[slot].block] = slot
             }
             entries.keys.removeLast()
             entries.nodes.removeLast()

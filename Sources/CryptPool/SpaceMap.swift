@@ -163,25 +163,16 @@ struct SpaceMap {
         }
     }
 
-    /// The persisted form: bitmap block `index`, with the blocks in
-    /// `excluding` shown free (they are freed by the commit being written).
-    func bitmapBlock(_ index: Int, excluding: Set<PhysicalBlock>) -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: PoolLayout.blockSize)
-        let first = UInt64(index) * UInt64(PoolLayout.blocksPerBitmapBlock)
-        let last = min(first + UInt64(PoolLayout.blocksPerBitmapBlock), blockCount)
-        var block = first
-        while block < last {
-            if block % 64 == 0, block + 64 <= last, words[Int(block / 64)] == 0 {
-                block += 64
-                continue
-            }
-            if isUsed(block), !excluding.contains(block) {
-                let bit = Int(block - first)
-                bytes[bit / 8] |= 1 << (bit % 8)
-            }
-            block += 1
-        }
-        return bytes
+    /// The blocks in use now except `excluding` (blocks the checkpoint
+    /// being written frees), as the persisted bitmap blocks lay them out
+    /// (docs/format.md, section 8.3): bit `b % 8` of byte `b / 8` of block
+    /// `b / 32,768`, that is each word's bytes in little-endian order.
+    /// Built word by word: testing each used block against a set took a
+    /// sixth of a checkpoint after random writes.
+    func persistedImage(excluding: some Sequence<PhysicalBlock>) -> PersistedSpaceMap {
+        var image = words
+        for block in excluding where block < blockCount { image[Int(block / 64)] &= ~(1 << (block % 64)) }
+        return PersistedSpaceMap(words: image)
     }
 
     var bitmapBlockCount: Int { Int((blockCount + UInt64(PoolLayout.blocksPerBitmapBlock) - 1) / UInt64(PoolLayout.blocksPerBitmapBlock)) }
@@ -199,4 +190,24 @@ func contiguousRuns(_ blocks: [PhysicalBlock]) -> [(start: Int, count: Int)] {
         index += length
     }
     return runs
+}
+
+/// The space map as a checkpoint persists it: its bitmap blocks, one at a
+/// time (`SpaceMap.persistedImage`).
+struct PersistedSpaceMap {
+    fileprivate let words: [UInt64]
+
+    /// Bitmap block `index`, 32,768 blocks, zero past the end of the pool.
+    func bitmapBlock(_ index: Int) -> [UInt8] {
+        let wordsPerBlock = PoolLayout.blocksPerBitmapBlock / 64
+        let first = min(index * wordsPerBlock, words.count)
+        let last = min(first + wordsPerBlock, words.count)
+        var bytes = [UInt8](repeating: 0, count: PoolLayout.blockSize)
+        bytes.withUnsafeMutableBytes { target in
+            for (position, word) in words[first..<last].enumerated() {
+                target.storeBytes(of: word.littleEndian, toByteOffset: position * 8, as: UInt64.self)
+            }
+        }
+        return bytes
+    }
 }

@@ -58,7 +58,10 @@ struct CallbackBatch {
 /// to preempt the thread that woke it.
 struct Wakeups {
     var waiters: [ReplyWaiter] = []
-    var batches: [(BatchCompletion, [Result<Void, NBDClientError>])] = []
+    /// Whole batches, not (completion, results) tuples: a closure stored
+    /// in an array's tuple element is reabstracted, one allocation per
+    /// completed batch.
+    var batches: [CallbackBatch] = []
 
     var isEmpty: Bool { waiters.isEmpty && batches.isEmpty }
 
@@ -66,7 +69,7 @@ struct Wakeups {
         for waiter in waiters { waiter.wake() }
         // The consumer replies these completions send leave together.
         SendBatch.run {
-            for (completion, results) in batches { completion(results) }
+            for batch in batches { batch.completion(batch.results) }
         }
         waiters.removeAll(keepingCapacity: true)
         batches.removeAll(keepingCapacity: true)
@@ -139,7 +142,7 @@ struct ConnectionState {
             return batch.unanswered == 0
         }
         if answered == true, let batch = batches.removeValue(for: id) {
-            wakeups.batches.append((batch.completion, batch.results))
+            wakeups.batches.append(batch)
         }
     }
 

@@ -135,5 +135,39 @@ import Testing
         }
     }
 
+    /// The persisted bitmap blocks hold, bit by bit, the blocks in use and
+    /// not excluded, zero past the end of a pool whose size is no multiple
+    /// of a word or of a bitmap block; and reading them back rebuilds that
+    /// map.
+    @Test func persistedImageMatchesABitByBitReference() {
+        let blockCount = UInt64(PoolLayout.blocksPerBitmapBlock) * 2 + 1_000 + 37
+        var space = SpaceMap(blockCount: blockCount)
+        var generator = SeededGenerator(seed: 11)
+        for _ in 0..<400 { _ = space.allocate(Int(generator.next() % 200) + 1) }
+        let used = (0..<blockCount).filter { space.isUsed($0) }
+        let excluded = used.filter { $0 >= space.firstAllocatable && generator.next() % 3 == 0 } + [used[used.count / 2], blockCount + 5]
+        let excludedSet = Set(excluded)
+        let image = space.persistedImage(excluding: excluded)
+        let bitmapCount = space.bitmapBlockCount
+        #expect(bitmapCount == 3)
+        var blocks: [[UInt8]] = []
+        for index in 0..<bitmapCount {
+            let bytes = image.bitmapBlock(index)
+            #expect(bytes.count == PoolLayout.blockSize)
+            for bit in 0..<PoolLayout.blocksPerBitmapBlock {
+                let block = UInt64(index * PoolLayout.blocksPerBitmapBlock + bit)
+                let expected = block < blockCount && space.isUsed(block) && !excludedSet.contains(block)
+                let stored = bytes[bit / 8] & (1 << (bit % 8)) != 0
+                guard stored == expected else {
+                    Issue.record("block \(block): stored \(stored), expected \(expected)")
+                    return
+                }
+            }
+            blocks.append(bytes)
+        }
+        let reread = SpaceMap(blockCount: blockCount, bitmapBlocks: blocks)
+        #expect((0..<blockCount).allSatisfy { reread.isUsed($0) == (space.isUsed($0) && !excludedSet.contains($0)) || $0 < space.firstAllocatable })
+    }
+
     private func runs(_ blocks: [UInt64]) -> [(start: Int, count: Int)] { contiguousRuns(blocks) }
 }
