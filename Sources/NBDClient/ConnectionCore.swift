@@ -58,13 +58,14 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
             return .waiter(waiter)
         }
         let cookies = slots.compactMap { slot -> UInt64? in
-            if case .sent(let cookie) = slot { cookie } else { nil }
+            if case .sent(let cookie)? = slot { cookie } else { nil }
         }
         let outcomes = cookies.isEmpty ? [:] : waitForReplies(cookies, waiter: waiter)
         return slots.map { slot in
             switch slot {
-            case .finished(let result): result
-            case .sent(let cookie): outcomes[cookie] ?? .failure(.closed)
+            case .finished(let result)?: result
+            case .sent(let cookie)?: outcomes[cookie] ?? .failure(.closed)
+            case nil: .failure(.closed)
             }
         }
     }
@@ -110,14 +111,15 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
     /// Registers the operations that pass the local checks, all under one
     /// lock so that none is answered before the rest are registered, then
     /// sends them. `admit` sees the state and the checked slots (nil: to be
-    /// sent) and says who owns the requests, or refuses.
+    /// sent) and says who owns the requests, or refuses. In the slots
+    /// returned, nil is a request never sent: it ended with `.closed`.
     ///
     /// With `gather` (a started batch, whose caller does not wait), small
     /// requests made inside a `SendBatch` are held and sent together when
     /// the batch ends.
     private func submit(
         _ operations: [NBDOperation], gather: Bool = false, admit: (inout ConnectionState, inout [Slot?]) -> Admission
-    ) -> [Slot] {
+    ) -> [Slot?] {
         sendLock.withLock { gathered in
             var slots: [Slot?] = operations.map { operation in
                 operation.problem(for: session, maxPayload: maxPayload).map { .finished(.failure(.invalidRequest($0))) }
@@ -152,27 +154,26 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
                 }
                 if !headers.isEmpty { state.sending = true }
             }
-            let result = slots.map { $0 ?? .finished(.failure(.closed)) }
-            guard !headers.isEmpty else { return result }
+            guard !headers.isEmpty else { return slots }
             defer { state.withLock { $0.sending = false } }
             if gather, operations.allSatisfy({ $0.inlinePayloadCount <= Self.inlinePayloadLimit }),
                 SendBatch.enlist(self)
             {
                 var next = headers.startIndex
                 for (index, operation) in operations.enumerated() {
-                    guard case .sent = result[index] else { continue }
+                    guard case .sent? = slots[index] else { continue }
                     headers[next].encode(into: &gathered)
                     next += 1
                     if case .write(_, let payload, _) = operation { gathered.append(contentsOf: payload) }
                 }
-                return result
+                return slots
             }
             // Whatever is gathered goes first, so no request waits behind a later one.
             flush(&gathered)
             var output: [UInt8] = []
             var next = headers.startIndex
             for (index, operation) in operations.enumerated() {
-                guard case .sent = result[index] else { continue }
+                guard case .sent? = slots[index] else { continue }
                 headers[next].encode(into: &output)
                 next += 1
                 if case .write(_, let payload, _) = operation {
@@ -186,7 +187,7 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
                 if output.count >= Self.sendBufferTarget { flush(&output) }
             }
             flush(&output)
-            return result
+            return slots
         }
     }
 

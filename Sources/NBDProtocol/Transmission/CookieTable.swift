@@ -4,10 +4,11 @@
 ///
 /// A `Dictionary` hashes every key with SipHash: about ten hashes per
 /// request between registering it, decoding its reply and completing it,
-/// which showed as 5-7% of the crypt domain's CPU on small requests. Here
-/// the home slot is the cookie's low bits and collisions probe linearly, so
-/// the sequential cookies a client hands out land in their own slots with
-/// no hashing at all. Any cookie works; other patterns only probe further.
+/// which was about 7% of the crypt domain's CPU on fragmented reads (one
+/// storage request per few blocks). Here the home slot is the cookie's low
+/// bits and collisions probe linearly, so the sequential cookies a client
+/// hands out land in their own slots with no hashing at all. Any cookie
+/// works; other patterns only probe further.
 /// A removed entry leaves a marker that lookups pass over, so removal
 /// costs nothing (shifting entries back would rescan the whole run of
 /// consecutive cookies in flight on every reply); markers are cleared when
