@@ -88,7 +88,7 @@ final class GCMContext: @unchecked Sendable {
         // of 4 KiB went to the heap, a malloc and a free per block opened,
         // and with the storage reader and ParallelWork's helpers opening at
         // once, their malloc arena's lock was most of cryptd's futex calls.
-        var copy = InlineArray<4096, UInt8>(repeating: 0)  // stackCopyLimit
+        var copy = StackCopy(repeating: 0)
         var span = copy.mutableSpan
         return span.withUnsafeMutableBytes { whole in
             openFromCopy(
@@ -109,9 +109,12 @@ final class GCMContext: @unchecked Sendable {
         return opened
     }
 
-    /// The largest in-place open whose ciphertext copy goes on the stack:
-    /// one pool block (docs/format.md, section 2).
-    static let stackCopyLimit = 4096
+    /// The stack memory an in-place open copies its ciphertext to: one
+    /// pool block (docs/format.md, section 2).
+    private typealias StackCopy = InlineArray<4096, UInt8>
+
+    /// The largest in-place open whose ciphertext copy goes on the stack.
+    static var stackCopyLimit: Int { StackCopy.count }
 
     /// `open` into memory apart from `input`: zeroed on failure.
     private func openApart(

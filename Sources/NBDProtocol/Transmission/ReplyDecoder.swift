@@ -37,7 +37,6 @@ public struct ReplyDecoder: Sendable {
         var message = ""
     }
 
-
     public let structuredReplies: Bool
     public let maxPayload: UInt32
     /// Whether READ payloads are handed to the caller as transfers instead
