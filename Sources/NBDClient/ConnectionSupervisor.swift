@@ -144,10 +144,15 @@ final class ConnectionSupervisor: Sendable {
     /// The current connection if it is usable now, without waiting or
     /// reconnecting.
     var usableConnection: NBDConnection? {
-        state.withLock { state in
-            guard case .connected(let connection) = state.link, connection.isUsable else { return nil }
+        // The connection's own lock is not taken under the supervisor's:
+        // every request of every consumer connection asks this, and the
+        // reply reader holds the connection's lock often.
+        let current = state.withLock { state -> NBDConnection? in
+            guard case .connected(let connection) = state.link else { return nil }
             return connection
         }
+        guard let current, current.isUsable else { return nil }
+        return current
     }
 
     /// Reports that a request got an answer: the server works again.
