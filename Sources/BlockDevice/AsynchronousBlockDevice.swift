@@ -60,6 +60,11 @@ public protocol AsynchronousBlockDevice: BlockDevice {
     /// NBD_CMD_READ of every piece, blocking until all are in place; throws
     /// the first failure, in piece order, once every piece has ended.
     func read(_ pieces: [ReadPiece]) throws(BlockDeviceError)
+
+    /// NBD_CMD_WRITE (without FUA) of every piece, blocking until all have
+    /// ended; throws the first failure, in piece order, once every piece
+    /// has ended.
+    func write(_ pieces: [WritePiece]) throws(BlockDeviceError)
 }
 
 extension AsynchronousBlockDevice {
@@ -76,9 +81,21 @@ extension AsynchronousBlockDevice {
     }
 
     public func read(_ pieces: [ReadPiece]) throws(BlockDeviceError) {
+        try forEachPiece(pieces.count) { (index) throws(BlockDeviceError) in try read(at: pieces[index].offset, into: pieces[index].buffer) }
+    }
+
+    public func write(_ pieces: [WritePiece]) throws(BlockDeviceError) {
+        try forEachPiece(pieces.count) { (index) throws(BlockDeviceError) in
+            try write(at: pieces[index].offset, from: pieces[index].buffer, fua: false)
+        }
+    }
+
+    /// Runs `body` for every piece, one after another, all of them even
+    /// after a failure; then throws the first failure.
+    private func forEachPiece(_ count: Int, _ body: (Int) throws(BlockDeviceError) -> Void) throws(BlockDeviceError) {
         var failure: BlockDeviceError?
-        for piece in pieces {
-            do { try read(at: piece.offset, into: piece.buffer) } catch { if failure == nil { failure = error } }
+        for index in 0..<count {
+            do { try body(index) } catch { if failure == nil { failure = error } }
         }
         if let failure { throw failure }
     }

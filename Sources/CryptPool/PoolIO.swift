@@ -2,6 +2,7 @@ import BlockDevice
 import Crypto
 import Keys
 import PoolFormat
+import Threads
 
 /// Reading and writing whole blocks of the pool device, and sealing and
 /// opening metadata blocks.
@@ -71,12 +72,6 @@ extension Pool {
         }
     }
 
-    /// Writes whole blocks straight from `buffer`.
-    func writeBlocks(_ first: PhysicalBlock, from buffer: UnsafeRawBufferPointer) throws(PoolError) {
-        precondition(buffer.count % Self.blockSize == 0)
-        do { try storage.write(at: first * UInt64(Self.blockSize), from: buffer, fua: false) } catch { throw .storage(error) }
-    }
-
     func writeBlocks(_ first: PhysicalBlock, _ bytes: [UInt8]) throws(PoolError) {
         precondition(bytes.count % Self.blockSize == 0)
         var failure: BlockDeviceError?
@@ -88,31 +83,50 @@ extension Pool {
         if let failure { throw .storage(failure) }
     }
 
-    /// Writes sealed blocks, one request per run of consecutive blocks of
-    /// at most `scatteredRequestBlocks`, gathered in one reused buffer: a
-    /// checkpoint writes tens of thousands of blocks, mostly in one run.
+    /// Writes sealed blocks: copied in order into one buffer, one request
+    /// per run of consecutive blocks, every run in one storage batch
+    /// (`writePieces`). A checkpoint after random writes allocates its
+    /// nodes in the holes the writes left, so a batch of 1,024 blocks can
+    /// be as many runs; sent one round trip each, they were most of the
+    /// checkpoint, which every request waits for. The buffer holds one
+    /// batch (at most `CheckpointWrites.batchBlocks` blocks for a
+    /// checkpoint, a commit's log blocks for a commit) and is kept for the
+    /// next: a fresh 4 MiB mapping, populated under the crypt domain's
+    /// mlockall, cost more than the round trips saved.
     func writeScattered(_ blocks: [(PhysicalBlock, [UInt8])]) throws(PoolError) {
+        guard !blocks.isEmpty else { return }
         let sorted = blocks.sorted { $0.0 < $1.0 }
-        let runs = contiguousRuns(sorted.map(\.0))
-        guard let longest = runs.map(\.count).max() else { return }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(
-            byteCount: min(longest, Self.scatteredRequestBlocks) * Self.blockSize, alignment: 64)
-        defer { buffer.deallocate() }
-        for run in runs {
-            for first in stride(from: run.start, to: run.start + run.count, by: Self.scatteredRequestBlocks) {
-                let end = min(first + Self.scatteredRequestBlocks, run.start + run.count)
-                for index in first..<end {
-                    precondition(sorted[index].1.count == Self.blockSize, "a scattered write of a partial block")
-                    let offset = (index - first) * Self.blockSize
-                    UnsafeMutableRawBufferPointer(rebasing: buffer[offset..<(offset + Self.blockSize)]).copyBytes(from: sorted[index].1)
-                }
-                try writeBlocks(sorted[first].0, from: UnsafeRawBufferPointer(rebasing: buffer[..<((end - first) * Self.blockSize)]))
-            }
+        let buffer = Self.scatteredWriteBuffers.take(sorted.count * Self.blockSize)
+        defer { Self.scatteredWriteBuffers.give(buffer) }
+        for (index, block) in sorted.enumerated() {
+            precondition(block.1.count == Self.blockSize, "a scattered write of a partial block")
+            UnsafeMutableRawBufferPointer(rebasing: buffer[(index * Self.blockSize)..<((index + 1) * Self.blockSize)]).copyBytes(from: block.1)
         }
+        let pieces = contiguousRuns(sorted.map(\.0)).map { run -> WritePiece in
+            let bytes = buffer[(run.start * Self.blockSize)..<((run.start + run.count) * Self.blockSize)]
+            return (sorted[run.start].0 * UInt64(Self.blockSize), UnsafeRawBufferPointer(rebasing: bytes))
+        }
+        try writePieces(pieces)
     }
 
-    /// Blocks per storage request of `writeScattered` (1 MiB).
-    static let scatteredRequestBlocks = 256
+    /// Sealed metadata only (ciphertext): buffers go back without zeroing.
+    /// One batch's worth is kept, for the commits and checkpoints to come.
+    private static let scatteredWriteBuffers = BufferCache(retainedBytes: 8 << 20, alignment: 64, smallest: PoolLayout.blockSize)
+
+    /// Writes whole blocks from each piece's buffer, every piece in one
+    /// storage batch where the device can send one (a remote device: one
+    /// round trip), one by one otherwise.
+    func writePieces(_ pieces: [WritePiece]) throws(PoolError) {
+        for piece in pieces { precondition(piece.offset % UInt64(Self.blockSize) == 0 && piece.buffer.count % Self.blockSize == 0) }
+        do {
+            if let batch = asynchronousStorage {
+                try batch.write(pieces)
+            } else {
+                for piece in pieces { try storage.write(at: piece.offset, from: piece.buffer, fua: false) }
+            }
+        } catch { throw .storage(error) }
+    }
+
 
     func flushStorage() throws(PoolError) {
         do { try storage.flush() } catch { throw .storage(error) }

@@ -387,7 +387,7 @@ public final class Volume: BlockDevice {
     private func writePlain(_ blocks: Range<UInt64>, from plain: UnsafeRawBufferPointer) throws(PoolError) {
         let sealed = try seal(blocks, from: plain)
         do {
-            for piece in sealed.pieces { try pool.writeBlocks(piece.offset / Self.blockSize, from: piece.buffer) }
+            try pool.writePieces(sealed.pieces)
         } catch {
             abandon(sealed)
             throw error

@@ -44,12 +44,31 @@ extension RemoteBlockDevice: AsynchronousBlockDevice {
     /// NBD_CMD_READ of every piece in one batch (`perform(_:)`): pipelined
     /// on one connection and resent across reconnects as a whole.
     public func read(_ pieces: [ReadPiece]) throws(BlockDeviceError) {
-        for piece in pieces { try checkRange(piece.offset, UInt64(piece.buffer.count)) }
-        let live = pieces.filter { !$0.buffer.isEmpty }
-        let results = perform(live.map { .read(offset: $0.offset, into: $0.buffer) })
-        for (piece, result) in zip(live, results) {
+        try performPieces(pieces.map { ($0.offset, $0.buffer.count) }, "NBD_CMD_READ") { .read(offset: pieces[$0].offset, into: pieces[$0].buffer) }
+    }
+
+    /// NBD_CMD_WRITE of every piece in one batch, as `read(_:)` reads: the
+    /// metadata a commit or checkpoint writes, and the synchronous path's
+    /// sealed runs, cost one round trip however scattered their places.
+    public func write(_ pieces: [WritePiece]) throws(BlockDeviceError) {
+        guard !isReadOnly else { throw .readOnly }
+        try performPieces(pieces.map { ($0.offset, $0.buffer.count) }, "NBD_CMD_WRITE") {
+            .write(offset: pieces[$0].offset, from: pieces[$0].buffer, fua: false)
+        }
+    }
+
+    /// Checks every span, then performs the operation of each non-empty one
+    /// (`operation(index)`) in one batch; throws the first failure, in
+    /// piece order.
+    private func performPieces(
+        _ spans: [(offset: UInt64, count: Int)], _ command: String, _ operation: (Int) -> NBDOperation
+    ) throws(BlockDeviceError) {
+        for span in spans { try checkRange(span.offset, UInt64(span.count)) }
+        let live = spans.indices.filter { spans[$0].count > 0 }
+        let results = perform(live.map(operation))
+        for (index, result) in zip(live, results) {
             if case .failure(let error) = result {
-                throw blockDeviceError(error, "NBD_CMD_READ at \(piece.offset)+\(piece.buffer.count)")
+                throw blockDeviceError(error, "\(command) at \(spans[index].offset)+\(spans[index].count)")
             }
         }
     }

@@ -33,7 +33,7 @@ final class OutcomeRecorder: Sendable {
 }
 
 /// The batch forms of `RemoteBlockDevice` (`startReads`, `startWrites`,
-/// `read(_:)`) against a scripted server that answers nothing until it has
+/// `read(_:)`, `write(_:)`) against a scripted server that answers nothing until it has
 /// every request of the batch: a client sending the pieces one round trip
 /// at a time would never complete (the server gives up after 10 s of
 /// silence), so completing at all shows the pieces went out together.
@@ -196,6 +196,16 @@ struct ScatteredBatchTests {
             try scene.device.read(scene.readPieces)
             scene.expectEverySpanGathered()
             scene.expectHonestBytes()
+        }
+    }
+
+    @Test func synchronousScatteredWriteIsOneBatch() throws {
+        try Self.withScene { scene in
+            try scene.device.write(scene.writePieces)
+            scene.expectEverySpanGathered()
+            // A piece outside the export is refused before anything is sent.
+            let outside: [WritePiece] = [(1 << 20, UnsafeRawBufferPointer(scene.buffers[0]))]
+            #expect(throws: BlockDeviceError.outOfRange(offset: 1 << 20, length: 4096, size: 1 << 20)) { try scene.device.write(outside) }
         }
     }
 
