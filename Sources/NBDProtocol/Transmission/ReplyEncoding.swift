@@ -13,11 +13,7 @@ public enum ReplyEncoder {
         into buffer: UnsafeMutableRawBufferPointer, cookie: UInt64, offset: UInt64, length: UInt32, structured: Bool
     ) {
         if structured {
-            buffer.storeBigEndian(NBDMagic.structuredReply, at: 0)
-            buffer.storeBigEndian(ReplyFlags.done.rawValue, at: 4)
-            buffer.storeBigEndian(StructuredReplyType.offsetData.rawValue, at: 6)
-            buffer.storeBigEndian(cookie, at: 8)
-            buffer.storeBigEndian(length + 8, at: 16)
+            encodeDoneChunkHeader(into: buffer, type: .offsetData, cookie: cookie, length: length + 8)
             buffer.storeBigEndian(offset, at: 20)
         } else {
             encodeSimpleReply(into: buffer, error: 0, cookie: cookie)
@@ -66,14 +62,22 @@ public enum ReplyEncoder {
     /// `buffer`, so the server sends it without building an array.
     public static func encodeSuccess(into buffer: UnsafeMutableRawBufferPointer, cookie: UInt64, command: Command, structured: Bool) {
         if structured && command == .read {
-            buffer.storeBigEndian(NBDMagic.structuredReply, at: 0)
-            buffer.storeBigEndian(ReplyFlags.done.rawValue, at: 4)
-            buffer.storeBigEndian(StructuredReplyType.none.rawValue, at: 6)
-            buffer.storeBigEndian(cookie, at: 8)
-            buffer.storeBigEndian(UInt32(0), at: 16)
+            encodeDoneChunkHeader(into: buffer, type: .none, cookie: cookie, length: 0)
         } else {
             encodeSimpleReply(into: buffer, error: 0, cookie: cookie)
         }
+    }
+
+    /// A structured reply chunk's header with NBD_REPLY_FLAG_DONE (magic,
+    /// flags, type, cookie, payload length) in the first 20 bytes of `buffer`.
+    private static func encodeDoneChunkHeader(
+        into buffer: UnsafeMutableRawBufferPointer, type: StructuredReplyType, cookie: UInt64, length: UInt32
+    ) {
+        buffer.storeBigEndian(NBDMagic.structuredReply, at: 0)
+        buffer.storeBigEndian(ReplyFlags.done.rawValue, at: 4)
+        buffer.storeBigEndian(type.rawValue, at: 6)
+        buffer.storeBigEndian(cookie, at: 8)
+        buffer.storeBigEndian(length, at: 16)
     }
 
     /// A simple reply (magic, error, cookie) in the first 16 bytes of `buffer`.
