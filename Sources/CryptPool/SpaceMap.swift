@@ -80,16 +80,66 @@ struct SpaceMap {
     }
 
     /// Allocates `count` blocks, as few runs as the free space allows:
-    /// a request of `extentBlocks` or more from free extents first, then
-    /// (and every smaller request) next-fit from `cursor`.
-    mutating func allocate(_ count: Int) -> [PhysicalBlock]? {
+    /// a request of `extentBlocks` or more from free extents first; a
+    /// smaller one with a `hint` from the free blocks nearest the hint;
+    /// then (and whatever is still missing) next-fit from `cursor`.
+    mutating func allocate(_ count: Int, near hint: PhysicalBlock? = nil) -> [PhysicalBlock]? {
         guard UInt64(count) <= freeCount else { return nil }
         var result: [PhysicalBlock] = []
         result.reserveCapacity(count)
-        if count >= Self.extentBlocks { takeExtents(count, into: &result) }
+        if count >= Self.extentBlocks {
+            takeExtents(count, into: &result)
+        } else if let hint, hint >= firstAllocatable, hint < blockCount {
+            takeNearest(count, to: hint, into: &result)
+        }
         takeNextFit(count, into: &result)
         usedCount += UInt64(count)
         return result
+    }
+
+    /// Words (64 blocks each) on either side of a hint searched for free
+    /// blocks: 1 MiB of pool each way; past that, next-fit.
+    static let hintSearchWords = 4
+
+    /// Fills `result` up to `count` with free blocks near `hint`: the
+    /// first ones at or after it, within `hintSearchWords` words, else the
+    /// last ones before it, as far back. Overwrites thus land just after
+    /// their logical predecessor (the hint is the block after its place),
+    /// in logical order, and a later sequential read of them costs one
+    /// storage request per neighbourhood, not one per block.
+    private mutating func takeNearest(_ count: Int, to hint: PhysicalBlock, into result: inout [PhysicalBlock]) {
+        let home = Int(hint / 64)
+        let lastWord = min(home + Self.hintSearchWords, words.count - 1)
+        for index in home...lastWord {
+            let free = freeBits(from: index == home ? hint : UInt64(index) * 64)
+            take(from: index, bits: free, count: count, into: &result)
+            if result.count == count { return }
+        }
+        let firstWord = max(home - Self.hintSearchWords, 0)
+        for index in (firstWord...home).reversed() {
+            var free = freeBits(from: UInt64(index) * 64)
+            if index == home { free &= (1 << (hint % 64)) - 1 }
+            // The highest first: the nearest to the hint.
+            while free != 0, result.count < count {
+                let bit = UInt64(63 - free.leadingZeroBitCount)
+                free &= ~(1 << bit)
+                words[index] |= 1 << bit
+                result.append(UInt64(index) * 64 + bit)
+            }
+            if result.count == count { return }
+        }
+    }
+
+    /// Marks used and appends the set `bits` of word `index`, lowest first,
+    /// until `result` holds `count` blocks.
+    private mutating func take(from index: Int, bits: UInt64, count: Int, into result: inout [PhysicalBlock]) {
+        var free = bits
+        while free != 0, result.count < count {
+            let bit = UInt64(free.trailingZeroBitCount)
+            free &= free - 1
+            words[index] |= 1 << bit
+            result.append(UInt64(index) * 64 + bit)
+        }
     }
 
     /// The free bits of the word holding `block`, from `block` on.

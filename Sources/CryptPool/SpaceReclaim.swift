@@ -3,10 +3,11 @@ import PoolFormat
 /// Running out of space while copy-on-write still holds reclaimable blocks
 /// (docs/format.md, section 7, "Allocation failure").
 extension Pool {
-    /// Allocates `count` blocks for data, leaving free what the next commit
+    /// Allocates `count` blocks for data, near `hint` where it can
+    /// (`SpaceMap.allocate(_:near:)`), leaving free what the next commit
     /// and checkpoint need to write, so that the blocks overwritten since
     /// the last commit can always be reclaimed; nil if that does not fit.
-    func allocateData(_ count: Int, in state: inout PoolState) -> [PhysicalBlock]? {
+    func allocateData(_ count: Int, near hint: PhysicalBlock?, in state: inout PoolState) -> [PhysicalBlock]? {
         // Without a FLUSH only the timer commits; at full write speed the
         // records, the overlay and the next commit's and checkpoint's
         // buffers would grow with the data written over a whole interval.
@@ -14,7 +15,7 @@ extension Pool {
         let reserve = metadataReserve(afterRecords: count, in: state)
         let (needed, overflow) = UInt64(count).addingReportingOverflow(reserve)
         guard !overflow, needed <= state.space.freeCount else { return nil }
-        return state.space.allocate(count)
+        return state.space.allocate(count, near: hint)
     }
 
     /// Blocks a commit of the pending records plus `extra` more, then a

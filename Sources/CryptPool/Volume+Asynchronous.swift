@@ -26,14 +26,14 @@ extension Volume: AsynchronousBlockDevice {
             release(ticket)
             return false
         }
-        guard !located.runs.isEmpty else {
+        guard !located.requests.isEmpty else {
             release(ticket)
             completion(.done)
             return true
         }
         // One storage batch for every run: a fragmented read costs one
         // registration and one round trip, not one per run.
-        let pieces = located.runs.map { run in (located.physicalStart(of: run) * Self.blockSize, located.region(of: run)) }
+        let pieces = located.requests.map { request in (request.first * Self.blockSize, request.buffer) }
         let started = storage.startReads(pieces) { outcome in
             // The ciphertext is in the buffer: another write may now map
             // these blocks elsewhere without changing what is opened.

@@ -234,41 +234,13 @@ public final class Volume: BlockDevice {
 
     /// Reads and opens `blocks` into `plain` (whole blocks, the first at
     /// offset 0); with `only`, just those blocks (the ones a partial write
-    /// merges into), the rest left untouched. Blocks consecutive both
-    /// logically and physically are read in one storage request straight
-    /// into place and opened there; the requests of all runs go out as one
-    /// batch, so a fragmented read still costs one storage round trip.
+    /// merges into), the rest left untouched. The storage requests
+    /// (`LocatedRead.planRequests`) go out as one batch, so a fragmented
+    /// read still costs one storage round trip.
     private func readPlain(_ blocks: Range<UInt64>, into plain: UnsafeMutableRawBufferPointer, only: [UInt64]? = nil) throws(PoolError) {
         let located = try locate(blocks, in: plain, only: only, cachedOnly: false)!
-        try pool.readScattered(located.runs.map { run in (located.physicalStart(of: run), located.region(of: run)) })
+        try pool.readScattered(located.requests)
         try open(located)
-    }
-
-    /// The blocks of a read that storage holds, where each sits in the
-    /// caller's buffer, and the runs read with one storage request each.
-    // SAFETY: `plain` is the caller's buffer, which stays valid and is
-    // touched by one thread at a time until the read completes.
-    struct LocatedRead: @unchecked Sendable {
-        let first: UInt64
-        let plain: UnsafeMutableRawBufferPointer
-        var blocks: [(logical: UInt64, pointer: BlockPointer)] = []
-        /// Ranges of `blocks` consecutive both logically and physically.
-        var runs: [Range<Int>] = []
-
-        func slot(_ logical: UInt64) -> Int { Int(logical - first) * Int(Volume.blockSize) }
-
-        func physicalStart(of run: Range<Int>) -> PhysicalBlock { blocks[run.lowerBound].pointer.block }
-
-        /// Where block `index` of `blocks` lies in `plain`.
-        func region(ofBlock index: Int) -> UnsafeMutableRawBufferPointer {
-            let start = slot(blocks[index].logical)
-            return UnsafeMutableRawBufferPointer(rebasing: plain[start..<(start + Int(Volume.blockSize))])
-        }
-
-        func region(of run: Range<Int>) -> UnsafeMutableRawBufferPointer {
-            let start = slot(blocks[run.lowerBound].logical)
-            return UnsafeMutableRawBufferPointer(rebasing: plain[start..<(start + run.count * Int(Volume.blockSize))])
-        }
     }
 
     /// Finds the blocks of a read, zeroing the unwritten ones in `plain`.
@@ -298,17 +270,7 @@ public final class Volume: BlockDevice {
                 located.blocks.append((logical, pointer))
             }
         }
-        var first = 0
-        while first < located.blocks.count {
-            var end = first + 1
-            while end < located.blocks.count, located.blocks[end].logical == located.blocks[end - 1].logical + 1,
-                located.blocks[end].pointer.block == located.blocks[end - 1].pointer.block + 1
-            {
-                end += 1
-            }
-            located.runs.append(first..<end)
-            first = end
-        }
+        located.planRequests()
         return located
     }
 
@@ -328,7 +290,9 @@ public final class Volume: BlockDevice {
             for index in range {
                 let (logical, pointer) = located.blocks[index]
                 do throws(PoolError) {
-                    try self.openData(located.region(ofBlock: index), logical: logical, pointer: pointer, sealer: sealers.sealer(pointer.salt))
+                    try self.openData(
+                        located.ciphertext(ofBlock: index), into: located.region(ofBlock: index), logical: logical, pointer: pointer,
+                        sealer: sealers.sealer(pointer.salt))
                 } catch {
                     firstFailure.withLock { first in
                         if first == nil || index < first!.index { first = (index, error) }
@@ -362,20 +326,23 @@ public final class Volume: BlockDevice {
         }
     }
 
-    /// Opens one sealed block in place.
+    /// Opens one sealed block, `sealed` (its place in `region`, or apart
+    /// from it when it was read into a staging buffer), into `region`.
     private func openData(
-        _ region: UnsafeMutableRawBufferPointer, logical: UInt64, pointer: BlockPointer, sealer: BlockSealer
+        _ sealed: UnsafeRawBufferPointer, into region: UnsafeMutableRawBufferPointer, logical: UInt64, pointer: BlockPointer,
+        sealer: BlockSealer
     ) throws(PoolError) {
         let ad = AssociatedData.data(
             pool: pool.poolID, volume: id, block: LogicalBlock(logical), salt: pointer.salt, counter: pointer.counter)
         do throws(SealError) {
-            try sealer.open(UnsafeRawBufferPointer(region), into: region, tag: pointer.tag, counter: pointer.counter, associatedData: ad)
+            try sealer.open(sealed, into: region, tag: pointer.tag, counter: pointer.counter, associatedData: ad)
             return
         } catch {}
-        // A failed in-place open leaves the ciphertext as it was read.
+        // A failed open leaves the ciphertext as it was read in `sealed`:
+        // in place it is put back, apart it is untouched.
         let failure = IntegrityFailure(
             volume: name, structure: "data block", index: logical, level: 0, physicalBlock: pointer.block,
-            expectedTag: hex(pointer.tag), foundDigest: hex(SHA256.hash(data: UnsafeRawBufferPointer(region))))
+            expectedTag: hex(pointer.tag), foundDigest: hex(SHA256.hash(data: sealed)))
         region.initializeMemory(as: UInt8.self, repeating: 0)
         logger.error("\(failure.description)")
         throw .integrity(failure)
@@ -402,12 +369,13 @@ public final class Volume: BlockDevice {
         let count = blocks.count
         let blockSize = Int(Self.blockSize)
         precondition(plain.count == count * blockSize)
+        let hint = placementHint(for: blocks)
         // One trip through the state lock per request: places, counters,
         // the sealer and the generation the pointers carry.
         let (locations, salt, firstCounter, sealer, generation) = try pool.state.withLock {
             (state) throws(PoolError) -> ([PhysicalBlock], SessionSalt, UInt64, BlockSealer, UInt64) in
             guard state.volumes[id] != nil else { throw .noSuchVolume(name) }
-            guard let locations = pool.allocateData(count, in: &state) else { throw .noSpace }
+            guard let locations = pool.allocateData(count, near: hint, in: &state) else { throw .noSpace }
             let (salt, first) = pool.reserveDataCounters(id, count, in: &state)
             return (locations, salt, first, try pool.dataSealer(id, salt, in: &state), state.generation + 1)
         }
@@ -436,6 +404,43 @@ public final class Volume: BlockDevice {
         }
         return write
     }
+
+    /// Where a small write of `blocks` should go: beside its logical
+    /// neighbours, so that random overwrites keep a volume's blocks in
+    /// logical order on the pool (`SpaceMap.takeNearest`) and a later
+    /// sequential read costs few storage requests. Of three places, right
+    /// after the block before, right before the block after, and where the
+    /// blocks are now, the first that another agrees with (within
+    /// `neighbourhood`) wins: a block put far away by an earlier write
+    /// whose neighbours sit together rejoins them, and a block beside one
+    /// neighbour does not follow the other away. Nil for a large write
+    /// (placed in free extents), or when no neighbour is written or its
+    /// tree node is not cached: a hint is never worth a storage read.
+    private func placementHint(for blocks: Range<UInt64>) -> PhysicalBlock? {
+        guard blocks.count < SpaceMap.extentBlocks else { return nil }
+        let lower = blocks.lowerBound > 0 ? blocks.lowerBound - 1 : blocks.lowerBound
+        let upper = Swift.min(blocks.upperBound + 1, size / Self.blockSize)
+        guard let found = try? pointers(lower..<upper, cachedOnly: true) else { return nil }
+        func place(_ logical: UInt64) -> PhysicalBlock? {
+            guard logical >= lower, logical < upper, !found[Int(logical - lower)].isNull else { return nil }
+            return found[Int(logical - lower)].block
+        }
+        let after = blocks.lowerBound > 0 ? place(blocks.lowerBound - 1).map { $0 &+ 1 } : nil
+        let before = place(blocks.upperBound).map { $0 &- UInt64(blocks.count) }
+        let own = place(blocks.lowerBound)
+        func agree(_ a: PhysicalBlock?, _ b: PhysicalBlock?) -> Bool {
+            guard let a, let b else { return false }
+            return (a > b ? a - b : b - a) <= Self.neighbourhood
+        }
+        if agree(after, before) || agree(after, own) { return after }
+        if agree(before, own) { return own }
+        return after ?? before ?? own
+    }
+
+    /// Blocks apart that two places may lie and still count as one
+    /// neighbourhood for `placementHint`: the span the allocator searches
+    /// around a hint.
+    private static let neighbourhood = UInt64(SpaceMap.hintSearchWords * 64)
 
     /// Gives back the places of a write that did not reach storage.
     func abandon(_ write: SealedWrite) {

@@ -155,6 +155,10 @@ final class CountingStorage: AsynchronousBlockDevice, ForwardingBlockDevice {
 /// A pool over a `GatheringDevice` served by the real `NBDServer` through a real
 /// `RemoteBlockDevice`, with volume "vm" fragmented: 32 blocks written in
 /// one request, then every other block overwritten alone, and flushed.
+/// The overwrites land beside their neighbours, so the blocks lie
+/// permuted in one neighbourhood; `padded`, each overwrite is followed by
+/// a write of another volume that takes the blocks after it, so they lie
+/// further apart than one request passes over (`LocatedRead.spanGap`).
 final class FragmentedPool {
     static let blocks: UInt64 = 32
     let directory: TemporaryDirectory
@@ -168,7 +172,7 @@ final class FragmentedPool {
     /// What the volume's first `blocks` blocks hold.
     private(set) var expected: [UInt8]
 
-    init() throws {
+    init(padded: Bool = true) throws {
         directory = try TemporaryDirectory("frag")
         device = GatheringDevice(over: HostileDevice(over: try MemoryBlockDevice(size: 16 << 20)))
         server = try NBDServer(
@@ -188,7 +192,10 @@ final class FragmentedPool {
             storage: storage, passphrase: testPassphrase, cost: testCost, anchor: try FileTrustAnchor(directory: anchorDirectory.path)
         ).pool
         try pool.createVolume(name: "vm", size: 1 << 20)
+        try pool.createVolume(name: "pad", size: 1 << 20)
         volume = try pool.volume(named: "vm")
+        let pad = try pool.volume(named: "pad")
+        let padding = [UInt8](repeating: 0x5A, count: Int(LocatedRead.spanGap + 1) * 4096)
 
         var generator = SeededGenerator(seed: 42)
         expected = (0..<(Int(Self.blocks) * 4096)).map { _ in UInt8.random(in: 0...255, using: &generator) }
@@ -197,13 +204,15 @@ final class FragmentedPool {
             let fresh = (0..<4096).map { _ in UInt8.random(in: 0...255, using: &generator) }
             try fresh.withUnsafeBytes { try volume.write(at: UInt64(block) * 4096, from: $0, fua: false) }
             expected.replaceSubrange((block * 4096)..<((block + 1) * 4096), with: fresh)
+            if padded { try padding.withUnsafeBytes { try pad.write(at: UInt64(block / 2 * padding.count), from: $0, fua: false) } }
         }
         try volume.flush()
         storage.reset()
     }
 
-    /// The runs storage holds the volume's first `blocks` blocks in.
-    func located() throws -> Volume.LocatedRead {
+    /// Where storage holds the volume's first `blocks` blocks, and the
+    /// requests that read them.
+    func located() throws -> LocatedRead {
         let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(Self.blocks) * 4096, alignment: 64)
         defer { scratch.deallocate() }
         return try #require(try volume.locate(0..<Self.blocks, in: scratch, cachedOnly: true))
@@ -272,7 +281,7 @@ struct FragmentedReadTests {
     /// its storage is armed to gather.
     static func armedPool(sourceLocation: SourceLocation = #_sourceLocation) throws -> (rig: FragmentedPool, runs: Int) {
         let rig = try FragmentedPool()
-        let runs = try rig.located().runs.count
+        let runs = try rig.located().requests.count
         #expect(runs >= Int(FragmentedPool.blocks) / 2, "the volume is not fragmented: \(runs) runs", sourceLocation: sourceLocation)
         rig.device.arm(runs)
         return (rig, runs)
@@ -306,13 +315,27 @@ struct FragmentedReadTests {
         Self.expectOneBatch(seen, runs: runs)
     }
 
+    /// Overwrites beside their neighbours leave the blocks permuted in one
+    /// neighbourhood: one staged request reads them all, on the fast path
+    /// and the synchronous one, and every block comes back as written.
+    @Test func aPermutedNeighbourhoodIsReadWithOneRequest() throws {
+        let rig = try FragmentedPool(padded: false)
+        #expect(try rig.located().requests.count == 1)
+        let (outcome, bytes) = rig.startRead()
+        #expect(outcome == .done)
+        #expect(rig.wrongBlocks(bytes) == [])
+        #expect(rig.wrongBlocks(try rig.read()) == [])
+        let calls = rig.storage.calls.withLock { $0 }
+        #expect(calls.startReads == 1 && calls.read == 1 && calls.startRead == 0 && calls.readPieces == 0, "\(calls)")
+    }
+
     /// One run failing fails the whole request: the fast path hands it to
     /// the synchronous path (which reads again and succeeds, the failure
     /// having been a one-off), and the synchronous path reports it.
     @Test func aRunFailingMidBatchIsNotReportedDone() throws {
         let rig = try FragmentedPool()
         let located = try rig.located()
-        let middle = located.physicalStart(of: located.runs[located.runs.count / 2])
+        let middle = located.requests[located.requests.count / 2].first
         rig.device.inner.failNext(.read, blocks: middle..<(middle + 1))
         let (outcome, bytes) = rig.startRead()
         #expect(outcome == .redo)

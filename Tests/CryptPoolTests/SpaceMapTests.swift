@@ -92,6 +92,37 @@ import Testing
         #expect(small.allSatisfy { holes.contains($0) }, "small requests fill holes: \(small)")
     }
 
+    /// A small request with a hint takes the first free blocks at or after
+    /// it within `hintSearchWords` words, then the nearest before it; with
+    /// none that near, or a hint outside the pool, it is next-fit as
+    /// without one. A large request ignores the hint (free extents).
+    @Test func hintedRequestsTakeTheFreeBlocksNearest() {
+        let blockCount: UInt64 = 64 * 64
+        let window = UInt64(SpaceMap.hintSearchWords * 64)
+        var map = SpaceMap(blockCount: blockCount)
+        _ = map.allocate(Int(map.freeCount))!
+        // Holes around block 2,000, one far away at 3,500, and the next-fit
+        // cursor (wrapped to the start) finds the hole at 1,000 first.
+        for block: UInt64 in [1_000, 1_990, 1_995, 2_003, 2_010, 3_500] { map.release(block) }
+
+        #expect(map.allocate(1, near: 2_000) == [2_003], "the first free block at or after the hint")
+        #expect(map.allocate(2, near: 2_000) == [2_010, 1_995], "then before it, nearest first")
+        #expect(map.allocate(1, near: 2_000) == [1_990])
+        #expect(map.allocate(1, near: 3_500 - window - 64) == [1_000], "nothing within the window: next-fit")
+        #expect(map.allocate(1, near: 3_500 - window + 1) == [3_500], "the last word the window reaches")
+        map.release(700)
+        #expect(map.allocate(1, near: 0) == [700], "a hint among the fixed structures is ignored")
+        map.release(700)
+        #expect(map.allocate(1, near: blockCount) == [700], "so is one past the pool")
+        #expect(map.freeCount == 0)
+
+        // A large request goes to a free extent, away from the hint.
+        for block in UInt64(3_000)..<3_040 { map.release(block) }
+        for block: UInt64 in [1_001, 1_002] { map.release(block) }
+        #expect(map.allocate(16, near: 1_001) == Array(3_000..<3_016))
+        #expect(map.allocate(2, near: 1_001) == [1_001, 1_002])
+    }
+
     /// With no extent left anywhere, a large request still gets exactly the
     /// free blocks it asks for.
     @Test func largeRequestsFallBackToScatteredBlocks() {
