@@ -1,3 +1,4 @@
+import BlockDevice
 import PoolFormat
 import Threads
 
@@ -11,8 +12,9 @@ struct LocatedRead: @unchecked Sendable {
     let first: UInt64
     let plain: UnsafeMutableRawBufferPointer
     var blocks: [(logical: UInt64, pointer: BlockPointer)] = []
-    /// One storage request each: `buffer.count` bytes from block `first`.
-    private(set) var requests: [(first: PhysicalBlock, buffer: UnsafeMutableRawBufferPointer)] = []
+    /// One storage request each: `buffer.count` bytes from byte `offset`
+    /// of the pool (a whole block's).
+    private(set) var requests: [ReadPiece] = []
     /// For each of `blocks`, the byte offset of its ciphertext in `staging`,
     /// or -1 when it is read into its own place in `plain`; empty when
     /// every block is.
@@ -60,11 +62,12 @@ struct LocatedRead: @unchecked Sendable {
     /// place: a neighbourhood of permuted blocks costs one request, not
     /// one per block.
     mutating func planRequests() {
-        let direct = directRuns()
-        guard direct.count > 1 else { return requests = direct.map(directRequest) }
+        requests = directRequests()
+        guard requests.count > 1 else { return }
         let order = blocks.indices.sorted { blocks[$0].pointer.block < blocks[$1].pointer.block }
         let spans = spans(in: order)
-        guard spans.count < direct.count else { return requests = direct.map(directRequest) }
+        guard spans.count < requests.count else { return }
+        requests.removeAll(keepingCapacity: true)
         let blockSize = Int(Volume.blockSize)
         let stagedBlocks = spans.reduce(0) { $0 + (isDirect($1, order) ? 0 : Int($1.blocks)) }
         let buffer = StagingBuffer(byteCount: stagedBlocks * blockSize)
@@ -79,15 +82,16 @@ struct LocatedRead: @unchecked Sendable {
             }
             for index in members { stagedAt[index] = offset + Int(blocks[index].pointer.block - start) * blockSize }
             let bytes = Int(span.blocks) * blockSize
-            requests.append((start, UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[offset..<(offset + bytes)])))
+            requests.append((start * Volume.blockSize, UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[offset..<(offset + bytes)])))
             offset += bytes
         }
         staging = buffer
     }
 
-    /// Ranges of `blocks` consecutive both logically and physically.
-    private func directRuns() -> [Range<Int>] {
-        var runs: [Range<Int>] = []
+    /// One request for each run of `blocks` consecutive both logically and
+    /// physically, straight into place.
+    private func directRequests() -> [ReadPiece] {
+        var requests: [ReadPiece] = []
         var start = 0
         while start < blocks.count {
             var end = start + 1
@@ -96,16 +100,16 @@ struct LocatedRead: @unchecked Sendable {
             {
                 end += 1
             }
-            runs.append(start..<end)
+            requests.append(directRequest(start..<end))
             start = end
         }
-        return runs
+        return requests
     }
 
-    private func directRequest(_ run: Range<Int>) -> (first: PhysicalBlock, buffer: UnsafeMutableRawBufferPointer) {
+    private func directRequest(_ run: Range<Int>) -> ReadPiece {
         let start = slot(blocks[run.lowerBound].logical)
         let bytes = run.count * Int(Volume.blockSize)
-        return (blocks[run.lowerBound].pointer.block, UnsafeMutableRawBufferPointer(rebasing: plain[start..<(start + bytes)]))
+        return (blocks[run.lowerBound].pointer.block * Volume.blockSize, UnsafeMutableRawBufferPointer(rebasing: plain[start..<(start + bytes)]))
     }
 
     /// Positions in `order` (indices of `blocks` by physical block) one

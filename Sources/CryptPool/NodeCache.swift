@@ -24,6 +24,12 @@ final class NodeCache: Sendable {
         var used: [Bool] = []
         var hand = 0
 
+        /// Marks a slot used, writing only when it is not: the upper levels
+        /// are got by every lookup on every thread.
+        mutating func markUsed(_ slot: Int) {
+            if !used[slot] { used[slot] = true }
+        }
+
         /// The slot to reuse: the first one from the hand on not used since
         /// the hand last passed, clearing the marks it passes.
         mutating func victim() -> Int {
@@ -47,8 +53,26 @@ final class NodeCache: Sendable {
     func get(_ pointer: BlockPointer) -> TreeNode? {
         entries.withLock { entries in
             guard let slot = entries.slots[pointer.block], entries.keys[slot] == pointer else { return nil }
-            entries.used[slot] = true
+            entries.markUsed(slot)
             return entries.nodes[slot]
+        }
+    }
+
+    /// Children `range` of the node cached for `pointer`, copied out into
+    /// `into` under the cache's lock without retaining the node; false when
+    /// it is not cached.
+    func children(of pointer: BlockPointer, _ range: Range<Int>, into: UnsafeMutableBufferPointer<BlockPointer>) -> Bool {
+        precondition(range.lowerBound >= 0 && range.upperBound <= PoolLayout.fanOut && range.count <= into.count)
+        return entries.withLock { entries in
+            guard let slot = entries.slots[pointer.block], entries.keys[slot] == pointer else { return false }
+            entries.markUsed(slot)
+            // SAFETY: `slot` indexes `nodes`, and every node has `fanOut` children.
+            entries.nodes.withUnsafeBufferPointer { nodes in
+                nodes[slot].children.withUnsafeBufferPointer { children in
+                    for (offset, index) in range.enumerated() { into[offset] = children[index] }
+                }
+            }
+            return true
         }
     }
 

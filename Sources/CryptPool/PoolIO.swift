@@ -32,17 +32,19 @@ extension Pool {
     /// device: one round trip however fragmented the read), one by one
     /// otherwise.
     func readScattered(_ pieces: [(first: PhysicalBlock, buffer: UnsafeMutableRawBufferPointer)]) throws(PoolError) {
-        guard pieces.count > 1 else {
-            if let piece = pieces.first { try readBlocks(piece.first, into: piece.buffer) }
-            return
-        }
-        for piece in pieces { precondition(piece.buffer.count % Self.blockSize == 0) }
-        let reads = pieces.map { (offset: $0.first * UInt64(Self.blockSize), buffer: $0.buffer) }
+        try readPieces(pieces.map { (offset: $0.first * UInt64(Self.blockSize), buffer: $0.buffer) })
+    }
+
+    /// `readScattered` of pieces at byte offsets (whole blocks).
+    func readPieces(_ pieces: [ReadPiece]) throws(PoolError) {
+        for piece in pieces { precondition(piece.offset % UInt64(Self.blockSize) == 0 && piece.buffer.count % Self.blockSize == 0) }
         do {
-            if let batch = asynchronousStorage {
-                try batch.read(reads)
+            if pieces.count == 1 {
+                try storage.read(at: pieces[0].offset, into: pieces[0].buffer)
+            } else if let batch = asynchronousStorage {
+                try batch.read(pieces)
             } else {
-                for piece in reads { try storage.read(at: piece.offset, into: piece.buffer) }
+                for piece in pieces { try storage.read(at: piece.offset, into: piece.buffer) }
             }
         } catch { throw .storage(error) }
     }

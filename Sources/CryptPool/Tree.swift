@@ -86,6 +86,45 @@ extension Pool {
         return result
     }
 
+    /// The pointers of units `index - 1`, `index` and `index + 1` of a
+    /// checkpointed tree, as far as the leaf node holding `index` has them,
+    /// from cached nodes only: nil where a node on the way is not cached or
+    /// a neighbour lies in another leaf. No storage read, no allocation and
+    /// no node copied out: what a placement hint (`Volume.placementHint`)
+    /// is worth.
+    func cachedNeighbourhood(
+        root: BlockPointer, depth: Int, index: UInt64
+    ) -> (previous: BlockPointer?, current: BlockPointer?, next: BlockPointer?) {
+        let fanOut = UInt64(PoolLayout.fanOut)
+        var pointer = root
+        var first: UInt64 = 0
+        var level = depth
+        // The children wanted, copied out of a node: on the stack.
+        var found = InlineArray<3, BlockPointer>(repeating: .null)
+        var span = found.mutableSpan
+        return span.withUnsafeMutableBufferPointer { children in
+            while level >= 1 {
+                // A null subtree: every unit under it is unwritten.
+                if pointer.isNull { return (.null, .null, .null) }
+                let span = childSpan(level: level)
+                let slot = (index - first) / span
+                guard index >= first, slot < fanOut else { return (nil, nil, nil) }
+                let at = Int(slot)
+                if level == 1 {
+                    let wanted = Swift.max(at - 1, 0)..<Swift.min(at + 2, PoolLayout.fanOut)
+                    guard nodeCache.children(of: pointer, wanted, into: children) else { return (nil, nil, nil) }
+                    let own = at - wanted.lowerBound
+                    return (at > 0 ? children[0] : nil, children[own], own + 1 < wanted.count ? children[own + 1] : nil)
+                }
+                guard nodeCache.children(of: pointer, at..<(at + 1), into: children) else { return (nil, nil, nil) }
+                pointer = children[0]
+                first += slot * span
+                level -= 1
+            }
+            return (nil, nil, nil)
+        }
+    }
+
     /// Writes the pointers of `range` over `result[position...]`, as
     /// `lookup(root:tree:range:)` gives them; with `cachedOnly`, without
     /// storage reads: false (and `result` partly written) when a node on the

@@ -33,8 +33,7 @@ extension Volume: AsynchronousBlockDevice {
         }
         // One storage batch for every run: a fragmented read costs one
         // registration and one round trip, not one per run.
-        let pieces = located.requests.map { request in (request.first * Self.blockSize, request.buffer) }
-        let started = storage.startReads(pieces) { outcome in
+        let started = storage.startReads(located.requests) { outcome in
             // The ciphertext is in the buffer: another write may now map
             // these blocks elsewhere without changing what is opened.
             self.release(ticket)

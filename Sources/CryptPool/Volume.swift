@@ -239,7 +239,7 @@ public final class Volume: BlockDevice {
     /// read still costs one storage round trip.
     private func readPlain(_ blocks: Range<UInt64>, into plain: UnsafeMutableRawBufferPointer, only: [UInt64]? = nil) throws(PoolError) {
         let located = try locate(blocks, in: plain, only: only, cachedOnly: false)!
-        try pool.readScattered(located.requests)
+        try pool.readPieces(located.requests)
         try open(located)
     }
 
@@ -369,12 +369,12 @@ public final class Volume: BlockDevice {
         let count = blocks.count
         let blockSize = Int(Self.blockSize)
         precondition(plain.count == count * blockSize)
-        let hint = placementHint(for: blocks)
         // One trip through the state lock per request: places, counters,
         // the sealer and the generation the pointers carry.
         let (locations, salt, firstCounter, sealer, generation) = try pool.state.withLock {
             (state) throws(PoolError) -> ([PhysicalBlock], SessionSalt, UInt64, BlockSealer, UInt64) in
-            guard state.volumes[id] != nil else { throw .noSuchVolume(name) }
+            guard let root = state.volumes[id]?.root, let depth = state.volumes[id]?.depth else { throw .noSuchVolume(name) }
+            let hint = placementHint(for: blocks, root: root, depth: depth)
             guard let locations = pool.allocateData(count, near: hint, in: &state) else { throw .noSpace }
             let (salt, first) = pool.reserveDataCounters(id, count, in: &state)
             return (locations, salt, first, try pool.dataSealer(id, salt, in: &state), state.generation + 1)
@@ -407,34 +407,39 @@ public final class Volume: BlockDevice {
 
     /// Where a small write of `blocks` should go: beside its logical
     /// neighbours, so that random overwrites keep a volume's blocks in
-    /// logical order on the pool (`SpaceMap.takeNearest`) and a later
+    /// logical order on the pool (`SpaceMap.allocate(_:near:)`) and a later
     /// sequential read costs few storage requests. Of three places, right
     /// after the block before, right before the block after, and where the
     /// blocks are now, the first that another agrees with (within
     /// `neighbourhood`) wins: a block put far away by an earlier write
     /// whose neighbours sit together rejoins them, and a block beside one
     /// neighbour does not follow the other away. Nil for a large write
-    /// (placed in free extents), or when no neighbour is written or its
-    /// tree node is not cached: a hint is never worth a storage read.
-    private func placementHint(for blocks: Range<UInt64>) -> PhysicalBlock? {
+    /// (placed in free extents), or when no neighbour is known.
+    ///
+    /// The places come from the checkpointed tree's cached nodes alone
+    /// (`Pool.cachedNeighbourhood`), under the state lock the allocation
+    /// takes anyway: a hint is never worth a storage read, and the overlay
+    /// would cost three more lookups per write for places that differ from
+    /// the tree's only by an overwrite, which went beside them.
+    private func placementHint(for blocks: Range<UInt64>, root: BlockPointer, depth: Int) -> PhysicalBlock? {
         guard blocks.count < SpaceMap.extentBlocks else { return nil }
-        let lower = blocks.lowerBound > 0 ? blocks.lowerBound - 1 : blocks.lowerBound
-        let upper = Swift.min(blocks.upperBound + 1, size / Self.blockSize)
-        guard let found = try? pointers(lower..<upper, cachedOnly: true) else { return nil }
-        func place(_ logical: UInt64) -> PhysicalBlock? {
-            guard logical >= lower, logical < upper, !found[Int(logical - lower)].isNull else { return nil }
-            return found[Int(logical - lower)].block
+        let tree = pool.cachedNeighbourhood(root: root, depth: depth, index: blocks.lowerBound)
+        let previous = blocks.lowerBound > 0 ? tree.previous : nil
+        let next = blocks.count == 1 ? tree.next : pool.cachedNeighbourhood(root: root, depth: depth, index: blocks.upperBound).current
+        func place(_ pointer: BlockPointer?) -> PhysicalBlock? {
+            guard let pointer, !pointer.isNull else { return nil }
+            return pointer.block
         }
-        let after = blocks.lowerBound > 0 ? place(blocks.lowerBound - 1).map { $0 &+ 1 } : nil
-        let before = place(blocks.upperBound).map { $0 &- UInt64(blocks.count) }
-        let own = place(blocks.lowerBound)
+        let after = place(previous).map { $0 &+ 1 }
+        let before = place(next).map { $0 &- UInt64(blocks.count) }
+        let current = place(tree.current)
         func agree(_ a: PhysicalBlock?, _ b: PhysicalBlock?) -> Bool {
             guard let a, let b else { return false }
             return (a > b ? a - b : b - a) <= Self.neighbourhood
         }
-        if agree(after, before) || agree(after, own) { return after }
-        if agree(before, own) { return own }
-        return after ?? before ?? own
+        if agree(after, before) || agree(after, current) { return after }
+        if agree(before, current) { return current }
+        return after ?? before ?? current
     }
 
     /// Blocks apart that two places may lie and still count as one

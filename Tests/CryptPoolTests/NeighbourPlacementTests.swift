@@ -31,7 +31,7 @@ import Testing
         located.requests.map { request in
             let offset = request.buffer.baseAddress! - located.plain.baseAddress!
             let inPlain = offset >= 0 && offset < located.plain.count
-            return (request.first, request.buffer.count / blockSize, inPlain ? offset : nil)
+            return (request.offset / UInt64(PoolLayout.blockSize), request.buffer.count / blockSize, inPlain ? offset : nil)
         }
     }
 
@@ -65,9 +65,39 @@ import Testing
             #expect(located.ciphertext(ofBlock: index).baseAddress == UnsafeRawPointer(located.region(ofBlock: index).baseAddress))
         }
         for index in 4..<8 {
-            let expected = staged.buffer.baseAddress! + Int(places[index] - staged.first) * Self.blockSize
+            let expected = staged.buffer.baseAddress! + Int(places[index] - staged.offset / UInt64(PoolLayout.blockSize)) * Self.blockSize
             #expect(located.ciphertext(ofBlock: index).baseAddress == UnsafeRawPointer(expected))
         }
+    }
+
+    /// The tree's places of a block and its neighbours, as far as its leaf
+    /// holds them, match the checkpointed tree's lookups; nothing is known
+    /// of a node not cached, and an unwritten subtree is all null.
+    @Test func cachedNeighbourhoodMatchesTheTree() throws {
+        let rig = try TamperRig(checkpointEveryFlush: true)
+        try rig.pool.createVolume(name: "vm", size: 1 << 30)
+        try rig.fill("vm", from: 0, count: 130, seed: 4)
+        try rig.pool.flush()
+        let state = try rig.volumeState("vm")
+        #expect(state.overlay.isEmpty && state.depth >= 2)
+        let fanOut = UInt64(PoolLayout.fanOut)
+        func neighbourhood(_ index: UInt64) -> (BlockPointer?, BlockPointer?, BlockPointer?) {
+            rig.pool.cachedNeighbourhood(root: state.root, depth: state.depth, index: index)
+        }
+        for index: UInt64 in [0, 1, fanOut - 1, fanOut, fanOut + 1, 2 * fanOut - 1, 129, 130, 131] {
+            // Through the cache, as the engine loads nodes; then without storage reads.
+            _ = try rig.pointer("vm", index)
+            let (previous, current, next) = neighbourhood(index)
+            #expect(current == (try rig.pointer("vm", index)), "block \(index)")
+            #expect(previous == (index % fanOut == 0 ? nil : try rig.pointer("vm", index - 1)), "before block \(index)")
+            #expect(next == (index % fanOut == fanOut - 1 ? nil : try rig.pointer("vm", index + 1)), "after block \(index)")
+        }
+        let far = neighbourhood(1 << 17)
+        #expect(far.0 == .null && far.1 == .null && far.2 == .null, "an unwritten subtree")
+        let leaf = try rig.treeNode("vm", level: 1, above: 5).pointer
+        rig.pool.nodeCache.remove(leaf)
+        let uncached = neighbourhood(5)
+        #expect(uncached.0 == nil && uncached.1 == nil && uncached.2 == nil, "a node not cached")
     }
 
     /// A volume's 64 blocks written in one request, another volume's 512
