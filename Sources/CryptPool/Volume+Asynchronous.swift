@@ -37,15 +37,17 @@ extension Volume: AsynchronousBlockDevice {
             // The ciphertext is in the buffer: another write may now map
             // these blocks elsewhere without changing what is opened.
             self.release(ticket)
-            // Any failure, even a final storage error, is redone
-            // synchronously, which retries across reconnects and reports
-            // the error the synchronous way.
+            // Any failure, even a final storage error or a block that does
+            // not authenticate, is redone synchronously, which retries
+            // across reconnects and reports the error the synchronous way
+            // (an integrity failure with the digest of what storage sent,
+            // which this path does not keep).
             guard case .done = outcome else { return completion(.redoSynchronously) }
             do throws(PoolError) {
-                try self.open(located)
+                try self.open(located, keepingCiphertext: false)
                 completion(.done)
             } catch {
-                completion(.failed(self.deviceError(error)))
+                completion(.redoSynchronously)
             }
         }
         if !started { release(ticket) }

@@ -274,10 +274,17 @@ public final class Volume: BlockDevice {
         return located
     }
 
-    /// Opens every located block in place, once storage has filled them in;
-    /// a large request's blocks are shared out over the cores
+    /// Opens every located block into place, once storage has filled them
+    /// in; a large request's blocks are shared out over the cores
     /// (`ParallelWork`). The first failure, by position, is thrown.
-    func open(_ located: LocatedRead) throws(PoolError) {
+    ///
+    /// With `keepingCiphertext` (the synchronous path), a failure is the
+    /// integrity error naming the block and the digest of what storage
+    /// returned, which a block read in place keeps by opening from a copy.
+    /// Without it (the fast path, which redoes any failure synchronously),
+    /// blocks read in place are opened with no copy, a block's memcpy fewer
+    /// each, and a failed one is zeroed and thrown as a plain I/O error.
+    func open(_ located: LocatedRead, keepingCiphertext: Bool = true) throws(PoolError) {
         guard let first = located.blocks.first else { return }
         // The first block's sealer is found here, so pieces of a request
         // sealed in one session (almost all) take no lock on a helper.
@@ -292,7 +299,7 @@ public final class Volume: BlockDevice {
                 do throws(PoolError) {
                     try self.openData(
                         located.ciphertext(ofBlock: index), into: located.region(ofBlock: index), logical: logical, pointer: pointer,
-                        sealer: sealers.sealer(pointer.salt))
+                        sealer: sealers.sealer(pointer.salt), keepingCiphertext: keepingCiphertext)
                 } catch {
                     firstFailure.withLock { first in
                         if first == nil || index < first!.index { first = (index, error) }
@@ -330,10 +337,18 @@ public final class Volume: BlockDevice {
     /// from it when it was read into a staging buffer), into `region`.
     private func openData(
         _ sealed: UnsafeRawBufferPointer, into region: UnsafeMutableRawBufferPointer, logical: UInt64, pointer: BlockPointer,
-        sealer: BlockSealer
+        sealer: BlockSealer, keepingCiphertext: Bool
     ) throws(PoolError) {
         let ad = AssociatedData.data(
             pool: pool.poolID, volume: id, block: LogicalBlock(logical), salt: pointer.salt, counter: pointer.counter)
+        if !keepingCiphertext, sealed.baseAddress == UnsafeRawPointer(region.baseAddress) {
+            do throws(SealError) {
+                try sealer.openInPlace(region, tag: pointer.tag, counter: pointer.counter, associatedData: ad)
+                return
+            } catch {
+                throw .storage(.io(operation: "volume \(name) block \(logical) did not open in place, to be read again", errno: EIO))
+            }
+        }
         do throws(SealError) {
             try sealer.open(sealed, into: region, tag: pointer.tag, counter: pointer.counter, associatedData: ad)
             return

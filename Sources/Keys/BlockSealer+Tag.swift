@@ -29,6 +29,18 @@ extension BlockSealer {
         }
     }
 
+    /// Opens `buffer` in place keeping no copy of the ciphertext: zeroed
+    /// on failure, as with the buffer form.
+    public func openInPlace(
+        _ buffer: UnsafeMutableRawBufferPointer, tag: BlockTag, counter: NonceCounter, associatedData: AssociatedBytes
+    ) throws(SealError) {
+        try tag.withUnsafeBytes { (tagBytes) throws(SealError) in
+            try associatedData.withUnsafeBytes { (ad) throws(SealError) in
+                try openInPlace(buffer, tag: tagBytes, counter: counter, associatedData: ad)
+            }
+        }
+    }
+
     /// Seals a whole block image (metadata); returns the ciphertext and its tag.
     public func seal(_ plaintext: [UInt8], counter: NonceCounter, associatedData: AssociatedBytes) -> (ciphertext: [UInt8], tag: BlockTag) {
         var ciphertext = [UInt8](repeating: 0, count: plaintext.count)

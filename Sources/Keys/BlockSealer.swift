@@ -50,6 +50,19 @@ public struct BlockSealer: Sendable {
         guard opened else { throw SealError() }
     }
 
+    /// Opens `buffer` in place without keeping a copy of its ciphertext:
+    /// faster than `open(_:into:...)` in place, but a failure leaves the
+    /// buffer zeroed, so the caller must read the block again to report it.
+    public func openInPlace(
+        _ buffer: UnsafeMutableRawBufferPointer, tag: UnsafeRawBufferPointer, counter: NonceCounter,
+        associatedData: UnsafeRawBufferPointer
+    ) throws(SealError) {
+        let opened = Self.withNonce(counter) { nonce in
+            context.openInPlace(nonce: nonce, associatedData: associatedData, buffer: buffer, tag: tag)
+        }
+        guard opened else { throw SealError() }
+    }
+
     /// Seals `plaintext`; returns the ciphertext (same length) and the 16-byte tag.
     public func seal(_ plaintext: some DataProtocol, counter: NonceCounter, associatedData: [UInt8]) -> (ciphertext: [UInt8], tag: [UInt8]) {
         let input = Array(plaintext)

@@ -97,6 +97,25 @@ final class GCMContext: @unchecked Sendable {
         }
     }
 
+    /// Decrypts `buffer` in place and checks `tag`, with no copy kept: on
+    /// failure the buffer is zeroed, the ciphertext gone. For callers that
+    /// can read the block again to report a failure (`open` keeps it, at
+    /// the cost of copying every block first).
+    func openInPlace(
+        nonce: UnsafeRawBufferPointer, associatedData: UnsafeRawBufferPointer, buffer: UnsafeMutableRawBufferPointer,
+        tag: UnsafeRawBufferPointer
+    ) -> Bool {
+        precondition(nonce.count == Self.nonceLength)
+        guard tag.count == Self.tagLength,
+            openApart(nonce: nonce, associatedData: associatedData, input: UnsafeRawBufferPointer(buffer), output: buffer, tag: tag)
+        else {
+            // BoringSSL zeroes a failed open's output; this does not rely on it.
+            buffer.initializeMemory(as: UInt8.self, repeating: 0)
+            return false
+        }
+        return true
+    }
+
     /// An in-place open (`output` is `input`) through `copy`, which has
     /// `input`'s length and is apart from it.
     private func openFromCopy(
@@ -116,13 +135,14 @@ final class GCMContext: @unchecked Sendable {
     /// The largest in-place open whose ciphertext copy goes on the stack.
     static var stackCopyLimit: Int { StackCopy.count }
 
-    /// `open` into memory apart from `input`: zeroed on failure.
+    /// `open` into memory apart from `input`, or exactly `input`'s memory
+    /// (BoringSSL allows both): zeroed on failure.
     private func openApart(
         nonce: UnsafeRawBufferPointer, associatedData: UnsafeRawBufferPointer, input: UnsafeRawBufferPointer,
         output: UnsafeMutableRawBufferPointer, tag: UnsafeRawBufferPointer
     ) -> Bool {
         // SAFETY: every pointer is valid for the length passed with it, and
-        // `output` does not overlap `input`.
+        // `output` is `input` or does not overlap it.
         CCryptoBoringSSL_EVP_AEAD_CTX_open_gather(
             context, bytes(output), bytes(nonce), nonce.count, bytes(input), input.count, bytes(tag), tag.count,
             bytes(associatedData), associatedData.count) == 1

@@ -129,6 +129,37 @@ import Testing
         #expect(!openedBad && kept == sealed.ciphertext)
     }
 
+    /// An in-place open that keeps no copy gives the plaintext back, or
+    /// zeroes the buffer when the tag, the data or the associated data is
+    /// wrong (the fast path then reads the block again to report it).
+    @Test(arguments: [1, 4096, 3 * 4096])
+    func inPlaceOpenWithoutACopyZeroesOnFailure(size: Int) {
+        let context = GCMContext(key: key)
+        let data = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 5) }
+        let sealed = seal(context, data, ad: [4])
+        func openInPlace(_ ciphertext: [UInt8], tag: [UInt8], ad: [UInt8]) -> (Bool, [UInt8]) {
+            var buffer = ciphertext
+            let opened = nonce.withUnsafeBytes { nonce in
+                ad.withUnsafeBytes { ad in
+                    tag.withUnsafeBytes { tag in
+                        buffer.withUnsafeMutableBytes { buffer in context.openInPlace(nonce: nonce, associatedData: ad, buffer: buffer, tag: tag) }
+                    }
+                }
+            }
+            return (opened, buffer)
+        }
+        let (opened, plain) = openInPlace(sealed.ciphertext, tag: sealed.tag, ad: [4])
+        #expect(opened && plain == data)
+        var badTag = sealed.tag
+        badTag[15] ^= 1
+        var badData = sealed.ciphertext
+        badData[size / 2] ^= 0x10
+        for (ciphertext, tag, ad) in [(sealed.ciphertext, badTag, [UInt8(4)]), (badData, sealed.tag, [4]), (sealed.ciphertext, sealed.tag, [5])] {
+            let (openedBad, left) = openInPlace(ciphertext, tag: tag, ad: ad)
+            #expect(!openedBad && left.allSatisfy { $0 == 0 })
+        }
+    }
+
     /// Many threads share one sealer, and so one AEAD context (the crypt
     /// domain's request threads do, with no lock); every block they seal
     /// opens and matches a single-threaded seal.
