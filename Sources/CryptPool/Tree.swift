@@ -139,8 +139,53 @@ extension Pool {
                 (pointer, level, first) throws(PoolError) in try loadNode(pointer, tree: tree, level: level, firstIndex: first)
             }
         }
-        return try collect(root, tree: tree, level: tree.depth, firstIndex: 0, range: range, into: &result, at: &next) {
-            pointer, _, _ in nodeCache.get(pointer)
+        return cachedLookup(root: root, depth: tree.depth, range: range, into: &result, at: position)
+    }
+
+    /// The cached-only `lookup`, without copying a node out of the cache:
+    /// for each leaf (or unwritten subtree) under `range`, one walk down
+    /// takes single children (`NodeCache.children`), then the leaf's share
+    /// of the range is copied straight into `result`. False when a node on
+    /// the way is not cached, or the range runs past the tree (which the
+    /// synchronous lookup then reports).
+    private func cachedLookup(
+        root: BlockPointer, depth: Int, range: Range<UInt64>, into result: inout [BlockPointer], at position: Int
+    ) -> Bool {
+        precondition(position >= 0 && position + range.count <= result.count)
+        let fanOut = UInt64(PoolLayout.fanOut)
+        return result.withUnsafeMutableBufferPointer { output in
+            var index = range.lowerBound
+            var next = position
+            while index < range.upperBound {
+                var pointer = root
+                var first: UInt64 = 0
+                var level = depth
+                // Down to the leaf holding `index`, or the unwritten subtree.
+                while level > 1, !pointer.isNull {
+                    let slot = (index - first) / childSpan(level: level)
+                    guard slot < fanOut,
+                        nodeCache.children(of: pointer, Int(slot)..<(Int(slot) + 1), into: UnsafeMutableBufferPointer(rebasing: output[next..<(next + 1)]))
+                    else { return false }
+                    pointer = output[next]
+                    first += slot * childSpan(level: level)
+                    level -= 1
+                }
+                // `pointer` covers `childSpan(level) * fanOut` units from `first`.
+                let (covered, overflow) = childSpan(level: level).multipliedReportingOverflow(by: fanOut)
+                let (end, pastEnd) = first.addingReportingOverflow(covered)
+                let stop = overflow || pastEnd ? range.upperBound : Swift.min(range.upperBound, end)
+                let count = Int(stop - index)
+                let target = UnsafeMutableBufferPointer(rebasing: output[next..<(next + count)])
+                if pointer.isNull {
+                    target.update(repeating: .null)
+                } else {
+                    let slot = Int(index - first)
+                    guard slot + count <= PoolLayout.fanOut, nodeCache.children(of: pointer, slot..<(slot + count), into: target) else { return false }
+                }
+                next += count
+                index = stop
+            }
+            return true
         }
     }
 

@@ -25,6 +25,26 @@ import Testing
             let batch = try pool.lookup(root: root, tree: tree, range: range)
             #expect(batch == single, "range \(range)")
         }
+        // The cached-only lookup (the fast path's) gives the same, at any
+        // position of the result, once the nodes are cached; and nothing
+        // when a node on the way is not.
+        let sentinel = BlockPointer(block: 99, salt: .zero, counter: NonceCounter(rawValue: 9), generation: 9, tag: .zero)
+        for range in ranges {
+            var cached = [BlockPointer](repeating: sentinel, count: range.count + 3)
+            #expect(try pool.lookup(root: root, tree: tree, range: range, cachedOnly: true, into: &cached, at: 2))
+            #expect(Array(cached[2..<(2 + range.count)]) == (try pool.lookup(root: root, tree: tree, range: range)), "cached range \(range)")
+            #expect(cached[0] == sentinel && cached[1] == sentinel && cached.last == sentinel, "cached range \(range) wrote outside its place")
+        }
+        var unused = [BlockPointer](repeating: .null, count: 2)
+        #expect(try !pool.lookup(root: root, tree: tree, range: 262_143..<262_145, cachedOnly: true, into: &unused, at: 0))
+        let middle = try pool.loadNode(root, tree: tree, level: 3, firstIndex: 0).children[0]
+        let leaf = try pool.loadNode(middle, tree: tree, level: 2, firstIndex: 0).children[1]
+        pool.nodeCache.remove(leaf)
+        var missing = [BlockPointer](repeating: .null, count: 10)
+        #expect(try !pool.lookup(root: root, tree: tree, range: 60..<70, cachedOnly: true, into: &missing, at: 0), "a leaf not cached")
+        #expect(try pool.lookup(root: root, tree: tree, range: 200..<210, cachedOnly: true, into: &missing, at: 0), "an unwritten subtree needs no leaf")
+        #expect(missing == Array(repeating: .null, count: 10))
+
         let all = try pool.lookup(root: root, tree: tree, range: 0..<32_768)
         #expect(all.enumerated().filter { !$0.element.isNull }.map { UInt64($0.offset) } == written)
         #expect(try pool.lookup(root: .null, tree: tree, range: 10..<20) == Array(repeating: .null, count: 10))
