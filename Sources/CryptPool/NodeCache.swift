@@ -4,9 +4,9 @@ import Threads
 /// Authenticated, decoded tree nodes, bounded in count. An entry matches
 /// only the whole pointer it was put with (block, session, counter, tag),
 /// so a block that is freed and rewritten never hits an old entry; the
-/// index hashes just the block number, one slot per block, since hashing
-/// the 64-byte pointer at every level of every lookup cost more than the
-/// comparison.
+/// index (`BlockSlotTable`) hashes just the block number, one slot per
+/// block, since hashing the 64-byte pointer at every level of every lookup
+/// cost more than the comparison.
 ///
 /// Eviction is CLOCK (second chance): a node used (got) since the hand last
 /// passed it is spared once, so the upper levels, used by every lookup, and
@@ -17,7 +17,7 @@ import Threads
 /// used, and every miss sends a request down the synchronous path.
 final class NodeCache: Sendable {
     private struct Entries {
-        var slots: [PhysicalBlock: Int] = [:]
+        var slots: BlockSlotTable
         // Parallel arrays indexed by slot.
         var keys: [BlockPointer] = []
         var nodes: [TreeNode] = []
@@ -45,10 +45,13 @@ final class NodeCache: Sendable {
         }
     }
 
-    private let entries = Guarded(Entries())
+    private let entries: Guarded<Entries>
     let capacity: Int
 
-    init(capacity: Int) { self.capacity = max(capacity, 16) }
+    init(capacity: Int) {
+        self.capacity = max(capacity, 16)
+        entries = Guarded(Entries(slots: BlockSlotTable(capacity: self.capacity)))
+    }
 
     func get(_ pointer: BlockPointer) -> TreeNode? {
         entries.withLock { entries in
