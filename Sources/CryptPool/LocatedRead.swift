@@ -69,14 +69,15 @@ struct LocatedRead: @unchecked Sendable {
         guard spans.count < requests.count else { return }
         requests.removeAll(keepingCapacity: true)
         let blockSize = Int(Volume.blockSize)
-        let stagedBlocks = spans.reduce(0) { $0 + (isDirect($1, order) ? 0 : Int($1.blocks)) }
+        let direct = spans.map { isDirect($0, order) }
+        let stagedBlocks = zip(spans, direct).reduce(0) { $0 + ($1.1 ? 0 : Int($1.0.blocks)) }
         let buffer = StagingBuffer(byteCount: stagedBlocks * blockSize)
         stagedAt = [Int](repeating: -1, count: blocks.count)
         var offset = 0
-        for span in spans {
+        for (span, isDirect) in zip(spans, direct) {
             let members = order[span.members]
             let start = blocks[members.first!].pointer.block
-            if isDirect(span, order) {
+            if isDirect {
                 requests.append(directRequest(members.first!..<(members.first! + members.count)))
                 continue
             }

@@ -24,10 +24,13 @@ final class NodeCache: Sendable {
         var used: [Bool] = []
         var hand = 0
 
-        /// Marks a slot used, writing only when it is not: the upper levels
-        /// are got by every lookup on every thread.
-        mutating func markUsed(_ slot: Int) {
+        /// The slot holding exactly `pointer`, marked used; nil if none.
+        mutating func usedSlot(of pointer: BlockPointer) -> Int? {
+            guard let slot = slots[pointer.block], keys[slot] == pointer else { return nil }
+            // Written only when not marked: the upper levels are got by
+            // every lookup on every thread.
             if !used[slot] { used[slot] = true }
+            return slot
         }
 
         /// The slot to reuse: the first one from the hand on not used since
@@ -55,9 +58,7 @@ final class NodeCache: Sendable {
 
     func get(_ pointer: BlockPointer) -> TreeNode? {
         entries.withLock { entries in
-            guard let slot = entries.slots[pointer.block], entries.keys[slot] == pointer else { return nil }
-            entries.markUsed(slot)
-            return entries.nodes[slot]
+            entries.usedSlot(of: pointer).map { entries.nodes[$0] }
         }
     }
 
@@ -67,8 +68,7 @@ final class NodeCache: Sendable {
     func children(of pointer: BlockPointer, _ range: Range<Int>, into: UnsafeMutableBufferPointer<BlockPointer>) -> Bool {
         precondition(range.lowerBound >= 0 && range.upperBound <= PoolLayout.fanOut && range.count <= into.count)
         return entries.withLock { entries in
-            guard let slot = entries.slots[pointer.block], entries.keys[slot] == pointer else { return false }
-            entries.markUsed(slot)
+            guard let slot = entries.usedSlot(of: pointer) else { return false }
             // SAFETY: `slot` indexes `nodes`, and every node has `fanOut` children.
             entries.nodes.withUnsafeBufferPointer { nodes in
                 nodes[slot].children.withUnsafeBufferPointer { children in

@@ -103,10 +103,10 @@ struct SpaceMap {
 
     /// Fills `result` up to `count` with free blocks near `hint`: the
     /// first ones at or after it, within `hintSearchWords` words, else the
-    /// last ones before it, as far back. Overwrites thus land just after
-    /// their logical predecessor (the hint is the block after its place),
-    /// in logical order, and a later sequential read of them costs one
-    /// storage request per neighbourhood, not one per block.
+    /// last ones before it, as far back. Overwrites thus land beside the
+    /// place their neighbours chose (`Volume.placementHint`), and a later
+    /// sequential read of them costs one storage request per
+    /// neighbourhood, not one per block.
     private mutating func takeNearest(_ count: Int, to hint: PhysicalBlock, into result: inout [PhysicalBlock]) {
         let home = Int(hint / 64)
         let lastWord = min(home + Self.hintSearchWords, words.count - 1)
@@ -119,24 +119,21 @@ struct SpaceMap {
         for index in (firstWord...home).reversed() {
             var free = freeBits(from: UInt64(index) * 64)
             if index == home { free &= (1 << (hint % 64)) - 1 }
-            // The highest first: the nearest to the hint.
-            while free != 0, result.count < count {
-                let bit = UInt64(63 - free.leadingZeroBitCount)
-                free &= ~(1 << bit)
-                words[index] |= 1 << bit
-                result.append(UInt64(index) * 64 + bit)
-            }
+            take(from: index, bits: free, count: count, highestFirst: true, into: &result)
             if result.count == count { return }
         }
     }
 
-    /// Marks used and appends the set `bits` of word `index`, lowest first,
-    /// until `result` holds `count` blocks.
-    private mutating func take(from index: Int, bits: UInt64, count: Int, into result: inout [PhysicalBlock]) {
+    /// Marks used and appends the set `bits` of word `index`, lowest first
+    /// (or highest, the nearest to a hint above them), until `result`
+    /// holds `count` blocks.
+    private mutating func take(
+        from index: Int, bits: UInt64, count: Int, highestFirst: Bool = false, into result: inout [PhysicalBlock]
+    ) {
         var free = bits
         while free != 0, result.count < count {
-            let bit = UInt64(free.trailingZeroBitCount)
-            free &= free - 1
+            let bit = highestFirst ? UInt64(63 - free.leadingZeroBitCount) : UInt64(free.trailingZeroBitCount)
+            free &= ~(1 << bit)
             words[index] |= 1 << bit
             result.append(UInt64(index) * 64 + bit)
         }

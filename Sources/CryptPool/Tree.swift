@@ -95,34 +95,51 @@ extension Pool {
     func cachedNeighbourhood(
         root: BlockPointer, depth: Int, index: UInt64
     ) -> (previous: BlockPointer?, current: BlockPointer?, next: BlockPointer?) {
+        guard let leaf = cachedLeaf(root: root, depth: depth, index: index) else { return (nil, nil, nil) }
+        // An unwritten subtree: every unit under it is unwritten.
+        if leaf.pointer.isNull { return (.null, .null, .null) }
+        let at = Int(index - leaf.first)
+        let wanted = Swift.max(at - 1, 0)..<Swift.min(at + 2, PoolLayout.fanOut)
+        // The children wanted, copied out of the leaf: on the stack.
+        var found = InlineArray<3, BlockPointer>(repeating: .null)
+        var span = found.mutableSpan
+        return span.withUnsafeMutableBufferPointer { children in
+            guard nodeCache.children(of: leaf.pointer, wanted, into: children) else { return (nil, nil, nil) }
+            let own = at - wanted.lowerBound
+            return (at > 0 ? children[0] : nil, children[own], own + 1 < wanted.count ? children[own + 1] : nil)
+        }
+    }
+
+    /// The leaf node (level 1) holding unit `index` of a checkpointed tree,
+    /// or the unwritten subtree holding it (a null pointer), with the first
+    /// unit it covers and how many, reached through cached nodes only,
+    /// taking one child a level out of the cache (`NodeCache.children`);
+    /// nil when a node on the way is not cached or `index` lies past the
+    /// tree. The one walk down of the fast path's lookups.
+    private func cachedLeaf(root: BlockPointer, depth: Int, index: UInt64) -> (pointer: BlockPointer, first: UInt64, units: UInt64)? {
         let fanOut = UInt64(PoolLayout.fanOut)
         var pointer = root
         var first: UInt64 = 0
         var level = depth
-        // The children wanted, copied out of a node: on the stack.
-        var found = InlineArray<3, BlockPointer>(repeating: .null)
-        var span = found.mutableSpan
-        return span.withUnsafeMutableBufferPointer { children in
-            while level >= 1 {
-                // A null subtree: every unit under it is unwritten.
-                if pointer.isNull { return (.null, .null, .null) }
-                let span = childSpan(level: level)
-                let slot = (index - first) / span
-                guard index >= first, slot < fanOut else { return (nil, nil, nil) }
-                let at = Int(slot)
-                if level == 1 {
-                    let wanted = Swift.max(at - 1, 0)..<Swift.min(at + 2, PoolLayout.fanOut)
-                    guard nodeCache.children(of: pointer, wanted, into: children) else { return (nil, nil, nil) }
-                    let own = at - wanted.lowerBound
-                    return (at > 0 ? children[0] : nil, children[own], own + 1 < wanted.count ? children[own + 1] : nil)
-                }
-                guard nodeCache.children(of: pointer, at..<(at + 1), into: children) else { return (nil, nil, nil) }
-                pointer = children[0]
-                first += slot * span
-                level -= 1
+        var child = BlockPointer.null
+        while level > 1, !pointer.isNull {
+            let span = childSpan(level: level)
+            let slot = (index - first) / span
+            guard slot < fanOut else { return nil }
+            let copied = withUnsafeMutablePointer(to: &child) { child in
+                nodeCache.children(of: pointer, Int(slot)..<(Int(slot) + 1), into: UnsafeMutableBufferPointer(start: child, count: 1))
             }
-            return (nil, nil, nil)
+            guard copied else { return nil }
+            pointer = child
+            first += slot * span
+            level -= 1
         }
+        // A node at `level` covers `childSpan(level) * fanOut` units; the
+        // root of a deep tree may cover more than a UInt64 counts.
+        let (covered, overflow) = childSpan(level: level).multipliedReportingOverflow(by: fanOut)
+        let units = overflow ? UInt64.max - first : Swift.min(covered, UInt64.max - first)
+        guard index - first < units else { return nil }
+        return (pointer, first, units)
     }
 
     /// Writes the pointers of `range` over `result[position...]`, as
@@ -144,43 +161,27 @@ extension Pool {
 
     /// The cached-only `lookup`, without copying a node out of the cache:
     /// for each leaf (or unwritten subtree) under `range`, one walk down
-    /// takes single children (`NodeCache.children`), then the leaf's share
-    /// of the range is copied straight into `result`. False when a node on
-    /// the way is not cached, or the range runs past the tree (which the
-    /// synchronous lookup then reports).
+    /// (`cachedLeaf`), then the leaf's share of the range is copied
+    /// straight into `result`. False when a node on the way is not cached,
+    /// or the range runs past the tree (which the synchronous lookup then
+    /// reports).
     private func cachedLookup(
         root: BlockPointer, depth: Int, range: Range<UInt64>, into result: inout [BlockPointer], at position: Int
     ) -> Bool {
         precondition(position >= 0 && position + range.count <= result.count)
-        let fanOut = UInt64(PoolLayout.fanOut)
         return result.withUnsafeMutableBufferPointer { output in
             var index = range.lowerBound
             var next = position
             while index < range.upperBound {
-                var pointer = root
-                var first: UInt64 = 0
-                var level = depth
-                // Down to the leaf holding `index`, or the unwritten subtree.
-                while level > 1, !pointer.isNull {
-                    let slot = (index - first) / childSpan(level: level)
-                    guard slot < fanOut,
-                        nodeCache.children(of: pointer, Int(slot)..<(Int(slot) + 1), into: UnsafeMutableBufferPointer(rebasing: output[next..<(next + 1)]))
-                    else { return false }
-                    pointer = output[next]
-                    first += slot * childSpan(level: level)
-                    level -= 1
-                }
-                // `pointer` covers `childSpan(level) * fanOut` units from `first`.
-                let (covered, overflow) = childSpan(level: level).multipliedReportingOverflow(by: fanOut)
-                let (end, pastEnd) = first.addingReportingOverflow(covered)
-                let stop = overflow || pastEnd ? range.upperBound : Swift.min(range.upperBound, end)
+                guard let leaf = cachedLeaf(root: root, depth: depth, index: index) else { return false }
+                let stop = Swift.min(range.upperBound, leaf.first + leaf.units)
                 let count = Int(stop - index)
                 let target = UnsafeMutableBufferPointer(rebasing: output[next..<(next + count)])
-                if pointer.isNull {
+                if leaf.pointer.isNull {
                     target.update(repeating: .null)
                 } else {
-                    let slot = Int(index - first)
-                    guard slot + count <= PoolLayout.fanOut, nodeCache.children(of: pointer, slot..<(slot + count), into: target) else { return false }
+                    let slot = Int(index - leaf.first)
+                    guard nodeCache.children(of: leaf.pointer, slot..<(slot + count), into: target) else { return false }
                 }
                 next += count
                 index = stop
