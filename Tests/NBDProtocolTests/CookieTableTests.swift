@@ -62,8 +62,29 @@ struct CookieTableTests {
             }
         }
         #expect(table.count == Int(window))
-        #expect(table.states.count <= 4 * Int(window))
+        #expect(table.states.count <= 2 * CookieTable<UInt64>.sparseness * Int(window))
         #expect(table[30_000 - window] == nil && table[30_000 - window + 1] != nil)
+    }
+
+    /// A window of 32 (a queue depth of 32): a rebuild leaves the entries
+    /// an eighth of the table at most, so the markers every reply leaves
+    /// take many requests to bring on the next one, where a table kept
+    /// half full was rebuilt every 16 requests.
+    @Test func rebuildsOfASmallWindowAreFarApart() {
+        var table = CookieTable<UInt64>()
+        var rebuilds = 0
+        let window: UInt64 = 32
+        for cookie: UInt64 in 1...20_000 {
+            let before = (table.states.count, table.removedCount)
+            table.insert(cookie, for: cookie)
+            // A rebuild clears the markers; an insertion alone removes at most one.
+            if table.removedCount < before.1 - 1 || table.states.count != before.0 { rebuilds += 1 }
+            if cookie > window { table.removeValue(for: cookie - window) }
+        }
+        #expect(table.states.count >= CookieTable<UInt64>.sparseness * Int(window))
+        // Each rebuild is followed by at least (3/4 - 1/8) of the table's insertions.
+        #expect(rebuilds <= 20_000 / 150)
+        #expect(rebuilds >= 2)
     }
 
     /// Cookies a hostile server sends are only looked up: every lookup of

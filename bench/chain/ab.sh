@@ -26,7 +26,7 @@ mkdir -p "$W/state" "$W/vols"; bh_keyfile "$W/key"
 truncate -s "$(bh_pool_bytes "$vbytes" 300 256)" "$W/pool.img"
 bh_format "$W/pool.img" "$W/key" "$W/state"
 bh_create "$W/pool.img" "$W/key" "$W/state" v "$vbytes"
-"$A/bulkhead-storaged" --listen "unix:$W/st.sock" --export "pool=$W/pool.img" --log-level warning --inline &
+"$A/bulkhead-storaged" --listen "unix:$W/st.sock" --export "pool=$W/pool.img" --log-level warning &
 SP=$!; PIDS+=("$SP")
 bh_wait_nbd "nbd+unix:///?socket=$W/st.sock" 30
 uri="nbd+unix:///?socket=$W/vols/v.sock"
