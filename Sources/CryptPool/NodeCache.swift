@@ -16,62 +16,51 @@ import Threads
 /// tree fits the cache kept missing after another volume's tree had been
 /// used, and every miss sends a request down the synchronous path.
 final class NodeCache: Sendable {
-    private struct Entries {
-        var slots: BlockSlotTable
-        // Parallel arrays indexed by slot.
-        var keys: [BlockPointer] = []
-        var nodes: [TreeNode] = []
-        var used: [Bool] = []
-        var hand = 0
+    /// One cached node: its pointer, the node, and its CLOCK mark, side by
+    /// side, so that a lookup's comparison and mark touch one place.
+    fileprivate struct Entry {
+        var key: BlockPointer
+        var node: TreeNode
+        var used: Bool
+    }
+
+    /// The cache's contents, reached only under its lock (`locked`).
+    struct Contents {
+        fileprivate var slots: BlockSlotTable
+        fileprivate var entries: [Entry] = []
+        fileprivate var hand = 0
 
         /// The slot holding exactly `pointer`, marked used; nil if none.
-        mutating func usedSlot(of pointer: BlockPointer) -> Int? {
-            guard let slot = slots[pointer.block], keys[slot] == pointer else { return nil }
+        fileprivate mutating func usedSlot(of pointer: BlockPointer) -> Int? {
+            guard let slot = slots[pointer.block], entries[slot].key == pointer else { return nil }
             // Written only when not marked: the upper levels are got by
             // every lookup on every thread.
-            if !used[slot] { used[slot] = true }
+            if !entries[slot].used { entries[slot].used = true }
             return slot
         }
 
         /// The slot to reuse: the first one from the hand on not used since
         /// the hand last passed, clearing the marks it passes.
-        mutating func victim() -> Int {
+        fileprivate mutating func victim() -> Int {
             while true {
-                if hand >= keys.count { hand = 0 }
-                if !used[hand] {
+                if hand >= entries.count { hand = 0 }
+                if !entries[hand].used {
                     defer { hand += 1 }
                     return hand
                 }
-                used[hand] = false
+                entries[hand].used = false
                 hand += 1
             }
         }
-    }
 
-    private let entries: Guarded<Entries>
-    let capacity: Int
-
-    init(capacity: Int) {
-        self.capacity = max(capacity, 16)
-        entries = Guarded(Entries(slots: BlockSlotTable(capacity: self.capacity)))
-    }
-
-    func get(_ pointer: BlockPointer) -> TreeNode? {
-        entries.withLock { entries in
-            entries.usedSlot(of: pointer).map { entries.nodes[$0] }
-        }
-    }
-
-    /// Children `range` of the node cached for `pointer`, copied out into
-    /// `into` under the cache's lock without retaining the node; false when
-    /// it is not cached.
-    func children(of pointer: BlockPointer, _ range: Range<Int>, into: UnsafeMutableBufferPointer<BlockPointer>) -> Bool {
-        precondition(range.lowerBound >= 0 && range.upperBound <= PoolLayout.fanOut && range.count <= into.count)
-        return entries.withLock { entries in
-            guard let slot = entries.usedSlot(of: pointer) else { return false }
-            // SAFETY: `slot` indexes `nodes`, and every node has `fanOut` children.
-            entries.nodes.withUnsafeBufferPointer { nodes in
-                nodes[slot].children.withUnsafeBufferPointer { children in
+        /// Copies children `range` of the node cached for `pointer` into
+        /// `into`; false when it is not cached.
+        mutating func children(of pointer: BlockPointer, _ range: Range<Int>, into: UnsafeMutableBufferPointer<BlockPointer>) -> Bool {
+            precondition(range.lowerBound >= 0 && range.upperBound <= PoolLayout.fanOut && range.count <= into.count)
+            guard let slot = usedSlot(of: pointer) else { return false }
+            // SAFETY: `slot` indexes `entries`, and every node has `fanOut` children.
+            entries.withUnsafeBufferPointer { entries in
+                entries[slot].node.children.withUnsafeBufferPointer { children in
                     for (offset, index) in range.enumerated() { into[offset] = children[index] }
                 }
             }
@@ -79,25 +68,48 @@ final class NodeCache: Sendable {
         }
     }
 
+    private let entries: Guarded<Contents>
+    let capacity: Int
+
+    init(capacity: Int) {
+        self.capacity = max(capacity, 16)
+        entries = Guarded(Contents(slots: BlockSlotTable(capacity: self.capacity)))
+    }
+
+    func get(_ pointer: BlockPointer) -> TreeNode? {
+        entries.withLock { entries in
+            entries.usedSlot(of: pointer).map { entries.entries[$0].node }
+        }
+    }
+
+    /// Children `range` of the node cached for `pointer`, copied out into
+    /// `into` under the cache's lock without retaining the node; false when
+    /// it is not cached.
+    func children(of pointer: BlockPointer, _ range: Range<Int>, into: UnsafeMutableBufferPointer<BlockPointer>) -> Bool {
+        entries.withLock { $0.children(of: pointer, range, into: into) }
+    }
+
+    /// Runs `body` with the cache locked: a walk down several levels
+    /// takes the lock once rather than once a level.
+    func locked<R>(_ body: (inout Contents) -> R) -> R {
+        entries.withLock { body(&$0) }
+    }
+
     func put(_ pointer: BlockPointer, _ node: TreeNode) {
         entries.withLock { entries in
             if let slot = entries.slots[pointer.block] {
                 // The same node again, or its block rewritten: the old
                 // pointer no longer names anything live.
-                entries.keys[slot] = pointer
-                entries.nodes[slot] = node
-            } else if entries.keys.count >= capacity {
+                entries.entries[slot].key = pointer
+                entries.entries[slot].node = node
+            } else if entries.entries.count >= capacity {
                 let slot = entries.victim()
-                entries.slots[entries.keys[slot].block] = nil
-                entries.keys[slot] = pointer
-                entries.nodes[slot] = node
-                entries.used[slot] = false
+                entries.slots[entries.entries[slot].key.block] = nil
+                entries.entries[slot] = Entry(key: pointer, node: node, used: false)
                 entries.slots[pointer.block] = slot
             } else {
-                entries.slots[pointer.block] = entries.keys.count
-                entries.keys.append(pointer)
-                entries.nodes.append(node)
-                entries.used.append(false)
+                entries.slots[pointer.block] = entries.entries.count
+                entries.entries.append(Entry(key: pointer, node: node, used: false))
             }
         }
     }
@@ -105,20 +117,16 @@ final class NodeCache: Sendable {
     /// Drops a node no tree names any more (replaced by a checkpoint).
     func remove(_ pointer: BlockPointer) {
         entries.withLock { entries in
-            guard let slot = entries.slots[pointer.block], entries.keys[slot] == pointer else { return }
+            guard let slot = entries.slots[pointer.block], entries.entries[slot].key == pointer else { return }
             entries.slots[pointer.block] = nil
-            let last = entries.keys.count - 1
+            let last = entries.entries.count - 1
             if slot != last {
-                entries.keys[slot] = entries.keys[last]
-                entries.nodes[slot] = entries.nodes[last]
-                entries.used[slot] = entries.used[last]
-                entries.slots[entries.keys[slot].block] = slot
+                entries.entries.swapAt(slot, last)
+                entries.slots[entries.entries[slot].key.block] = slot
             }
-            entries.keys.removeLast()
-            entries.nodes.removeLast()
-            entries.used.removeLast()
+            entries.entries.removeLast()
         }
     }
 
-    var count: Int { entries.withLock { $0.keys.count } }
+    var count: Int { entries.withLock { $0.entries.count } }
 }

@@ -95,18 +95,20 @@ extension Pool {
     func cachedNeighbourhood(
         root: BlockPointer, depth: Int, index: UInt64
     ) -> (previous: BlockPointer?, current: BlockPointer?, next: BlockPointer?) {
-        guard let leaf = cachedLeaf(root: root, depth: depth, index: index) else { return (nil, nil, nil) }
-        // An unwritten subtree: every unit under it is unwritten.
-        if leaf.pointer.isNull { return (.null, .null, .null) }
-        let at = Int(index - leaf.first)
-        let wanted = Swift.max(at - 1, 0)..<Swift.min(at + 2, PoolLayout.fanOut)
-        // The children wanted, copied out of the leaf: on the stack.
-        var found = InlineArray<3, BlockPointer>(repeating: .null)
-        var span = found.mutableSpan
-        return span.withUnsafeMutableBufferPointer { children in
-            guard nodeCache.children(of: leaf.pointer, wanted, into: children) else { return (nil, nil, nil) }
-            let own = at - wanted.lowerBound
-            return (at > 0 ? children[0] : nil, children[own], own + 1 < wanted.count ? children[own + 1] : nil)
+        nodeCache.locked { cache in
+            guard let leaf = cachedLeaf(root: root, depth: depth, index: index, in: &cache) else { return (nil, nil, nil) }
+            // An unwritten subtree: every unit under it is unwritten.
+            if leaf.pointer.isNull { return (.null, .null, .null) }
+            let at = Int(index - leaf.first)
+            let wanted = Swift.max(at - 1, 0)..<Swift.min(at + 2, PoolLayout.fanOut)
+            // The children wanted, copied out of the leaf: on the stack.
+            var found = InlineArray<3, BlockPointer>(repeating: .null)
+            var span = found.mutableSpan
+            return span.withUnsafeMutableBufferPointer { children in
+                guard cache.children(of: leaf.pointer, wanted, into: children) else { return (nil, nil, nil) }
+                let own = at - wanted.lowerBound
+                return (at > 0 ? children[0] : nil, children[own], own + 1 < wanted.count ? children[own + 1] : nil)
+            }
         }
     }
 
@@ -115,8 +117,11 @@ extension Pool {
     /// unit it covers and how many, reached through cached nodes only,
     /// taking one child a level out of the cache (`NodeCache.children`);
     /// nil when a node on the way is not cached or `index` lies past the
-    /// tree. The one walk down of the fast path's lookups.
-    private func cachedLeaf(root: BlockPointer, depth: Int, index: UInt64) -> (pointer: BlockPointer, first: UInt64, units: UInt64)? {
+    /// tree. The one walk down of the fast path's lookups, under the
+    /// cache's lock, taken once by the caller.
+    private func cachedLeaf(
+        root: BlockPointer, depth: Int, index: UInt64, in cache: inout NodeCache.Contents
+    ) -> (pointer: BlockPointer, first: UInt64, units: UInt64)? {
         let fanOut = UInt64(PoolLayout.fanOut)
         var pointer = root
         var first: UInt64 = 0
@@ -127,7 +132,7 @@ extension Pool {
             let slot = (index - first) / span
             guard slot < fanOut else { return nil }
             let copied = withUnsafeMutablePointer(to: &child) { child in
-                nodeCache.children(of: pointer, Int(slot)..<(Int(slot) + 1), into: UnsafeMutableBufferPointer(start: child, count: 1))
+                cache.children(of: pointer, Int(slot)..<(Int(slot) + 1), into: UnsafeMutableBufferPointer(start: child, count: 1))
             }
             guard copied else { return nil }
             pointer = child
@@ -170,24 +175,33 @@ extension Pool {
     ) -> Bool {
         precondition(position >= 0 && position + range.count <= result.count)
         return result.withUnsafeMutableBufferPointer { output in
-            var index = range.lowerBound
-            var next = position
-            while index < range.upperBound {
-                guard let leaf = cachedLeaf(root: root, depth: depth, index: index) else { return false }
-                let stop = Swift.min(range.upperBound, leaf.first + leaf.units)
-                let count = Int(stop - index)
-                let target = UnsafeMutableBufferPointer(rebasing: output[next..<(next + count)])
-                if leaf.pointer.isNull {
-                    target.update(repeating: .null)
-                } else {
-                    let slot = Int(index - leaf.first)
-                    guard nodeCache.children(of: leaf.pointer, slot..<(slot + count), into: target) else { return false }
-                }
-                next += count
-                index = stop
-            }
-            return true
+            nodeCache.locked { cache in cachedLookup(root: root, depth: depth, range: range, into: output, at: position, in: &cache) }
         }
+    }
+
+    /// `cachedLookup` with the cache locked: the walk for each leaf and
+    /// the copy of its share, without taking the lock again.
+    private func cachedLookup(
+        root: BlockPointer, depth: Int, range: Range<UInt64>, into output: UnsafeMutableBufferPointer<BlockPointer>, at position: Int,
+        in cache: inout NodeCache.Contents
+    ) -> Bool {
+        var index = range.lowerBound
+        var next = position
+        while index < range.upperBound {
+            guard let leaf = cachedLeaf(root: root, depth: depth, index: index, in: &cache) else { return false }
+            let stop = Swift.min(range.upperBound, leaf.first + leaf.units)
+            let count = Int(stop - index)
+            let target = UnsafeMutableBufferPointer(rebasing: output[next..<(next + count)])
+            if leaf.pointer.isNull {
+                target.update(repeating: .null)
+            } else {
+                let slot = Int(index - leaf.first)
+                guard cache.children(of: leaf.pointer, slot..<(slot + count), into: target) else { return false }
+            }
+            next += count
+            index = stop
+        }
+        return true
     }
 
     /// Writes the unit pointers of `range` under the node `pointer` at
