@@ -9,8 +9,15 @@ extension Pool {
     /// writes a new checkpoint: volume trees, volume table and pool object
     /// to new blocks, the space map into the region the durable checkpoint
     /// does not use, then the superblock (docs/format.md, section 7).
-    /// Callers hold the gate exclusively and serialise commits.
+    /// Callers serialise commits and hold the gate exclusively, unless
+    /// `besideIO`: then reads and writes go on while the checkpoint folds
+    /// and writes, and it takes the gate itself only to begin (so that no
+    /// write is half done when it takes its records and the space map) and
+    /// to switch to the new trees (so that no read still walks the old ones
+    /// when their blocks are freed). A volume table change needs the gate
+    /// throughout.
     func checkpoint(
+        besideIO: Bool = false,
         volumeTableChange: (inout [VolumeID: VolumeState], inout [PhysicalBlock]) throws(PoolError) -> Void = { _, _ in }
     ) throws(PoolError) {
         // The space map region this checkpoint overwrites is the one the
@@ -18,21 +25,16 @@ extension Pool {
         // superblock is durable, so a failed superblock write is retried first.
         try checkUsable()
         if let unsynced = state.withLock({ $0.unsyncedSuperblock }) { try writeSuperblock(unsynced) }
-        let (taken, releasedEarlier, generation, takenEpoch) = state.withLock { state in
-            // A rollover in the middle would be harmless but is avoided so
-            // one checkpoint seals under one session key.
-            if state.metadataCounter > maxSealsPerSessionKey - (1 << 24) { startSession(in: &state) }
-            let taken = (state.pending, state.releaseAfterCommit, state.generation + 1, state.pendingEpoch)
-            state.pending = []
-            state.releaseAfterCommit = []
-            state.pendingEpoch = nil
-            return taken
-        }
+        var start = besideIO ? gate.withExclusive { state.withLock(beginCheckpoint) } : state.withLock(beginCheckpoint)
+        let (taken, releasedEarlier, generation, takenEpoch) = (start.taken, start.releasedEarlier, start.generation, start.takenEpoch)
         var releases = releasedEarlier
         var writes = CheckpointWrites(epoch: storageEpoch)
         // Blocks this checkpoint allocated: released again if it fails
         // before the state switches to it, since nothing then refers to them.
         var allocated: [PhysicalBlock] = []
+        // Tree nodes the new trees replace: dropped from the node cache at
+        // the switch, while reads beside the checkpoint still walk them.
+        var retired: [BlockPointer] = []
         // The region this checkpoint rewrites, until its blocks are durable:
         // if the checkpoint fails before then, the region's blocks may hold
         // anything, so its image must not be trusted by the next checkpoint.
@@ -42,22 +44,26 @@ extension Pool {
         // records it folded in must not be logged again over it.
         var stateSwitched = false
         do throws(PoolError) {
-            var volumes = state.withLock { $0.volumes }
+            var volumes = start.volumes
+            start.volumes = [:]
             try volumeTableChange(&volumes, &releases)
 
             // Volume trees.
-            for (id, volume) in volumes where !volume.overlay.isEmpty {
+            for (id, fold) in start.folds {
+                guard let volume = volumes[id] else {
+                    // Deleted by the table change: its changes go with it.
+                    releases += fold.mapped.values.filter { !$0.isNull }.map(\.block)
+                    continue
+                }
                 let changes = TreeChanges(
-                    assigned: ArraySlice(volume.overlay.mapped.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }),
-                    cleared: volume.overlay.unmapped)
+                    assigned: ArraySlice(fold.mapped.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }), cleared: fold.unmapped)
                 let tree = TreeIdentity(kind: .volumeTreeNode, object: id.rawValue, depth: volume.depth, volumeName: volume.name)
                 volumes[id]!.root = try rebuild(
                     volume.root, tree: tree, level: volume.depth, firstIndex: 0, changes: changes, generation: generation,
-                    writes: &writes, releases: &releases, allocated: &allocated)
-                // Dropped from the copy, so that the state holds the only
-                // reference when `adoptCheckpointed` empties it for reuse.
-                volumes[id]!.overlay = Overlay()
+                    writes: &writes, releases: &releases, allocated: &allocated, retired: &retired)
             }
+            // Folded: the state's `folding` overlays are the only references left.
+            start.folds = [:]
 
             // Volume table and pool object locations.
             let records = volumes.values.sorted { $0.id < $1.id }
@@ -89,9 +95,12 @@ extension Pool {
             let objectBlock = locations[tableBlocks.count]
 
             // Space map: the state after this checkpoint is everything in use
-            // now except what this checkpoint frees.
+            // when it began and everything it allocated, except what it frees
+            // (blocks written beside it belong to the next commit's records).
             unsettledRegion = region
-            let spaceMapRoot = try writeSpaceMap(region: region, excluding: releases, generation: generation, writes: &writes)
+            start.space.mark(allocated, inUse: true)
+            start.space.mark(releases, inUse: false)
+            let spaceMapRoot = try writeSpaceMap(region: region, image: start.space, generation: generation, writes: &writes)
 
             let object = PoolObject(
                 blockCount: blockCount, spaceMapDepth: UInt16(geometry.depth), spaceMapRoot: spaceMapRoot, volumeTable: tablePointers,
@@ -109,7 +118,7 @@ extension Pool {
             let superblock = Superblock(
                 poolID: poolID, generation: generation, anchorEpoch: state.withLock { $0.anchorEpoch }, checkpointRoot: sealedObject.pointer, logHead: .null,
                 logRecordCount: 0, logBlockCount: 0)
-            state.withLock { state in
+            func switchState(_ state: inout PoolState) {
                 state.generation = generation
                 state.adoptCheckpointed(volumes, overlayCapacity: 2 * configuration.checkpointRecords)
                 state.volumeTable = tablePointers
@@ -119,7 +128,9 @@ extension Pool {
                 state.logRecordCount = 0
                 state.spaceMapRegion = region
             }
+            if besideIO { gate.withExclusive { state.withLock(switchState) } } else { state.withLock(switchState) }
             stateSwitched = true
+            for pointer in retired { nodeCache.remove(pointer) }
             try writeSuperblock(superblock)
             state.withLock { state in for block in releases { state.space.release(block) } }
         } catch {
@@ -130,8 +141,11 @@ extension Pool {
                 // its superblock is durable could hand out live blocks.
                 if !stateSwitched {
                     for block in allocated { state.space.release(block) }
+                    var replaced: [PhysicalBlock] = []
+                    for id in state.volumes.keys { state.volumes[id]!.unfreeze(replaced: &replaced) }
                     state.pending.insert(contentsOf: taken, at: 0)
                     state.releaseAfterCommit.insert(contentsOf: releasedEarlier, at: 0)
+                    state.releaseAfterCommit += replaced
                     state.notePendingWrites(since: takenEpoch)
                 }
             }
@@ -139,13 +153,41 @@ extension Pool {
         }
     }
 
+    /// Takes what a checkpoint starts from: the records and releases since
+    /// the last commit, the space map, and each volume's changes, which
+    /// become its `folding` overlay while writes go to a new one.
+    private func beginCheckpoint(_ state: inout PoolState) -> CheckpointStart {
+        // A rollover in the middle would be harmless but is avoided so
+        // one checkpoint seals under one session key.
+        if state.metadataCounter > maxSealsPerSessionKey - (1 << 24) { startSession(in: &state) }
+        var start = CheckpointStart(
+            taken: state.pending, releasedEarlier: state.releaseAfterCommit, generation: state.generation + 1,
+            takenEpoch: state.pendingEpoch,
+            // Every block in use now is named by the trees, the records taken
+            // (folded in now) or the blocks to release; none is a write under
+            // way, which the gate excludes.
+            space: state.space.persistedImage(excluding: []), volumes: [:], folds: [:])
+        state.pending = []
+        state.releaseAfterCommit = []
+        state.pendingEpoch = nil
+        for id in Array(state.volumes.keys) {
+            state.volumes[id]!.freeze()
+            var volume = state.volumes[id]!
+            if !volume.folding.isEmpty { start.folds[id] = volume.folding }
+            volume.overlay = Overlay()
+            volume.folding = Overlay()
+            start.volumes[id] = volume
+        }
+        return start
+    }
+
     /// Writes the bitmap blocks and tree nodes of `region` that differ from
-    /// what the region last held, at their fixed places. Returns the root.
+    /// what the region last held, at their fixed places, for the map
+    /// `persisted`. Returns the root.
     private func writeSpaceMap(
-        region: Int, excluding: [PhysicalBlock], generation: UInt64, writes: inout CheckpointWrites
+        region: Int, image persisted: PersistedSpaceMap, generation: UInt64, writes: inout CheckpointWrites
     ) throws(PoolError) -> BlockPointer {
         var image = state.withLock { $0.regions[region] }
-        let persisted = state.withLock { $0.space.persistedImage(excluding: excluding) }
         var changed = Set<Int>()
         for index in 0..<geometry.leafCount {
             let content = persisted.bitmapBlock(index)
@@ -189,6 +231,21 @@ extension Pool {
         state.withLock { $0.regions[region] = image }
         return image.nodePointers[geometry.depth - 1][0]!
     }
+}
+
+/// What a checkpoint starts from, taken at one instant (`beginCheckpoint`).
+private struct CheckpointStart {
+    var taken: [LogRecord]
+    var releasedEarlier: [PhysicalBlock]
+    var generation: UInt64
+    var takenEpoch: UInt64?
+    /// The space map as the checkpoint began.
+    var space: PersistedSpaceMap
+    /// The volumes as the checkpoint writes them, holding no overlay, and
+    /// apart from them the changes to fold: the state keeps the only
+    /// reference to the overlays that writes change.
+    var volumes: [VolumeID: VolumeState]
+    var folds: [VolumeID: Overlay]
 }
 
 /// Overwrites secret bytes before their memory is released.

@@ -38,7 +38,10 @@ extension Pool {
     private func commitThenBoundLog(newSuperblock: Bool = false) throws(PoolError) {
         try gate.withShared { () throws(PoolError) in try commit(newSuperblock: newSuperblock) }
         let needsCheckpoint = state.withLock { $0.logRecordCount >= UInt64(configuration.checkpointRecords) }
-        if needsCheckpoint { try gate.withExclusive { () throws(PoolError) in try checkpoint() } }
+        // Beside reads and writes: a checkpoint after a busy interval writes
+        // thousands of tree nodes, tens of milliseconds every request would
+        // otherwise wait.
+        if needsCheckpoint { try checkpoint(besideIO: true) }
     }
 
     /// Appends the records since the last commit to the log and writes the

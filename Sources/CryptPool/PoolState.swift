@@ -84,9 +84,45 @@ struct VolumeState: Sendable {
     /// Root of the checkpointed tree.
     var root: BlockPointer
     var key: VolumeKey
+    /// Changes since the checkpoint (or, while one runs, since it began).
     var overlay = Overlay()
+    /// The changes a running checkpoint is folding into the tree: written
+    /// before it began, so `overlay` wins over them. Empty otherwise; its
+    /// storage, emptied, waits to become the next checkpoint's `overlay`.
+    var folding = Overlay()
 
     var blockCount: UInt64 { size / UInt64(PoolLayout.blockSize) }
+
+    /// The pointer for a block if the overlays decide it; nil defers to the tree.
+    func decided(_ block: UInt64) -> BlockPointer? {
+        if let pointer = overlay.lookup(block) { return pointer }
+        return folding.isEmpty ? nil : folding.lookup(block)
+    }
+
+    /// Whether a checkpoint has anything of this volume to fold.
+    var hasChanges: Bool { !overlay.isEmpty || !folding.isEmpty }
+
+    /// Begins a checkpoint: the changes so far become `folding`, and
+    /// `overlay` starts empty (in the storage the last checkpoint folded).
+    mutating func freeze() {
+        precondition(folding.isEmpty, "a checkpoint is already folding this volume")
+        swap(&overlay, &folding)
+    }
+
+    /// Puts back the changes of a checkpoint that failed before its switch
+    /// under those written since, as one overlay; appends the physical
+    /// blocks of folded entries the newer ones replace or unmap to
+    /// `replaced` (free once the next commit is durable, as an overwrite
+    /// of an overlay entry would have made them).
+    mutating func unfreeze(replaced: inout [PhysicalBlock]) {
+        var merged = folding
+        for range in overlay.unmapped { replaced += merged.unmap(range) }
+        for (block, pointer) in overlay.mapped {
+            if let previous = merged.mapped.updateValue(pointer, forKey: block), !previous.isNull { replaced.append(previous.block) }
+        }
+        overlay = merged
+        folding = Overlay()
+    }
 }
 
 /// The checkpointed space map region, as last written, so the next
@@ -171,33 +207,43 @@ extension PoolState {
 
 extension PoolState {
     /// Switches to the volumes a checkpoint wrote (those a volume create or
-    /// delete left, with new roots), whose overlays it folded into the trees
-    /// and emptied. Each volume keeps its overlay's dictionary storage,
-    /// largest first, while the storage kept adds up to at most
-    /// `overlayCapacity` entries, and starts with none past that. Grown
-    /// again from nothing, a dictionary doubles through a fresh allocation
-    /// per step (each populated, under the crypt domain's mlockall): 1-2% of
-    /// cryptd under sustained writes. The checkpoint bounds the entries all
-    /// overlays hold together to about its record bound, and one that grew
-    /// by doubling to `n` entries has storage for fewer than `2n`.
+    /// delete left, with new roots), whose `folding` overlays it folded into
+    /// the trees; `overlay` keeps what was written meanwhile. Each volume
+    /// keeps the folded dictionary's storage, emptied, largest first, while
+    /// the storage kept adds up to at most `overlayCapacity` entries, and
+    /// starts with none past that; a volume written nothing meanwhile gets
+    /// it back as its `overlay`. Grown again from nothing, a dictionary
+    /// doubles through a fresh allocation per step (each populated, under
+    /// the crypt domain's mlockall): 1-2% of cryptd under sustained writes.
+    /// The checkpoint bounds the entries all overlays hold together to
+    /// about its record bound, and one that grew by doubling to `n` entries
+    /// has storage for fewer than `2n`. The checkpoint's copies must hold
+    /// no overlay, so that emptying them here copies nothing.
     mutating func adoptCheckpointed(_ checkpointed: [VolumeID: VolumeState], overlayCapacity: Int) {
-        // The folded overlays now live only here, so emptying them copies nothing.
         var previous = volumes
         volumes = checkpointed
         let largestFirst = volumes.keys.sorted {
-            (previous[$0]?.overlay.mapped.capacity ?? 0) > (previous[$1]?.overlay.mapped.capacity ?? 0)
+            (previous[$0]?.folding.mapped.capacity ?? 0) > (previous[$1]?.folding.mapped.capacity ?? 0)
         }
         var remaining = overlayCapacity
         for id in largestFirst {
-            var overlay = previous.removeValue(forKey: id)?.overlay ?? Overlay()
-            let capacity = overlay.mapped.capacity
+            // Moved out, so that each is the only reference to its storage.
+            var written = Overlay()
+            var folded = Overlay()
+            if var old = previous.removeValue(forKey: id) {
+                swap(&written, &old.overlay)
+                swap(&folded, &old.folding)
+            }
+            let capacity = folded.mapped.capacity
             if capacity <= remaining {
                 remaining -= capacity
-                overlay.removeAllKeepingCapacity()
+                folded.removeAllKeepingCapacity()
             } else {
-                overlay = Overlay()
+                folded = Overlay()
             }
-            volumes[id]!.overlay = overlay
+            if written.isEmpty, written.mapped.capacity < folded.mapped.capacity { swap(&written, &folded) }
+            volumes[id]!.overlay = written
+            volumes[id]!.folding = folded
         }
     }
 }

@@ -242,7 +242,16 @@ func contiguousRuns(_ blocks: [PhysicalBlock]) -> [(start: Int, count: Int)] {
 /// The space map as a checkpoint persists it: its bitmap blocks, one at a
 /// time (`SpaceMap.persistedImage`).
 struct PersistedSpaceMap {
-    fileprivate let words: [UInt64]
+    fileprivate var words: [UInt64]
+
+    /// Marks `blocks` in use, or free: a checkpoint's image is the map as
+    /// it began, plus the blocks it allocated, less those it frees.
+    mutating func mark(_ blocks: some Sequence<PhysicalBlock>, inUse: Bool) {
+        for block in blocks where block / 64 < UInt64(words.count) {
+            let bit: UInt64 = 1 << (block % 64)
+            if inUse { words[Int(block / 64)] |= bit } else { words[Int(block / 64)] &= ~bit }
+        }
+    }
 
     /// Bitmap block `index`, 32,768 blocks, zero past the end of the pool.
     func bitmapBlock(_ index: Int) -> [UInt8] {

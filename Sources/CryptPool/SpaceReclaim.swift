@@ -28,7 +28,9 @@ extension Pool {
         let perBlock = UInt64(PoolLayout.logRecordsPerBlock)
         var reserve = (records + perBlock - 1) / perBlock
         for volume in state.volumes.values {
-            let changes = UInt64(volume.overlay.mapped.count) + UInt64(extra) + 2 * UInt64(volume.overlay.unmapped.count)
+            // A running checkpoint's allocations are still to come too.
+            let changes = UInt64(volume.overlay.mapped.count) + UInt64(volume.folding.mapped.count) + UInt64(extra)
+                + 2 * UInt64(volume.overlay.unmapped.count + volume.folding.unmapped.count)
             var units = volume.blockCount
             for _ in 0..<volume.depth {
                 units = (units + UInt64(PoolLayout.fanOut) - 1) / UInt64(PoolLayout.fanOut)
@@ -65,7 +67,7 @@ extension Pool {
         try serialisedCommit { () throws(PoolError) -> Bool in
             let (uncommitted, folded) = state.withLock { state in
                 (!state.pending.isEmpty || !state.releaseAfterCommit.isEmpty,
-                 !state.logBlocks.isEmpty || state.volumes.values.contains { !$0.overlay.isEmpty })
+                 !state.logBlocks.isEmpty || state.volumes.values.contains { $0.hasChanges })
             }
             if uncommitted {
                 try gate.withShared { () throws(PoolError) in try commit() }

@@ -269,12 +269,14 @@ extension Pool {
     /// Rebuilds the part of a tree that `changes` touch, copy-on-write: new
     /// nodes go to newly allocated blocks (sealed and queued in `writes`),
     /// replaced nodes and replaced or cleared units go to `releases`, and
-    /// the blocks allocated for new nodes to `allocated`.
+    /// the blocks allocated for new nodes to `allocated`, and the replaced
+    /// nodes also to `retired`, to leave the node cache once the new tree
+    /// is in use.
     /// Returns the new pointer for this subtree (null if it became empty).
     func rebuild(
         _ pointer: BlockPointer, tree: TreeIdentity, level: Int, firstIndex: UInt64, changes: TreeChanges,
         generation: UInt64, writes: inout CheckpointWrites, releases: inout [PhysicalBlock],
-        allocated: inout [PhysicalBlock]
+        allocated: inout [PhysicalBlock], retired: inout [BlockPointer]
     ) throws(PoolError) -> BlockPointer {
         var node = pointer.isNull ? TreeNode() : try loadNode(pointer, tree: tree, level: level, firstIndex: firstIndex)
         let span = childSpan(level: level)
@@ -296,21 +298,21 @@ extension Pool {
                     old, tree: tree, level: level - 1, firstIndex: childFirst,
                     nodes: { pointer, _, _ in
                         releases.append(pointer.block)
-                        nodeCache.remove(pointer)
+                        retired.append(pointer)
                     },
                     units: { _, unit in releases.append(unit.block) })
                 node.children[slot] = .null
             } else {
                 node.children[slot] = try rebuild(
                     old, tree: tree, level: level - 1, firstIndex: childFirst, changes: inside, generation: generation,
-                    writes: &writes, releases: &releases, allocated: &allocated)
+                    writes: &writes, releases: &releases, allocated: &allocated, retired: &retired)
             }
         }
         if !pointer.isNull {
             releases.append(pointer.block)
-            // Replaced: no tree will name it again, so it would only take
-            // the place of a node still in use.
-            nodeCache.remove(pointer)
+            // Replaced: once the new tree is in use no tree names it again,
+            // so it would only take the place of a node still in use.
+            retired.append(pointer)
         }
         if node.isEmpty { return .null }
         guard let block = state.withLock({ $0.space.allocate(1) })?.first else { throw .noSpace }

@@ -185,7 +185,7 @@ public final class Volume: BlockDevice {
             guard let volume = state.volumes[id] else { throw .noSuchVolume(name) }
             var undecided = 0
             for block in blocks {
-                if let decided = volume.overlay.lookup(block) {
+                if let decided = volume.decided(block) {
                     result.append(decided)
                 } else {
                     result.append(Self.leftToTree)

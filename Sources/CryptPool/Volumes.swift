@@ -45,7 +45,6 @@ extension Pool {
                 volume.root, tree: tree, level: volume.depth, firstIndex: 0,
                 nodes: { pointer, _, _ in releases.append(pointer.block) },
                 units: { _, unit in releases.append(unit.block) })
-            releases += volume.overlay.mapped.values.filter { !$0.isNull }.map(\.block)
             volumes[volume.id] = nil
             state.withLock { state in
                 state.pending.removeAll { record in

@@ -1,0 +1,168 @@
+import BlockDevice
+import Foundation
+import Testing
+import TestSupport
+import Threads
+
+@testable import CryptPool
+
+/// A checkpoint that a FLUSH brings on runs beside reads and writes
+/// (Checkpoint.swift, `besideIO`): it takes the gate only to begin and to
+/// switch to its trees. Here its storage flush is held, so the checkpoint
+/// stands still halfway while the volume is written, trimmed and read.
+@Suite struct CheckpointBesideIOTests {
+    static let blocks = 2048
+    static let blockSize = 4096
+
+    /// A pool with one volume of `blocks` blocks, written whole, on a device
+    /// whose flushes can be held; the free blocks of the empty volume.
+    func filledPool() throws -> (device: FlushGateDevice, pool: Pool, volume: Volume, model: [UInt8], freeWhenEmpty: UInt64) {
+        let device = try FlushGateDevice(size: 64 << 20)
+        let pool = try Pool.format(
+            storage: device, passphrase: passphrase, cost: testCost, anchor: nil,
+            configuration: PoolConfiguration(checkpointRecords: 65_536, commitInterval: 0)
+        ).pool
+        try pool.createVolume(name: "v", size: UInt64(Self.blocks * Self.blockSize))
+        let freeWhenEmpty = pool.summary().freeBlocks
+        let volume = try pool.volume(named: "v")
+        let model = randomBytes(Self.blocks * Self.blockSize, seed: 21)
+        try write(volume, 0, model)
+        return (device, pool, volume, model, freeWhenEmpty)
+    }
+
+    /// Starts a checkpoint beside I/O on its own thread and waits until it
+    /// stands at its held storage flush; returns what it ended with.
+    func startHeldCheckpoint(_ pool: Pool, _ device: FlushGateDevice) -> Guarded<Result<Void, PoolError>?> {
+        let outcome = Guarded<Result<Void, PoolError>?>(nil)
+        device.hold()
+        startThread {
+            let result: Result<Void, PoolError>
+            do throws(PoolError) {
+                try pool.serialisedCommit { () throws(PoolError) in try pool.checkpoint(besideIO: true) }
+                result = .success(())
+            } catch {
+                result = .failure(error)
+            }
+            outcome.update { $0 = result }
+        }
+        #expect(device.waitForHeldFlush(timeout: 10), "the checkpoint never reached its storage flush")
+        return outcome
+    }
+
+    /// Overwrites blocks 100..<300 and trims 1000..<1200 of `model` through
+    /// `volume`, then checks every block reads as the model says.
+    func changeAndCheck(_ volume: Volume, _ model: inout [UInt8]) throws {
+        let fresh = randomBytes(200 * Self.blockSize, seed: 22)
+        try write(volume, 100 * UInt64(Self.blockSize), fresh)
+        model.replaceSubrange((100 * Self.blockSize)..<(300 * Self.blockSize), with: fresh)
+        try volume.trim(at: 1000 * UInt64(Self.blockSize), length: 200 * UInt64(Self.blockSize), fua: false)
+        model.replaceSubrange((1000 * Self.blockSize)..<(1200 * Self.blockSize), with: [UInt8](repeating: 0, count: 200 * Self.blockSize))
+        #expect(try read(volume, 0, model.count) == model)
+    }
+
+    /// Frees every block of the volume and folds that in: with no block
+    /// leaked, the pool has as many free blocks as when the volume was new.
+    func expectNothingLeaked(_ pool: Pool, _ volume: Volume, freeWhenEmpty: UInt64) throws {
+        try volume.trim(at: 0, length: UInt64(Self.blocks * Self.blockSize), fua: false)
+        try pool.flush()
+        try pool.serialisedCommit { () throws(PoolError) in try pool.gate.withExclusive { () throws(PoolError) in try pool.checkpoint() } }
+        #expect(pool.summary().freeBlocks == freeWhenEmpty, "blocks leaked")
+    }
+
+    @Test func readsWritesAndTrimsGoOnWhileACheckpointRuns() throws {
+        var (device, pool, volume, model, freeWhenEmpty) = try filledPool()
+        let generation = pool.generation
+        let outcome = startHeldCheckpoint(pool, device)
+
+        // With the checkpoint halfway, I/O neither waits for it nor sees
+        // anything but the newest data.
+        try changeAndCheck(volume, &model)
+        #expect(outcome.withLock { $0 } == nil, "the checkpoint ended while its flush was held")
+
+        device.release()
+        _ = outcome.wait(until: { $0 != nil }) { _ in () }
+        if case .failure(let error) = try #require(outcome.withLock { $0 }) { Issue.record("the checkpoint failed: \(error)") }
+        #expect(pool.generation > generation)
+        #expect(try read(volume, 0, model.count) == model, "the switch to the new trees lost the writes made beside it")
+
+        // The writes beside the checkpoint belong to the next commit.
+        try pool.flush()
+        try pool.close()
+        let reopened = try Pool.open(
+            storage: device, secret: .passphrase(passphrase), anchor: nil, configuration: PoolConfiguration(commitInterval: 0))
+        let again = try reopened.volume(named: "v")
+        #expect(try read(again, 0, model.count) == model)
+        try expectNothingLeaked(reopened, again, freeWhenEmpty: freeWhenEmpty)
+    }
+
+    @Test func aCheckpointThatFailsPutsItsChangesBackUnderTheNewerOnes() throws {
+        var (device, pool, volume, model, freeWhenEmpty) = try filledPool()
+        let generation = pool.generation
+        let outcome = startHeldCheckpoint(pool, device)
+        try changeAndCheck(volume, &model)
+
+        device.release(failing: true)
+        _ = outcome.wait(until: { $0 != nil }) { _ in () }
+        guard case .failure = try #require(outcome.withLock { $0 }) else {
+            Issue.record("the checkpoint succeeded although its storage flush failed")
+            return
+        }
+        #expect(pool.generation == generation)
+        #expect(try read(volume, 0, model.count) == model, "a failed checkpoint lost or reverted writes")
+
+        // The folded changes and the newer ones commit and checkpoint as one.
+        try pool.flush()
+        try pool.serialisedCommit { () throws(PoolError) in try pool.checkpoint(besideIO: true) }
+        #expect(pool.generation > generation)
+        #expect(try read(volume, 0, model.count) == model)
+        try pool.close()
+        let reopened = try Pool.open(
+            storage: device, secret: .passphrase(passphrase), anchor: nil, configuration: PoolConfiguration(commitInterval: 0))
+        let again = try reopened.volume(named: "v")
+        #expect(try read(again, 0, model.count) == model)
+        try expectNothingLeaked(reopened, again, freeWhenEmpty: freeWhenEmpty)
+    }
+}
+
+/// A memory device whose flushes wait while held, and may then fail.
+final class FlushGateDevice: ForwardingBlockDevice {
+    private struct Gate {
+        var held = false
+        var failing = false
+        var waiting = 0
+    }
+
+    let inner: MemoryBlockDevice
+    private let gate = Guarded(Gate())
+
+    init(size: UInt64) throws {
+        inner = try MemoryBlockDevice(size: size)
+    }
+
+    func hold() { gate.update { $0.held = true } }
+
+    /// Lets waiting and later flushes through; with `failing`, the ones
+    /// waiting fail.
+    func release(failing: Bool = false) {
+        gate.update {
+            $0.held = false
+            $0.failing = failing
+        }
+    }
+
+    /// Whether a flush came and waits, within `timeout` seconds.
+    func waitForHeldFlush(timeout: Double) -> Bool {
+        gate.wait(until: { $0.waiting > 0 }, timeout: timeout) { _ in true } ?? false
+    }
+
+    func flush() throws(BlockDeviceError) {
+        gate.update { $0.waiting += 1 }
+        let fail = gate.wait(until: { !$0.held }) { gate -> Bool in
+            gate.waiting -= 1
+            defer { gate.failing = false }
+            return gate.failing
+        }!
+        if fail { throw .io(operation: "flush (held and failed by the test)", errno: EIO) }
+        try inner.flush()
+    }
+}
