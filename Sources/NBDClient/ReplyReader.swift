@@ -28,8 +28,9 @@ extension ConnectionCore {
         // thread, and the replies behind it would wait.
         var wakeups = Wakeups()
         var clock = DeadlineClock(tick: Self.deadlineTick(requestTimeout: requestTimeout))
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.readChunkSize, alignment: 16)
-        defer { buffer.deallocate() }
+        // Where the payload of a READ whose request has ended is dropped.
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.directReadThreshold, alignment: 16)
+        defer { scratch.deallocate() }
         var sent: [RequestHeader] = []
         func decodeAndWake() -> Bool {
             var alive = true
@@ -39,7 +40,7 @@ extension ConnectionCore {
                 // directly; the callers already answered need not wait for it.
                 guard alive, let transfer = decoder.transfer, transfer.remaining >= Self.directReadThreshold else { break }
                 if !wakeups.isEmpty { wakeups.run() }
-                alive = readTransfer(transfer, &decoder, scratch: buffer, clock: &clock, wakeups: &wakeups)
+                alive = readTransfer(transfer, &decoder, scratch: scratch, clock: &clock, wakeups: &wakeups)
             }
             if !wakeups.isEmpty { wakeups.run() }
             return alive
@@ -54,7 +55,8 @@ extension ConnectionCore {
             guard checkDeadlines(&clock) else { return }
             let count: Int
             do throws(SocketError) {
-                count = try socket.read(into: buffer)
+                // Straight into the decoder's input: no copy through a buffer of our own.
+                count = try decoder.receive(upTo: Self.readChunkSize) { room throws(SocketError) in try socket.read(into: room) }
             } catch .timedOut {
                 if state.withLock({ $0.socketShutDown }) { return }
                 clock.checkNow()
@@ -74,7 +76,6 @@ extension ConnectionCore {
             state.withLock { swap(&sent, &$0.newlySent) }
             for header in sent { decoder.expect(header) }
             sent.removeAll(keepingCapacity: true)
-            decoder.receive(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
             guard decodeAndWake() else { return }
         }
     }

@@ -92,14 +92,12 @@ final class Transmission: Sendable {
             maxPayload: session.export.blockSize.maximum, payloadAlignment: Self.payloadAlignment(for: device),
             payloadMemory: configuration.payloadMemory)
         decoder.receive(leftover)
-        let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: configuration.readChunkSize, alignment: 64)
-        defer { chunk.deallocate() }
         while true {
             switch dispatchDecoded(&decoder) {
             case .stop:
                 return
             case .readMore:
-                guard read(into: &decoder, chunk) else { return }
+                guard read(into: &decoder) else { return }
             case .admitAndDispatch(let request):
                 admit(request)
                 dispatch(request)
@@ -151,7 +149,7 @@ final class Transmission: Sendable {
     /// Reads more of the request stream into the decoder; false once the
     /// connection is to end. A request whose large WRITE payload is mostly
     /// still to come is completed by reading straight into its buffer.
-    private func read(into decoder: inout RequestDecoder, _ chunk: UnsafeMutableRawBufferPointer) -> Bool {
+    private func read(into decoder: inout RequestDecoder) -> Bool {
         do throws(SocketError) {
             if decoder.missingPayloadCount >= Self.directPayloadThreshold {
                 let request = try decoder.completePendingWrite { buffer throws(SocketError) in
@@ -161,12 +159,12 @@ final class Transmission: Sendable {
                 dispatch(request)
                 return true
             }
-            let count = try socket.read(into: chunk)
+            // Straight into the decoder's input: no copy through a buffer of our own.
+            let count = try decoder.receive(upTo: configuration.readChunkSize) { room throws(SocketError) in try socket.read(into: room) }
             guard count > 0 else {
                 logger.debug("end of the request stream")
                 return false
             }
-            decoder.receive(UnsafeRawBufferPointer(rebasing: chunk[..<count]))
             return true
         } catch {
             logger.debug("read failed", metadata: ["error": "\(error)"])

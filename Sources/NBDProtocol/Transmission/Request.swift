@@ -63,6 +63,12 @@ public struct RequestDecoder: Sendable {
     public mutating func receive(_ bytes: some Sequence<UInt8>) { input.append(contentsOf: bytes) }
     public mutating func receive(_ bytes: UnsafeRawBufferPointer) { input.append(bytes) }
 
+    /// Receives up to `maximum` bytes that `fill` writes straight into the
+    /// decoder's input (a socket read); returns how many.
+    public mutating func receive<E: Error>(upTo maximum: Int, _ fill: (UnsafeMutableRawBufferPointer) throws(E) -> Int) throws(E) -> Int {
+        try input.receive(upTo: maximum, fill)
+    }
+
     /// Bytes received but not yet decoded.
     public var bufferedCount: Int { input.count }
 
