@@ -194,9 +194,9 @@ extension PoolState {
     /// overlay), queues their log records and the blocks they replace for
     /// release after the commit. False if the volume is gone.
     mutating func noteWrites(volume: VolumeID, from first: UInt64, pointers: [BlockPointer], since epoch: UInt64?) -> Bool {
-        guard volumes[volume] != nil else { return false }
+        // One lookup, in place: checking first copied the volume state.
+        guard volumes[volume]?.overlay.map(from: first, to: pointers, replaced: &releaseAfterCommit) != nil else { return false }
         notePendingWrites(since: epoch)
-        volumes[volume]!.overlay.map(from: first, to: pointers, replaced: &releaseAfterCommit)
         pending.append(
             contentsOf: pointers.indices.lazy.map { offset in
                 LogRecord.map(volume: volume, block: LogicalBlock(first + UInt64(offset)), pointer: pointers[offset])
