@@ -119,6 +119,7 @@ extension Pool {
                 poolID: poolID, generation: generation, anchorEpoch: state.withLock { $0.anchorEpoch }, checkpointRoot: sealedObject.pointer, logHead: .null,
                 logRecordCount: 0, logBlockCount: 0)
             func switchState(_ state: inout PoolState) {
+                state.checkpointFolding = false
                 state.generation = generation
                 state.adoptCheckpointed(volumes, overlayCapacity: 2 * configuration.checkpointRecords)
                 state.volumeTable = tablePointers
@@ -140,6 +141,7 @@ extension Pool {
                 // allocated until the pool is reopened: freeing them before
                 // its superblock is durable could hand out live blocks.
                 if !stateSwitched {
+                    state.checkpointFolding = false
                     for block in allocated { state.space.release(block) }
                     var replaced: [PhysicalBlock] = []
                     for id in state.volumes.keys { state.volumes[id]!.unfreeze(replaced: &replaced) }
@@ -170,6 +172,7 @@ extension Pool {
         state.pending = []
         state.releaseAfterCommit = []
         state.pendingEpoch = nil
+        state.checkpointFolding = true
         for id in Array(state.volumes.keys) {
             state.volumes[id]!.freeze()
             var volume = state.volumes[id]!

@@ -177,6 +177,9 @@ struct PoolState: Sendable {
     /// hold only the previous one. Written again before the next commit
     /// reports success and before the next checkpoint.
     var unsyncedSuperblock: Superblock?
+    /// A checkpoint is folding the volumes' `folding` overlays beside
+    /// reads and writes (Checkpoint.swift).
+    var checkpointFolding = false
 }
 
 extension PoolState {

@@ -12,6 +12,12 @@ extension Pool {
         // records, the overlay and the next commit's and checkpoint's
         // buffers would grow with the data written over a whole interval.
         if state.pending.count >= configuration.hurriedCommitRecords { commitTimer?.commitSoon() }
+        // Beside a running checkpoint, records wait for the commit that its
+        // end allows: at the bound, a write waits for that end too (nil
+        // here, then the caller's reclaim, which waits for the checkpoint
+        // and commits), so the records and overlays held stay within about
+        // twice the bound however fast writes come.
+        if state.checkpointFolding, state.pending.count >= configuration.checkpointRecords { return nil }
         let reserve = metadataReserve(afterRecords: count, in: state)
         let (needed, overflow) = UInt64(count).addingReportingOverflow(reserve)
         guard !overflow, needed <= state.space.freeCount else { return nil }

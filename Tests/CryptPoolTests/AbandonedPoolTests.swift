@@ -80,10 +80,11 @@ import Threads
     }
 }
 
-/// A memory device whose flushes wait while it is held.
+/// A memory device whose flushes wait while it is held, and may then fail.
 final class FlushHoldingDevice: ForwardingBlockDevice {
     private struct Gate {
         var held = false
+        var failing = false
         var waiting = 0
     }
 
@@ -96,8 +97,14 @@ final class FlushHoldingDevice: ForwardingBlockDevice {
 
     func hold() { gate.update { $0.held = true } }
 
-    /// Lets waiting and later flushes through.
-    func release() { gate.update { $0.held = false } }
+    /// Lets waiting and later flushes through; with `failing`, the first
+    /// of them fails instead.
+    func release(failing: Bool = false) {
+        gate.update {
+            $0.held = false
+            $0.failing = failing
+        }
+    }
 
     /// Whether a flush came and waits, within `timeout` seconds.
     func waitForHeldFlush(timeout: Double) -> Bool {
@@ -106,7 +113,12 @@ final class FlushHoldingDevice: ForwardingBlockDevice {
 
     func flush() throws(BlockDeviceError) {
         gate.update { $0.waiting += 1 }
-        gate.wait(until: { !$0.held }) { $0.waiting -= 1 }
+        let fail = gate.wait(until: { !$0.held }) { gate -> Bool in
+            gate.waiting -= 1
+            defer { gate.failing = false }
+            return gate.failing
+        }!
+        if fail { throw .io(operation: "flush (failed by the test)", errno: EIO) }
         try inner.flush()
     }
 }

@@ -16,11 +16,13 @@ import Threads
 
     /// A pool with one volume of `blocks` blocks, written whole, on a device
     /// whose flushes can be held; the free blocks of the empty volume.
-    func filledPool() throws -> (device: FlushGateDevice, pool: Pool, volume: Volume, model: [UInt8], freeWhenEmpty: UInt64) {
-        let device = try FlushGateDevice(size: 64 << 20)
+    func filledPool(checkpointRecords: Int = 65_536) throws -> (
+        device: FlushHoldingDevice, pool: Pool, volume: Volume, model: [UInt8], freeWhenEmpty: UInt64
+    ) {
+        let device = try FlushHoldingDevice(size: 64 << 20)
         let pool = try Pool.format(
             storage: device, passphrase: passphrase, cost: testCost, anchor: nil,
-            configuration: PoolConfiguration(checkpointRecords: 65_536, commitInterval: 0)
+            configuration: PoolConfiguration(checkpointRecords: checkpointRecords, commitInterval: 0)
         ).pool
         try pool.createVolume(name: "v", size: UInt64(Self.blocks * Self.blockSize))
         let freeWhenEmpty = pool.summary().freeBlocks
@@ -32,7 +34,7 @@ import Threads
 
     /// Starts a checkpoint beside I/O on its own thread and waits until it
     /// stands at its held storage flush; returns what it ended with.
-    func startHeldCheckpoint(_ pool: Pool, _ device: FlushGateDevice) -> Guarded<Result<Void, PoolError>?> {
+    func startHeldCheckpoint(_ pool: Pool, _ device: FlushHoldingDevice) -> Guarded<Result<Void, PoolError>?> {
         let outcome = Guarded<Result<Void, PoolError>?>(nil)
         device.hold()
         startThread {
@@ -60,13 +62,22 @@ import Threads
         #expect(try read(volume, 0, model.count) == model)
     }
 
-    /// Frees every block of the volume and folds that in: with no block
-    /// leaked, the pool has as many free blocks as when the volume was new.
-    func expectNothingLeaked(_ pool: Pool, _ volume: Volume, freeWhenEmpty: UInt64) throws {
+    /// Closes the pool and opens it again, checks the volume reads as
+    /// `model`, then frees every block of it and folds that in: with no
+    /// block leaked, the pool has as many free blocks as when the volume
+    /// was new.
+    func reopenAndCheck(_ pool: Pool, _ device: FlushHoldingDevice, _ model: [UInt8], freeWhenEmpty: UInt64) throws {
+        try pool.close()
+        let reopened = try Pool.open(
+            storage: device, secret: .passphrase(passphrase), anchor: nil, configuration: PoolConfiguration(commitInterval: 0))
+        let volume = try reopened.volume(named: "v")
+        #expect(try read(volume, 0, model.count) == model)
         try volume.trim(at: 0, length: UInt64(Self.blocks * Self.blockSize), fua: false)
-        try pool.flush()
-        try pool.serialisedCommit { () throws(PoolError) in try pool.gate.withExclusive { () throws(PoolError) in try pool.checkpoint() } }
-        #expect(pool.summary().freeBlocks == freeWhenEmpty, "blocks leaked")
+        try reopened.flush()
+        try reopened.serialisedCommit { () throws(PoolError) in
+            try reopened.gate.withExclusive { () throws(PoolError) in try reopened.checkpoint() }
+        }
+        #expect(reopened.summary().freeBlocks == freeWhenEmpty, "blocks leaked")
     }
 
     @Test func readsWritesAndTrimsGoOnWhileACheckpointRuns() throws {
@@ -87,12 +98,7 @@ import Threads
 
         // The writes beside the checkpoint belong to the next commit.
         try pool.flush()
-        try pool.close()
-        let reopened = try Pool.open(
-            storage: device, secret: .passphrase(passphrase), anchor: nil, configuration: PoolConfiguration(commitInterval: 0))
-        let again = try reopened.volume(named: "v")
-        #expect(try read(again, 0, model.count) == model)
-        try expectNothingLeaked(reopened, again, freeWhenEmpty: freeWhenEmpty)
+        try reopenAndCheck(pool, device, model, freeWhenEmpty: freeWhenEmpty)
     }
 
     @Test func aCheckpointThatFailsPutsItsChangesBackUnderTheNewerOnes() throws {
@@ -115,54 +121,36 @@ import Threads
         try pool.serialisedCommit { () throws(PoolError) in try pool.checkpoint(besideIO: true) }
         #expect(pool.generation > generation)
         #expect(try read(volume, 0, model.count) == model)
-        try pool.close()
-        let reopened = try Pool.open(
-            storage: device, secret: .passphrase(passphrase), anchor: nil, configuration: PoolConfiguration(commitInterval: 0))
-        let again = try reopened.volume(named: "v")
-        #expect(try read(again, 0, model.count) == model)
-        try expectNothingLeaked(reopened, again, freeWhenEmpty: freeWhenEmpty)
-    }
-}
-
-/// A memory device whose flushes wait while held, and may then fail.
-final class FlushGateDevice: ForwardingBlockDevice {
-    private struct Gate {
-        var held = false
-        var failing = false
-        var waiting = 0
+        try reopenAndCheck(pool, device, model, freeWhenEmpty: freeWhenEmpty)
     }
 
-    let inner: MemoryBlockDevice
-    private let gate = Guarded(Gate())
+    /// Records written beside a checkpoint wait for the commit its end
+    /// allows; once they reach the bound, writes wait for that end too, so
+    /// what the crypt domain holds stays bounded however fast writes come.
+    @Test func writesPastTheRecordBoundWaitForTheCheckpoint() throws {
+        var (device, pool, volume, model, freeWhenEmpty) = try filledPool(checkpointRecords: 256)
+        let outcome = startHeldCheckpoint(pool, device)
+        let first = randomBytes(300 * Self.blockSize, seed: 23)
+        try write(volume, 0, first)
+        model.replaceSubrange(0..<first.count, with: first)
 
-    init(size: UInt64) throws {
-        inner = try MemoryBlockDevice(size: size)
-    }
-
-    func hold() { gate.update { $0.held = true } }
-
-    /// Lets waiting and later flushes through; with `failing`, the ones
-    /// waiting fail.
-    func release(failing: Bool = false) {
-        gate.update {
-            $0.held = false
-            $0.failing = failing
+        // 300 records are past the bound of 256: the next write waits.
+        let late = randomBytes(Self.blockSize, seed: 24)
+        let lateDone = Guarded<Bool?>(nil)
+        let writer = volume
+        startThread {
+            let done = (try? write(writer, 1500 * UInt64(Self.blockSize), late)) != nil
+            lateDone.update { $0 = done }
         }
-    }
-
-    /// Whether a flush came and waits, within `timeout` seconds.
-    func waitForHeldFlush(timeout: Double) -> Bool {
-        gate.wait(until: { $0.waiting > 0 }, timeout: timeout) { _ in true } ?? false
-    }
-
-    func flush() throws(BlockDeviceError) {
-        gate.update { $0.waiting += 1 }
-        let fail = gate.wait(until: { !$0.held }) { gate -> Bool in
-            gate.waiting -= 1
-            defer { gate.failing = false }
-            return gate.failing
-        }!
-        if fail { throw .io(operation: "flush (held and failed by the test)", errno: EIO) }
-        try inner.flush()
+        Thread.sleep(forTimeInterval: 0.3)
+        #expect(lateDone.withLock { $0 } == nil, "a write past the bound went on beside the checkpoint")
+        device.release()
+        _ = lateDone.wait(until: { $0 != nil }) { _ in () }
+        #expect(lateDone.withLock { $0 } == true)
+        _ = outcome.wait(until: { $0 != nil }) { _ in () }
+        model.replaceSubrange((1500 * Self.blockSize)..<(1501 * Self.blockSize), with: late)
+        #expect(try read(volume, 0, model.count) == model)
+        try pool.flush()
+        try reopenAndCheck(pool, device, model, freeWhenEmpty: freeWhenEmpty)
     }
 }
