@@ -47,6 +47,10 @@ public enum PoolError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The trust anchor could not be read or written.
     case anchor(String)
     case noSpace
+    /// The records written beside a running checkpoint reached the bound:
+    /// the write waits for the checkpoint's end and is tried again
+    /// (`Pool.reclaimingSpace`); never reported to a consumer.
+    case checkpointBehind
     case volumeExists(String)
     case noSuchVolume(String)
     case tooManyVolumes
@@ -73,6 +77,7 @@ public enum PoolError: Error, Sendable, Equatable, CustomStringConvertible {
         case .storage(let error): "storage: \(error)"
         case .anchor(let why): "trust anchor: \(why)"
         case .noSpace: "no free space left in the pool"
+        case .checkpointBehind: "writes wait for the running checkpoint"
         case .volumeExists(let name): "a volume named \"\(name)\" already exists"
         case .noSuchVolume(let name): "no volume named \"\(name)\""
         case .tooManyVolumes: "the pool holds the maximum of \(PoolLayout.maxVolumeTableBlocks * PoolLayout.volumesPerTableBlock) volumes"

@@ -6,22 +6,22 @@ extension Pool {
     /// Allocates `count` blocks for data, near `hint` where it can
     /// (`SpaceMap.allocate(_:near:)`), leaving free what the next commit
     /// and checkpoint need to write, so that the blocks overwritten since
-    /// the last commit can always be reclaimed; nil if that does not fit.
-    func allocateData(_ count: Int, near hint: PhysicalBlock?, in state: inout PoolState) -> [PhysicalBlock]? {
+    /// the last commit can always be reclaimed: `.noSpace` if that does
+    /// not fit. `.checkpointBehind` while a checkpoint runs beside writes
+    /// and the records written since it began have reached the bound:
+    /// they wait for the commit its end allows, and so does this write
+    /// (`reclaimingSpace`), so the records and overlays held stay within
+    /// about twice the bound however fast writes come.
+    func allocateData(_ count: Int, near hint: PhysicalBlock?, in state: inout PoolState) throws(PoolError) -> [PhysicalBlock] {
         // Without a FLUSH only the timer commits; at full write speed the
         // records, the overlay and the next commit's and checkpoint's
         // buffers would grow with the data written over a whole interval.
         if state.pending.count >= configuration.hurriedCommitRecords { commitTimer?.commitSoon() }
-        // Beside a running checkpoint, records wait for the commit that its
-        // end allows: at the bound, a write waits for that end too (nil
-        // here, then the caller's reclaim, which waits for the checkpoint
-        // and commits), so the records and overlays held stay within about
-        // twice the bound however fast writes come.
-        if state.checkpointFolding, state.pending.count >= configuration.checkpointRecords { return nil }
+        if state.checkpointFolding, state.pending.count >= configuration.checkpointRecords { throw .checkpointBehind }
         let reserve = metadataReserve(afterRecords: count, in: state)
         let (needed, overflow) = UInt64(count).addingReportingOverflow(reserve)
-        guard !overflow, needed <= state.space.freeCount else { return nil }
-        return state.space.allocate(count, near: hint)
+        guard !overflow, needed <= state.space.freeCount, let blocks = state.space.allocate(count, near: hint) else { throw .noSpace }
+        return blocks
     }
 
     /// Blocks a commit of the pending records plus `extra` more, then a
@@ -59,6 +59,11 @@ extension Pool {
             } catch .noSpace {
                 attempts += 1
                 guard attempts <= Self.reclaimAttempts, try reclaimSpace() else { throw .noSpace }
+            } catch .checkpointBehind {
+                // Not out of space: wait for the running checkpoint (commits
+                // are serialised with it), then try again; each end of a
+                // checkpoint lets writes on until the bound.
+                _ = commits.wait(until: { !$0.running }) { _ in () }
             }
         }
     }

@@ -390,7 +390,7 @@ public final class Volume: BlockDevice {
             (state) throws(PoolError) -> ([PhysicalBlock], SessionSalt, UInt64, BlockSealer, UInt64) in
             guard let root = state.volumes[id]?.root, let depth = state.volumes[id]?.depth else { throw .noSuchVolume(name) }
             let hint = placementHint(for: blocks, root: root, depth: depth)
-            guard let locations = pool.allocateData(count, near: hint, in: &state) else { throw .noSpace }
+            let locations = try pool.allocateData(count, near: hint, in: &state)
             let (salt, first) = pool.reserveDataCounters(id, count, in: &state)
             return (locations, salt, first, try pool.dataSealer(id, salt, in: &state), state.generation + 1)
         }
