@@ -144,7 +144,7 @@ extension Pool {
                     state.checkpointFolding = false
                     for block in allocated { state.space.release(block) }
                     var replaced: [PhysicalBlock] = []
-                    for id in state.volumes.keys { state.volumes[id]!.unfreeze(replaced: &replaced) }
+                    for id in Array(state.volumes.keys) { state.volumes[id]!.unfreeze(replaced: &replaced) }
                     state.pending.insert(contentsOf: taken, at: 0)
                     state.releaseAfterCommit.insert(contentsOf: releasedEarlier, at: 0)
                     state.releaseAfterCommit += replaced
@@ -168,7 +168,7 @@ extension Pool {
             // Every block in use now is named by the trees, the records taken
             // (folded in now) or the blocks to release; none is a write under
             // way, which the gate excludes.
-            space: state.space.persistedImage(excluding: []), volumes: [:], folds: [:])
+            space: state.space.persistedImage(), volumes: [:], folds: [:])
         state.pending = []
         state.releaseAfterCommit = []
         state.pendingEpoch = nil

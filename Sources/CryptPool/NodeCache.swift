@@ -82,13 +82,6 @@ final class NodeCache: Sendable {
         }
     }
 
-    /// Children `range` of the node cached for `pointer`, copied out into
-    /// `into` under the cache's lock without retaining the node; false when
-    /// it is not cached.
-    func children(of pointer: BlockPointer, _ range: Range<Int>, into: UnsafeMutableBufferPointer<BlockPointer>) -> Bool {
-        entries.withLock { $0.children(of: pointer, range, into: into) }
-    }
-
     /// Runs `body` with the cache locked: a walk down several levels
     /// takes the lock once rather than once a level.
     func locked<R>(_ body: (inout Contents) -> R) -> R {

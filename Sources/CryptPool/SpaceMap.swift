@@ -210,16 +210,14 @@ struct SpaceMap {
         }
     }
 
-    /// The blocks in use now except `excluding` (blocks the checkpoint
-    /// being written frees), as the persisted bitmap blocks lay them out
+    /// The blocks in use now, as the persisted bitmap blocks lay them out
     /// (docs/format.md, section 8.3): bit `b % 8` of byte `b / 8` of block
-    /// `b / 32,768`, that is each word's bytes in little-endian order.
-    /// Built word by word: testing each used block against a set took a
-    /// sixth of a checkpoint after random writes.
-    func persistedImage(excluding: some Sequence<PhysicalBlock>) -> PersistedSpaceMap {
-        var image = words
-        for block in excluding where block < blockCount { image[Int(block / 64)] &= ~(1 << (block % 64)) }
-        return PersistedSpaceMap(words: image)
+    /// `b / 32,768`, that is each word's bytes in little-endian order; a
+    /// checkpoint marks in it what it allocates and frees
+    /// (`PersistedSpaceMap.mark`). A copy of the words: testing each used
+    /// block against a set took a sixth of a checkpoint after random writes.
+    func persistedImage() -> PersistedSpaceMap {
+        PersistedSpaceMap(words: words)
     }
 
     var bitmapBlockCount: Int { Int((blockCount + UInt64(PoolLayout.blocksPerBitmapBlock) - 1) / UInt64(PoolLayout.blocksPerBitmapBlock)) }

@@ -178,7 +178,8 @@ import Testing
         let used = (0..<blockCount).filter { space.isUsed($0) }
         let excluded = used.filter { $0 >= space.firstAllocatable && generator.next() % 3 == 0 } + [used[used.count / 2], blockCount + 5]
         let excludedSet = Set(excluded)
-        let image = space.persistedImage(excluding: excluded)
+        var image = space.persistedImage()
+        image.mark(excluded, inUse: false)
         let bitmapCount = space.bitmapBlockCount
         #expect(bitmapCount == 3)
         var blocks: [[UInt8]] = []
