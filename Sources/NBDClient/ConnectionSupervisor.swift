@@ -28,10 +28,14 @@ struct ExportIdentity: Sendable {
 /// Keeps one usable connection to a restartable server. When the current
 /// one dies, the threads that need a connection take turns reconnecting;
 /// each caller gives up once its own deadline (the retry window) has
-/// passed. Consecutive failures, whether a connection dying or a reconnect
+/// passed. Consecutive failures, whether a connection dying or a handshake
 /// failing, back off exponentially, and only an answered request resets
 /// the count: a server that accepts connections and then fails every
-/// request is not hammered in a tight loop.
+/// request is not hammered in a tight loop. A connect that nobody answers
+/// (no server listening) costs the server nothing, so it is tried again
+/// every `initialBackoff` without growing the backoff: a server restarted
+/// by its supervisor is found as soon as it listens, not a grown backoff
+/// later, which under repeated crashes could be after it died again.
 final class ConnectionSupervisor: Sendable {
     private enum Link {
         case connected(NBDConnection)
@@ -55,6 +59,13 @@ final class ConnectionSupervisor: Sendable {
         mutating func lose(_ error: NBDClientError, backoff: (Int) -> Double) {
             failureStreak += 1
             link = .reconnecting(nextAttempt: monotonicSeconds() + backoff(failureStreak), inProgress: false, lastError: error)
+            version += 1
+        }
+
+        /// A reconnect found nobody listening: tries again after `delay`,
+        /// leaving the failure count as it was.
+        mutating func poll(_ error: NBDClientError, after delay: Double) {
+            link = .reconnecting(nextAttempt: monotonicSeconds() + delay, inProgress: false, lastError: error)
             version += 1
         }
     }
@@ -212,7 +223,11 @@ final class ConnectionSupervisor: Sendable {
                 } else {
                     logger.info("reconnecting to \(address) failed: \(error)")
                 }
-                state.lose(error, backoff: backoff)
+                if case .connect = error {
+                    state.poll(error, after: options.initialBackoff)
+                } else {
+                    state.lose(error, backoff: backoff)
+                }
             }
         }
         unwanted?.close()

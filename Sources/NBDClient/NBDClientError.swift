@@ -35,8 +35,9 @@ public indirect enum NBDClientError: Error, Sendable, Equatable, CustomStringCon
     /// The request cannot be sent as given (length, alignment, a command
     /// the export does not advertise); nothing was sent.
     case invalidRequest(String)
-    /// A remote device gave up reconnecting: requests kept failing with
-    /// `lastError` for the whole retry window.
+    /// A remote device gave up on a request: it kept failing, the last
+    /// time with `lastError`, for the whole retry window from its first
+    /// failure, across any reconnects in between.
     case retryWindowExpired(seconds: Double, lastError: NBDClientError)
     /// The connection or device was closed locally.
     case closed
@@ -53,7 +54,7 @@ public indirect enum NBDClientError: Error, Sendable, Equatable, CustomStringCon
         case .exportChanged(let why): "the NBD export changed across a reconnect: \(why)"
         case .invalidRequest(let why): "invalid NBD request: \(why)"
         case .retryWindowExpired(let seconds, let lastError):
-            "NBD server unreachable for the whole \(seconds) s retry window; last error: \(lastError)"
+            "NBD request not answered within the \(seconds) s retry window; last error: \(lastError)"
         case .closed: "the NBD connection was closed"
         }
     }

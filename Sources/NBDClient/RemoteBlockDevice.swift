@@ -38,7 +38,8 @@ public final class RemoteBlockDevice: BlockDevice {
         /// it fails with `.retryWindowExpired`.
         public var retryWindow: Double
         /// Delay after the first failed reconnect attempt; it doubles after
-        /// each further failure up to `maxBackoff`.
+        /// each further failure up to `maxBackoff`. While nobody listens
+        /// at the address, reconnects are tried every `initialBackoff`.
         public var initialBackoff: Double
         public var maxBackoff: Double
 

@@ -134,6 +134,38 @@ struct ReconnectTests {
         #expect(try device.read(at: 0, count: 3) == [1, 2, 3])
     }
 
+    @Test func aServerAwayLongerThanTheBackoffIsFoundAsSoonAsItListens() throws {
+        // A storage domain killed over and over lives about as long as the
+        // client's grown backoff: attempts spaced like that can keep
+        // missing it. With nobody listening, attempts stay one
+        // `initialBackoff` apart (here 20 ms) whatever the backoff reached.
+        var server = try NBDKit(socketPath: socket, ["file", disk])
+        var options = RemoteBlockDevice.Options.forTests(retryWindow: 30)
+        options.maxBackoff = 8
+        let device = try RemoteBlockDevice(connectingTo: server.address, options: options)
+        let data = randomBytes(4096)
+        try device.write(at: 0, bytes: data, fua: true)
+        server.kill()
+
+        let reader = Background { () -> (Result<[UInt8], BlockDeviceError>, Date) in
+            do throws(BlockDeviceError) { return (.success(try device.read(at: 0, count: data.count)), Date()) } catch {
+                return (.failure(error), Date())
+            }
+        }
+        // Exponential attempts from 20 ms would be at 0.02, 0.06, 0.14,
+        // 0.30, 0.62, 1.26, 2.54 and 5.10 s: the server is back between
+        // the last two.
+        Thread.sleep(forTimeInterval: 2.8)
+        server = try NBDKit(socketPath: socket, ["file", disk])
+        let listening = Date()
+        let outcome = reader.wait(timeout: 20)
+        #expect(try outcome?.0.get() == data)
+        if let answered = outcome?.1 {
+            #expect(answered.timeIntervalSince(listening) < 1.5, "reconnected \(answered.timeIntervalSince(listening)) s after the server listened")
+        }
+        withExtendedLifetime(server) {}
+    }
+
     @Test func aServerThatComesBackWithADifferentExportIsRefused() throws {
         var server = try NBDKit(socketPath: socket, ["file", disk])
         let device = try RemoteBlockDevice(connectingTo: server.address, options: .forTests())
