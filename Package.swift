@@ -165,7 +165,7 @@ let package = Package(
             name: "CryptPoolTests",
             dependencies: ["CryptPool", "Keys", "PoolFormat", "BlockDevice", "Threads", "TestSupport", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice", "TestSupport"]),
-        .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets", "TestSupport"]),
+        .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "NBDProtocol", "BlockDevice", "Sockets", "TestSupport", "CSystemShims"]),
         .testTarget(name: "NBDClientTests", dependencies: ["NBDClient", "NBDServer", "NBDProtocol", "BlockDevice", "Sockets", "TestSupport"]),
         .testTarget(name: "InteropTests", dependencies: ["Sockets", "TestScratch"]),
         // The whole chain as real processes: storage domain, crypt domain, clients.

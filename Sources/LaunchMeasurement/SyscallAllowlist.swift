@@ -101,6 +101,7 @@ public enum SyscallAllowlist {
         rule("pwrite64", "writes to the disks"),
         rule("preadv2", "reads with RWF_NOWAIT, run inline when the page cache has the data"),
         rule("pwritev2", "writes with RWF_NOWAIT, run inline when they need not wait"),
+        rule("sendfile", "large READs from a memory file system go from the page cache to the socket uncopied"),
         rule("fdatasync", "NBD_CMD_FLUSH and FUA writes"),
         rule("fsync", "NBD_CMD_FLUSH on block devices"),
         rule("fallocate", "NBD_CMD_TRIM and WRITE_ZEROES punch holes"),

@@ -1,3 +1,4 @@
+import BlockDevice
 import Logging
 import Sockets
 import Threads
@@ -17,6 +18,8 @@ final class ReplyChannel: Sendable, SendBatch.Sender {
     private enum Chunk {
         case copied([UInt8])
         case lent(UnsafeRawBufferPointer, release: @Sendable () -> Void)
+        /// A READ's data, sent from its file (`sendSpliced`).
+        case file(FileRange)
     }
 
     private struct State {
@@ -97,6 +100,48 @@ final class ReplyChannel: Sendable, SendBatch.Sender {
         if !lent { release?() }
         if let failure { fail(failure) }
         if startFlusher { startFlushing() }
+    }
+
+    /// Sends a READ reply whose data goes from the page cache straight to
+    /// the socket (sendfile(2)): `header`, copied, then `data`, after
+    /// every reply sent before it. Unlike `send`, this blocks: the calling
+    /// thread sends the data itself, up to the socket's send timeout, and
+    /// replies sent meanwhile queue behind it.
+    func sendSpliced(header: UnsafeRawBufferPointer, data: FileRange) {
+        var failure: SocketError?
+        let (owner, startFlusher) = state.withLock { state -> (Bool, Bool) in
+            guard !state.failed else { return (false, false) }
+            state.sent += 1
+            var startFlusher = false
+            if !state.gathered.isEmpty {
+                startFlusher = emitGathered(in: &state, failure: &failure)
+            }
+            guard !state.failed else { return (false, false) }
+            if state.flushing || startFlusher {
+                state.queue.append(.copied(Array(header)))
+                state.queue.append(.file(data))
+                state.queuedBytes += header.count + data.count
+                return (false, startFlusher)
+            }
+            // Taking the sending side as a flusher would: what others send
+            // while the data goes out waits in the queue, in order.
+            state.flushing = true
+            return (true, false)
+        }
+        if let failure { fail(failure) }
+        if startFlusher { startFlushing() }
+        guard owner else { return }
+        _ = write { () throws(SocketError) in
+            try socket.writeAll(header)
+            try socket.sendFile(data.descriptor, offset: data.offset, count: data.count)
+        }
+        // The flusher writes what queued meanwhile, or after a failure
+        // releases what was lent.
+        let more = state.update { state -> Bool in
+            if state.queue.isEmpty { state.flushing = false }
+            return !state.queue.isEmpty
+        }
+        if more { startFlushing() }
     }
 
     func flushBatch() { flushGathered() }
@@ -191,6 +236,12 @@ final class ReplyChannel: Sendable, SendBatch.Sender {
                 case .lent(let bytes, let release):
                     if !failed { failed = !write { () throws(SocketError) in try socket.writeAll(bytes) } }
                     release()
+                case .file(let range):
+                    if !failed {
+                        failed = !write { () throws(SocketError) in
+                            try socket.sendFile(range.descriptor, offset: range.offset, count: range.count)
+                        }
+                    }
                 }
             }
             guard more else { return }

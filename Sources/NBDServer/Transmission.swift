@@ -47,11 +47,20 @@ final class Transmission: Sendable {
     /// pauses: with 32 MiB payloads allowed, the request count alone would
     /// admit 8 GiB.
     static let maxPayloadBytesInFlight = 64 << 20
+    /// READs from this size up go out with sendfile(2) where the device
+    /// allows (`SplicingBlockDevice`). On this machine's kernel (6.18, Unix
+    /// sockets), sending 16 KiB that way cost the server 2.5 µs against
+    /// 9.8 µs for pread and send, 1 MiB 95 against 488 µs, and the client
+    /// no more than 30% extra to receive it. Smaller replies are gathered
+    /// with the others of their batch into one send instead, which sendfile
+    /// cannot join: its header would need a call of its own.
+    static let spliceThreshold = 16 * 1024
 
     private let connection: Connection
     private let session: NegotiatedSession
     private let device: any BlockDevice
     private let asynchronous: (any AsynchronousBlockDevice)?
+    private let splicing: (any SplicingBlockDevice)?
     private let replies: ReplyChannel
     private let flight = Guarded(Flight())
     private let work = Guarded(Work())
@@ -64,6 +73,7 @@ final class Transmission: Sendable {
         self.session = session
         self.device = device
         self.asynchronous = device as? any AsynchronousBlockDevice
+        self.splicing = device as? any SplicingBlockDevice
         self.leftover = leftover
         replies = ReplyChannel(
             socket: connection.socket, logger: connection.logger, stackSize: connection.server.configuration.threadStackSize)
@@ -225,6 +235,10 @@ final class Transmission: Sendable {
             finished(request)
             return
         }
+        if header.command == .read, Int(header.length) >= Self.spliceThreshold, let splicing, spliceRead(header, from: splicing) {
+            finished(request)
+            return
+        }
         if let asynchronous, header.length > 0 {
             switch header.command {
             case .read: if startRead(request, on: asynchronous) { return }
@@ -271,6 +285,21 @@ final class Transmission: Sendable {
         }
         if !started { returnReplyBuffer(replyBuffer) }
         return started
+    }
+
+    /// NBD_CMD_READ answered from the page cache: the reply header, then
+    /// the data straight from the device's file (`ReplyChannel.sendSpliced`).
+    private func spliceRead(_ header: RequestHeader, from device: any SplicingBlockDevice) -> Bool {
+        guard let range = device.splicedRange(at: header.offset, count: Int(header.length)) else { return false }
+        let structured = session.structuredReplies
+        var space = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        withUnsafeMutableBytes(of: &space) { buffer in
+            let reply = UnsafeMutableRawBufferPointer(rebasing: buffer[..<ReplyEncoder.readReplyHeaderLength(structured: structured)])
+            ReplyEncoder.encodeReadReplyHeader(
+                into: reply, cookie: header.cookie, offset: header.offset, length: header.length, structured: structured)
+            replies.sendSpliced(header: UnsafeRawBufferPointer(reply), data: range)
+        }
+        return true
     }
 
     private func startWrite(_ request: IncomingRequest, on device: any AsynchronousBlockDevice) -> Bool {

@@ -69,6 +69,28 @@ public final class Socket: Sendable {
         }
     }
 
+    /// Sends `count` bytes of the file `source` from `offset` on (sendfile(2)):
+    /// the kernel hands the page cache's pages to the socket, with no copy
+    /// through user memory. Blocks until all are sent, or the send timeout
+    /// (SO_SNDTIMEO) passes (`.timedOut`); a file shorter than the range
+    /// is `.system` with EIO, since the bytes promised cannot follow.
+    public func sendFile(_ source: Int32, offset: Int64, count: Int) throws(SocketError) {
+        var position = off_t(offset)
+        var left = count
+        while left > 0 {
+            let sent = sendfile(fileDescriptor, source, &position, left)
+            if sent > 0 {
+                left -= sent
+                continue
+            }
+            if sent == 0 { throw .system(operation: "sendfile to", address: peerDescription, errno: EIO) }
+            if errno == EINTR { continue }
+            if errno == EPIPE || errno == ECONNRESET { throw .connectionClosed }
+            if errno == EAGAIN || errno == EWOULDBLOCK { throw .timedOut }
+            throw .system(operation: "sendfile to", address: peerDescription, errno: errno)
+        }
+    }
+
     public func writeAll(_ bytes: [UInt8]) throws(SocketError) {
         var failure: SocketError?
         bytes.withUnsafeBytes { raw in

@@ -6,9 +6,9 @@ import Foundation
 public final class TemporaryDirectory: Sendable {
     public let path: String
 
-    /// Makes /tmp/`label`-XXXXXX.
-    public init(_ label: String = "bh") throws {
-        var template = Array("/tmp/\(label)-XXXXXX".utf8CString)
+    /// Makes `root`/`label`-XXXXXX (/dev/shm for a memory file system).
+    public init(_ label: String = "bh", under root: String = "/tmp") throws {
+        var template = Array("\(root)/\(label)-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
         }

@@ -1,0 +1,26 @@
+/// Bytes of a device that lie, in order, in one file the server can hand
+/// to a socket with sendfile(2).
+public struct FileRange: Sendable, Equatable {
+    /// The open file; owned by the device, valid while it lives.
+    public let descriptor: Int32
+    public let offset: Int64
+    public let count: Int
+
+    public init(descriptor: Int32, offset: Int64, count: Int) {
+        self.descriptor = descriptor
+        self.offset = offset
+        self.count = count
+    }
+}
+
+/// A device whose READs can go from the page cache straight to the
+/// client's socket: an NBD server sends the reply header, then the range
+/// with sendfile(2), and the bytes are never copied through its memory
+/// (one copy instead of a read's copy out of the page cache plus a send's
+/// copy into the socket).
+public protocol SplicingBlockDevice: BlockDevice {
+    /// Where the `count` bytes at `offset` lie, if sending them now cannot
+    /// wait for a disk or fail part way: nil sends them the ordinary way.
+    /// The caller has checked the range against the device's size.
+    func splicedRange(at offset: UInt64, count: Int) -> FileRange?
+}
