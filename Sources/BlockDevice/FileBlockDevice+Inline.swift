@@ -112,4 +112,11 @@ final class NowaitSupport: Sendable {
 
     func allows(_ direction: Direction) -> Bool { refused.load(ordering: .relaxed) & direction.rawValue == 0 }
     func refuse(_ direction: Direction) { refused.bitwiseOr(direction.rawValue, ordering: .relaxed) }
+
+    /// Whether cachestat(2) answered so far (`FileBlockDevice.splicedRange`):
+    /// kernels before 6.5 have none.
+    private let cacheQueriesRefused = Atomic<Bool>(false)
+
+    var allowsCacheQueries: Bool { !cacheQueriesRefused.load(ordering: .relaxed) }
+    func refuseCacheQueries() { cacheQueriesRefused.store(true, ordering: .relaxed) }
 }

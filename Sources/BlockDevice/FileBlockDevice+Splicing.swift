@@ -1,10 +1,43 @@
-/// A file on a memory file system is its page cache: nothing there waits
-/// for a disk or fails part way, so a READ may go out with sendfile(2).
-/// Other files keep the copying path, whose RWF_NOWAIT read says whether
-/// the page cache has the bytes before any of them is promised.
+import CSystemShims
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A READ may go out with sendfile(2) when nothing in it can wait for a
+/// disk or fail part way: always on a memory file system, which is its
+/// page cache; elsewhere when cachestat(2) finds every page of the range
+/// cached, the same test the copying path makes with RWF_NOWAIT. A page
+/// evicted between the two calls only makes sendfile read it from the
+/// disk; should that fail, the connection ends (the header is out) and
+/// the client's retry finds the page uncached and takes the copying path,
+/// which answers the error.
 extension FileBlockDevice: SplicingBlockDevice {
     public func splicedRange(at offset: UInt64, count: Int) -> FileRange? {
-        guard case .always = inlinePolicy, count > 0, let start = Int64(exactly: offset) else { return nil }
+        guard count > 0, let start = Int64(exactly: offset) else { return nil }
+        switch inlinePolicy {
+        case .always:
+            break
+        case .nowait(let support):
+            guard support.allowsCacheQueries, isCached(offset, count, support) else { return nil }
+        case .never:
+            return nil
+        }
         return FileRange(descriptor: fd, offset: start, count: count)
     }
+
+    private func isCached(_ offset: UInt64, _ count: Int, _ support: NowaitSupport) -> Bool {
+        let page = UInt64(Self.pageSize)
+        let first = offset / page
+        let end = (offset + UInt64(count) + page - 1) / page
+        let cached = bulkhead_cached_pages(fd, first * page, (end - first) * page)
+        if cached < 0 {
+            if LinuxSystem.isUnsupported(errno) || errno == EPERM { support.refuseCacheQueries() }
+            return false
+        }
+        return UInt64(cached) >= end - first
+    }
+
+    private static let pageSize = max(Int(sysconf(Int32(_SC_PAGESIZE))), 4096)
 }

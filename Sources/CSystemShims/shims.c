@@ -3,8 +3,10 @@
 #include <malloc.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/vfs.h>
+#include <unistd.h>
 
 int bulkhead_set_not_dumpable(void) { return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); }
 
@@ -28,4 +30,19 @@ ssize_t bulkhead_pread_flags(int fd, void *buffer, size_t length, off_t offset, 
 ssize_t bulkhead_pwrite_flags(int fd, const void *buffer, size_t length, off_t offset, int flags) {
     struct iovec vector = {.iov_base = (void *)buffer, .iov_len = length};
     return pwritev2(fd, &vector, 1, offset, flags);
+}
+
+#ifndef __NR_cachestat
+#define __NR_cachestat 451
+#endif
+
+long long bulkhead_cached_pages(int fd, unsigned long long offset, unsigned long long length) {
+    struct {
+        unsigned long long offset, length;
+    } range = {offset, length};
+    struct {
+        unsigned long long cached, dirty, writeback, evicted, recentlyEvicted;
+    } status;
+    if (syscall(__NR_cachestat, fd, &range, &status, 0) != 0) return -1;
+    return (long long)status.cached;
 }

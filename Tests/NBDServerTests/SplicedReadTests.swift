@@ -21,7 +21,7 @@ import TestSupport
         return (try FileBlockDevice(path: path, threaded: false), contents)
     }
 
-    @Test func aMemoryFileOffersItsRangesAndOthersDoNot() throws {
+    @Test func rangesAreOfferedOnlyWhereNothingWaitsForADisk() throws {
         let memory = try TemporaryDirectory("splice", under: "/dev/shm")
         let (device, _) = try Self.memoryFileDevice(memory, size: 1 << 20)
         #expect(device.splicedRange(at: 8192, count: 65536)?.offset == 8192)
@@ -29,13 +29,20 @@ import TestSupport
         // Worker threads only: every read stays on the copying path.
         let threaded = try FileBlockDevice(path: memory.file("disk.img"), threaded: true)
         #expect(threaded.splicedRange(at: 0, count: 65536) == nil)
-        // A disk file system may have to wait for the disk part way.
+        // On a disk file system, only ranges the page cache holds whole:
+        // anything else might wait for the disk part way.
         let disk = try TemporaryDirectory("splice")
-        let onDisk = try FileBlockDevice(path: disk.file("disk.img", size: 1 << 20), threaded: false)
-        let fd = open(disk.path, O_RDONLY | O_DIRECTORY)
+        let path = disk.file("disk.img", size: 1 << 20)
+        let fd = open(path, O_RDWR)
         defer { close(fd) }
-        if bulkhead_filesystem_type(fd) != 0x0102_1994 {  // not TMPFS_MAGIC
-            #expect(onDisk.splicedRange(at: 0, count: 65536) == nil)
+        guard bulkhead_filesystem_type(fd) != 0x0102_1994 else { return }  // /tmp is tmpfs here
+        let written = pattern(65536, seed: 3)
+        #expect(written.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) } == 65536)
+        let onDisk = try FileBlockDevice(path: path, threaded: false)
+        #expect(onDisk.splicedRange(at: 512 << 10, count: 65536) == nil, "a hole never read is not cached")
+        #expect(onDisk.splicedRange(at: 32768, count: 65536) == nil, "half cached")
+        if bulkhead_cached_pages(fd, 0, 4096) >= 0 {
+            #expect(onDisk.splicedRange(at: 4096, count: 32768)?.count == 32768, "just written, so cached")
         }
     }
 

@@ -35,4 +35,9 @@ long bulkhead_filesystem_type(int fd);
 ssize_t bulkhead_pread_flags(int fd, void *buffer, size_t length, off_t offset, int flags);
 ssize_t bulkhead_pwrite_flags(int fd, const void *buffer, size_t length, off_t offset, int flags);
 
+/// cachestat(2) (Linux 6.5): how many pages of [offset, offset + length)
+/// of `fd` are in the page cache, or -1 with errno set (ENOSYS on older
+/// kernels, which glibc does not wrap).
+long long bulkhead_cached_pages(int fd, unsigned long long offset, unsigned long long length);
+
 #endif
