@@ -93,6 +93,10 @@ struct VolumeState: Sendable {
 
     var blockCount: UInt64 { size / UInt64(PoolLayout.blockSize) }
 
+    /// `PoolState.withVolume`: reached through the dictionary's in-place
+    /// accessor by optional chaining.
+    mutating func visit<T, E: Error>(_ body: (inout VolumeState) throws(E) -> T) throws(E) -> T { try body(&self) }
+
     /// The pointer for a block if the overlays decide it; nil defers to the tree.
     func decided(_ block: UInt64) -> BlockPointer? {
         if let pointer = overlay.lookup(block) { return pointer }
@@ -192,6 +196,14 @@ extension PoolState {
 
 extension PoolState {
     /// Records data blocks just written to storage: logical blocks from
+    /// Runs `body` on the state of volume `id` where it lies; nil if there
+    /// is no such volume. Reading it through the dictionary's getter copies
+    /// it, a retain and a release of each overlay table and key in it, on
+    /// every request that looks a volume up.
+    mutating func withVolume<T, E: Error>(_ id: VolumeID, _ body: (inout VolumeState) throws(E) -> T) throws(E) -> T? {
+        try volumes[id]?.visit(body)
+    }
+
     /// `first` of `volume` now live at `pointers`, in order. Maps them in the
     /// overlay in place (a copy of the volume state would copy its whole
     /// overlay), queues their log records and the blocks they replace for

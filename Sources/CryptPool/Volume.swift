@@ -181,19 +181,21 @@ public final class Volume: BlockDevice {
     private func pointers(_ blocks: Range<UInt64>, cachedOnly: Bool = false) throws(PoolError) -> [BlockPointer]? {
         var result: [BlockPointer] = []
         result.reserveCapacity(blocks.count)
-        let (undecided, root, depth) = try pool.state.withLock { (state) throws(PoolError) in
-            guard let volume = state.volumes[id] else { throw .noSuchVolume(name) }
-            var undecided = 0
-            for block in blocks {
-                if let decided = volume.decided(block) {
-                    result.append(decided)
-                } else {
-                    result.append(Self.leftToTree)
-                    undecided += 1
+        let found = pool.state.withLock { state in
+            state.withVolume(id) { volume in
+                var undecided = 0
+                for block in blocks {
+                    if let decided = volume.decided(block) {
+                        result.append(decided)
+                    } else {
+                        result.append(Self.leftToTree)
+                        undecided += 1
+                    }
                 }
+                return (undecided, volume.root, volume.depth)
             }
-            return (undecided, volume.root, volume.depth)
         }
+        guard let (undecided, root, depth) = found else { throw .noSuchVolume(name) }
         guard undecided > 0 else { return result }
         let tree = TreeIdentity(kind: .volumeTreeNode, object: id.rawValue, depth: depth, volumeName: name)
         var index = 0
@@ -388,7 +390,7 @@ public final class Volume: BlockDevice {
         // the sealer and the generation the pointers carry.
         let (locations, salt, firstCounter, sealer, generation) = try pool.state.withLock {
             (state) throws(PoolError) -> ([PhysicalBlock], SessionSalt, UInt64, BlockSealer, UInt64) in
-            guard let root = state.volumes[id]?.root, let depth = state.volumes[id]?.depth else { throw .noSuchVolume(name) }
+            guard let (root, depth) = state.withVolume(id, { ($0.root, $0.depth) }) else { throw .noSuchVolume(name) }
             let hint = placementHint(for: blocks, root: root, depth: depth)
             let locations = try pool.allocateData(count, near: hint, in: &state)
             let (salt, first) = pool.reserveDataCounters(id, count, in: &state)
