@@ -98,10 +98,11 @@ meta() { printf 'I7META %s\n' "$*" >> "$raw"; }
 help=$("$BH_BIN/bulkhead-cryptd" --help 2>&1 || true)
 ckpt=$(grep -A3 -- '--checkpoint-records' <<<"$help" | grep -o 'default: [0-9_]*' | head -1 | cut -d' ' -f2)
 workers=$(grep -A3 -- '--workers' <<<"$help" | grep -o 'default: [0-9_]*' | head -1 | cut -d' ' -f2)
-nodes=$(grep -o 'nodeCacheCapacity: Int = [0-9_]*' "$repo/Sources/CryptPool/Pool.swift" | head -1 | awk '{print $4}' | tr -d _)
+cache_mib=$(grep -A3 -- '--metadata-cache' <<<"$help" | grep -o 'default: [0-9_]*' | head -1 | cut -d' ' -f2)
+if [[ $cargs =~ --metadata-cache[=\ ]([0-9]+) ]]; then cache_mib=${BASH_REMATCH[1]}; fi
 meta "mode $mode date $(date -Is) commit $(git -C "$repo" rev-parse --short HEAD) bin $BH_BIN cryptd_args '${cargs}'"
 meta "host cpus $(nproc) kernel $(uname -r) loadavg $(cut -d' ' -f1-3 /proc/loadavg | tr ' ' ,)"
-meta "cache node cache ${nodes:-?} nodes of 4 KiB ($(( ${nodes:-0} * 4 / 1024 )) MiB, PoolConfiguration.nodeCacheCapacity, source of this tree), overlay bounded by --checkpoint-records ${ckpt:-?} (about 128 B per record), ${workers:-?} workers per consumer connection (1 MiB stacks), cryptd args '${cargs}'"
+meta "cache node cache ${cache_mib:-?} MiB of 4 KiB nodes (--metadata-cache), overlay bounded by --checkpoint-records ${ckpt:-?} (about 128 B per record), ${workers:-?} workers per consumer connection (1 MiB stacks), cryptd args '${cargs}'"
 t_start=$(date +%s)
 
 has() { [[ ",$parts," == *",$1,"* ]]; }

@@ -8,6 +8,7 @@ import Foundation
 import Keys
 import Logging
 import NBDServer
+import PoolFormat
 import Sockets
 import TPM
 
@@ -57,6 +58,9 @@ struct Cryptd: ParsableCommand {
     @Option(name: .customLong("checkpoint-records"), help: ArgumentHelp("Log records between tree checkpoints (memory bound).", valueName: "count"))
     var checkpointRecords: Int = 65_536
 
+    @Option(name: .customLong("metadata-cache"), help: ArgumentHelp("MiB of decrypted tree nodes kept in memory (4 KiB each); random reads of more data than about 64 times this read tree nodes from storage too.", valueName: "MiB"))
+    var metadataCacheMiB: Int = Self.defaultMetadataCacheMiB
+
     @Flag(name: .customLong("tpm2"), help: "Unlock with the pool's tpm2 keyslots (each is tried).")
     var tpm2 = false
 
@@ -94,6 +98,13 @@ struct Cryptd: ParsableCommand {
     /// the storage domain for its request, so they bound the requests in
     /// flight to storage.
     static let defaultWorkersPerConnection = 32
+    /// The node cache's default: 8,192 nodes, whose leaves map 2 GiB of
+    /// data (64 pointers of 4 KiB blocks each).
+    static let defaultMetadataCacheMiB = (PoolConfiguration().nodeCacheCapacity * PoolLayout.blockSize) >> 20
+    /// The node cache's bounds: 1 MiB (256 nodes) still holds the paths
+    /// of many walks at once, and the cache lives in locked memory (64 GiB
+    /// maps 8 PiB of data).
+    static let metadataCacheRange = 1...65_536
     /// malloc arenas for the whole process. Every request thread allocates,
     /// and with glibc's default of 8 per core the arenas grew cryptd to
     /// 1.07 GB under 60 s of 4k random writes, two arenas to 615 MB, one to
@@ -118,6 +129,11 @@ struct Cryptd: ParsableCommand {
         }
         guard commitInterval >= 0, commitInterval.isFinite else {
             throw commandFailure(program, "--commit-interval must be 0 or a positive number of seconds", status: usageExitCode)
+        }
+        guard Self.metadataCacheRange.contains(metadataCacheMiB) else {
+            throw commandFailure(
+                program, "--metadata-cache must be between \(Self.metadataCacheRange.lowerBound) and \(Self.metadataCacheRange.upperBound) MiB",
+                status: usageExitCode)
         }
         guard (1...256).contains(workers) else {
             throw commandFailure(program, "--workers must be between 1 and 256", status: usageExitCode)
@@ -187,7 +203,9 @@ struct Cryptd: ParsableCommand {
             if anchorKinds.contains("tpm2") { parts.append(TPMTrustAnchor(context: try tpm.context(), index: nvIndex)) }
             pool = try Pool.open(
                 storage: device, secret: secret, anchor: CombinedTrustAnchor(parts),
-                configuration: PoolConfiguration(checkpointRecords: checkpointRecords, commitInterval: commitInterval))
+                configuration: PoolConfiguration(
+                    checkpointRecords: checkpointRecords, nodeCacheCapacity: (metadataCacheMiB << 20) / PoolLayout.blockSize,
+                    commitInterval: commitInterval))
         } catch PoolError.unlockFailed(let reasons) where tpm2 && reasons.isEmpty {
             throw commandFailure(program, "the pool on \(location) has no tpm2 keyslot: unlock with --key-file or --recovery-key-file, then enrol with bulkhead keyslot add --tpm2")
         } catch {
@@ -234,7 +252,7 @@ struct Cryptd: ParsableCommand {
             "serving",
             metadata: [
                 "volumes": "\(served.joined(separator: ","))", "unlocked": "\(tpm2 ? "tpm2 keyslot" : recoveryKeyFile != nil ? "recovery key" : "passphrase")", "generation": "\(pool.generation)", "epoch": "\(pool.anchorEpoch)",
-                "control": "\(controlServer.map { $0.listener.address.description } ?? "none")",
+                "control": "\(controlServer.map { $0.listener.address.description } ?? "none")", "metadata-cache": "\(metadataCacheMiB) MiB",
             ])
         let signal = waitForTerminationSignal()
         logger.info("shutting down", metadata: ["signal": "\(signal)"])
