@@ -85,15 +85,7 @@ final class ReplyChannel: Sendable, SendBatch.Sender {
         }
         var failure: SocketError?
         let (startFlusher, lent) = state.withLock { state -> (Bool, Bool) in
-            guard !state.failed else { return (false, false) }
-            state.sent += 1
-            // The gathered replies go first. If they fill the socket, their
-            // remainder is queued and the flusher they start carries this
-            // reply too: its own emit only queues behind them.
-            var gatheredStartFlusher = false
-            if !state.gathered.isEmpty {
-                gatheredStartFlusher = emitGathered(in: &state, failure: &failure)
-            }
+            guard let gatheredStartFlusher = admit(in: &state, failure: &failure) else { return (false, false) }
             let (startFlusher, lent) = emit(bytes, release: release, in: &state, failure: &failure)
             return (startFlusher || gatheredStartFlusher, lent)
         }
@@ -110,13 +102,7 @@ final class ReplyChannel: Sendable, SendBatch.Sender {
     func sendSpliced(header: UnsafeRawBufferPointer, data: FileRange) {
         var failure: SocketError?
         let (owner, startFlusher) = state.withLock { state -> (Bool, Bool) in
-            guard !state.failed else { return (false, false) }
-            state.sent += 1
-            var startFlusher = false
-            if !state.gathered.isEmpty {
-                startFlusher = emitGathered(in: &state, failure: &failure)
-            }
-            guard !state.failed else { return (false, false) }
+            guard let startFlusher = admit(in: &state, failure: &failure), !state.failed else { return (false, false) }
             if state.flushing || startFlusher {
                 state.queue.append(.copied(Array(header)))
                 state.queue.append(.file(data))
@@ -142,6 +128,16 @@ final class ReplyChannel: Sendable, SendBatch.Sender {
             return !state.queue.isEmpty
         }
         if more { startFlushing() }
+    }
+
+    /// Counts a reply that is not gathered, once the gathered ones went
+    /// first: if they fill the socket, their remainder is queued and the
+    /// flusher they start carries this reply too. With the lock held; nil
+    /// once sending has failed, else whether a flusher must start.
+    private func admit(in state: inout State, failure: inout SocketError?) -> Bool? {
+        guard !state.failed else { return nil }
+        state.sent += 1
+        return state.gathered.isEmpty ? false : emitGathered(in: &state, failure: &failure)
     }
 
     func flushBatch() { flushGathered() }
