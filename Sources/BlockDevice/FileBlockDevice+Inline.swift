@@ -113,8 +113,8 @@ final class NowaitSupport: Sendable {
     func allows(_ direction: Direction) -> Bool { refused.load(ordering: .relaxed) & direction.rawValue == 0 }
     func refuse(_ direction: Direction) { refused.bitwiseOr(direction.rawValue, ordering: .relaxed) }
 
-    /// Whether cachestat(2) answered so far (`FileBlockDevice.splicedRange`):
-    /// kernels before 6.5 have none.
+    /// Whether cachestat(2) was refused (`FileBlockDevice.splicedRange`):
+    /// kernels before 6.5 have none, so it is not asked again.
     private let cacheQueriesRefused = Atomic<Bool>(false)
 
     var allowsCacheQueries: Bool { !cacheQueriesRefused.load(ordering: .relaxed) }

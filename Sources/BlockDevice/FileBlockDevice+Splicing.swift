@@ -6,25 +6,29 @@ import Musl
 #endif
 
 /// A READ may go out with sendfile(2) when nothing in it can wait for a
-/// disk or fail part way: always on a memory file system, which is its
-/// page cache; elsewhere when cachestat(2) finds every page of the range
-/// cached, the same test the copying path makes with RWF_NOWAIT. A page
-/// evicted between the two calls only makes sendfile read it from the
-/// disk; should that fail, the connection ends (the header is out) and
-/// the client's retry finds the page uncached and takes the copying path,
-/// which answers the error.
+/// disk or fail part way: on a memory file system, which is its page
+/// cache, when the file still holds the range; elsewhere when cachestat(2)
+/// finds every page of the range cached, the same test the copying path
+/// makes with RWF_NOWAIT (pages past the end of a file are never cached).
+/// A page evicted between the two calls only makes sendfile read it from
+/// the disk; should that fail, the connection ends (the header is out)
+/// and the client's retry finds the page uncached and takes the copying
+/// path, which answers the error.
 extension FileBlockDevice: SplicingBlockDevice {
     public func splicedRange(at offset: UInt64, count: Int) -> FileRange? {
         guard count > 0, let start = Int64(exactly: offset) else { return nil }
         switch inlinePolicy {
         case .always:
-            break
+            // A file shrunk under the server: the copying path answers the
+            // short read with an error instead of ending the connection.
+            var status = stat()
+            guard fstat(fd, &status) == 0, Int64(status.st_size) - start >= Int64(count) else { return nil }
         case .nowait(let support):
             guard support.allowsCacheQueries, isCached(offset, count, support) else { return nil }
         case .never:
             return nil
         }
-        return FileRange(descriptor: fd, offset: start, count: count)
+        return FileRange(descriptor: fd, offset: start, count: count, owner: self)
     }
 
     private func isCached(_ offset: UInt64, _ count: Int, _ support: NowaitSupport) -> Bool {

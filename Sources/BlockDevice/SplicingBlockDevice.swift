@@ -1,15 +1,23 @@
 /// Bytes of a device that lie, in order, in one file the server can hand
 /// to a socket with sendfile(2).
 public struct FileRange: Sendable, Equatable {
-    /// The open file; owned by the device, valid while it lives.
+    /// The open file, valid while `owner` lives.
     public let descriptor: Int32
     public let offset: Int64
     public let count: Int
+    /// What closes the descriptor (the device): a range queued for sending
+    /// keeps it open, so a reused descriptor never sends another file.
+    public let owner: any AnyObject & Sendable
 
-    public init(descriptor: Int32, offset: Int64, count: Int) {
+    public init(descriptor: Int32, offset: Int64, count: Int, owner: any AnyObject & Sendable) {
         self.descriptor = descriptor
         self.offset = offset
         self.count = count
+        self.owner = owner
+    }
+
+    public static func == (a: FileRange, b: FileRange) -> Bool {
+        a.descriptor == b.descriptor && a.offset == b.offset && a.count == b.count && a.owner === b.owner
     }
 }
 

@@ -195,7 +195,6 @@ extension PoolState {
 }
 
 extension PoolState {
-    /// Records data blocks just written to storage: logical blocks from
     /// Runs `body` on the state of volume `id` where it lies; nil if there
     /// is no such volume. Reading it through the dictionary's getter copies
     /// it, a retain and a release of each overlay table and key in it, on
@@ -204,6 +203,7 @@ extension PoolState {
         try volumes[id]?.visit(body)
     }
 
+    /// Records data blocks just written to storage: logical blocks from
     /// `first` of `volume` now live at `pointers`, in order. Maps them in the
     /// overlay in place (a copy of the volume state would copy its whole
     /// overlay), queues their log records and the blocks they replace for

@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import Logging
 import NBDProtocol
 import Sockets
@@ -32,8 +37,8 @@ struct ExportIdentity: Sendable {
 /// failing, back off exponentially, and only an answered request resets
 /// the count: a server that accepts connections and then fails every
 /// request is not hammered in a tight loop. A connect that nobody answers
-/// (no server listening) costs the server nothing, so it is tried again
-/// every `initialBackoff` without growing the backoff: a server restarted
+/// (ECONNREFUSED, or no socket file) costs the server nothing, so it is
+/// tried again every `initialBackoff` without growing the backoff: a server restarted
 /// by its supervisor is found as soon as it listens, not a grown backoff
 /// later, which under repeated crashes could be after it died again.
 final class ConnectionSupervisor: Sendable {
@@ -223,8 +228,8 @@ final class ConnectionSupervisor: Sendable {
                 } else {
                     logger.info("reconnecting to \(address) failed: \(error)")
                 }
-                if case .connect = error {
-                    state.poll(error, after: options.initialBackoff)
+                if Self.nobodyListens(error) {
+                    state.poll(error, after: max(options.initialBackoff, Self.minimumPoll))
                 } else {
                     state.lose(error, backoff: backoff)
                 }
@@ -232,6 +237,18 @@ final class ConnectionSupervisor: Sendable {
         }
         unwanted?.close()
     }
+
+    /// Whether a reconnect failed only because no server listens at the
+    /// address yet (no socket file, or nobody accepting): cheap to ask again.
+    /// Any other connect failure (a bad name, no descriptors left) backs off.
+    private static func nobodyListens(_ error: NBDClientError) -> Bool {
+        guard case .connect(.system(_, _, let code)) = error else { return false }
+        return code == ECONNREFUSED || code == ENOENT
+    }
+
+    /// The shortest pause between connects to an address nobody listens
+    /// at, whatever `initialBackoff` says.
+    static let minimumPoll = 0.01
 
     /// Closes the current connection; every caller gets `.closed` from now on.
     func close() {

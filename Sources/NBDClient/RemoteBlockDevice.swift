@@ -39,7 +39,8 @@ public final class RemoteBlockDevice: BlockDevice {
         public var retryWindow: Double
         /// Delay after the first failed reconnect attempt; it doubles after
         /// each further failure up to `maxBackoff`. While nobody listens
-        /// at the address, reconnects are tried every `initialBackoff`.
+        /// at the address, reconnects are tried every `initialBackoff` (at
+        /// least 10 ms).
         public var initialBackoff: Double
         public var maxBackoff: Double
 

@@ -64,6 +64,10 @@ public final class NBDServer: Sendable {
     /// Starts accepting connections on `listeners`. The server owns them
     /// from now on and closes them in `shutdown()`.
     public func start(_ listeners: [Listener]) {
+        // sendfile(2), unlike send, has no MSG_NOSIGNAL: a client gone in
+        // the middle of a spliced READ must be an EPIPE, not the end of the
+        // process (`ReplyChannel.sendSpliced`).
+        signal(SIGPIPE, SIG_IGN)
         let accepted = state.withLock { state -> Bool in
             guard !state.stopping else { return false }
             state.listeners.append(contentsOf: listeners)

@@ -11,7 +11,8 @@ import Threads
 /// behind it. The caller may be the storage connection's reader thread,
 /// which every volume's replies depend on: a consumer that stops reading
 /// must stall only itself. Inside a `SendBatch`, small replies are gathered
-/// and leave in one system call when the batch ends.
+/// and leave in one system call when the batch ends. `sendSpliced` alone
+/// blocks its caller.
 final class ReplyChannel: Sendable, SendBatch.Sender {
     /// Bytes waiting for the flusher: a copy, or the caller's memory lent
     /// until `release` is called.
@@ -97,8 +98,9 @@ final class ReplyChannel: Sendable, SendBatch.Sender {
     /// Sends a READ reply whose data goes from the page cache straight to
     /// the socket (sendfile(2)): `header`, copied, then `data`, after
     /// every reply sent before it. Unlike `send`, this blocks: the calling
-    /// thread sends the data itself, up to the socket's send timeout, and
-    /// replies sent meanwhile queue behind it.
+    /// thread (a worker, never the one reading requests) sends the data
+    /// itself, up to the socket's send timeout, and replies sent meanwhile
+    /// queue behind it.
     func sendSpliced(header: UnsafeRawBufferPointer, data: FileRange) {
         var failure: SocketError?
         let (owner, startFlusher) = state.withLock { state -> (Bool, Bool) in

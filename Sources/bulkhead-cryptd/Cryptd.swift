@@ -103,7 +103,7 @@ struct Cryptd: ParsableCommand {
     static let defaultMetadataCacheMiB = (PoolConfiguration().nodeCacheCapacity * PoolLayout.blockSize) >> 20
     /// The node cache's bounds: 1 MiB (256 nodes) still holds the paths
     /// of many walks at once, and the cache lives in locked memory (64 GiB
-    /// maps 8 PiB of data).
+    /// of leaves map 4 TiB of data).
     static let metadataCacheRange = 1...65_536
     /// malloc arenas for the whole process. Every request thread allocates,
     /// and with glibc's default of 8 per core the arenas grew cryptd to

@@ -25,7 +25,7 @@ import Testing
         for bad in ["0", "65537", "lots"] {
             let refused = try run(try chain.cryptdCommand(["--metadata-cache", bad]))
             #expect(!refused.succeeded, "--metadata-cache \(bad) was accepted")
-            #expect(refused.output.contains("--metadata-cache") || refused.output.contains("metadata-cache"), "\(refused)")
+            #expect(refused.output.contains("metadata-cache"), "\(refused)")
         }
     }
 }

@@ -35,7 +35,7 @@ import TestSupport
         let path = disk.file("disk.img", size: 1 << 20)
         let fd = open(path, O_RDWR)
         defer { close(fd) }
-        guard bulkhead_filesystem_type(fd) != 0x0102_1994 else { return }  // /tmp is tmpfs here
+        guard bulkhead_filesystem_type(fd) != 0x0102_1994 else { return }  // skipped where /tmp is itself tmpfs
         let written = pattern(65536, seed: 3)
         #expect(written.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) } == 65536)
         let onDisk = try FileBlockDevice(path: path, threaded: false)
@@ -78,17 +78,77 @@ import TestSupport
         #expect(try client.read(at: 4096, length: 65536) == Array(contents[4096..<(4096 + 65536)]))
     }
 
-    @Test func aSplicedReadPastWhatTheFileHoldsEndsTheConnection() throws {
+    @Test func aFileShrunkUnderTheServerGetsErrorRepliesNotSplices() throws {
         let memory = try TemporaryDirectory("splice", under: "/dev/shm")
-        let (device, _) = try Self.memoryFileDevice(memory, size: 1 << 20)
+        let (device, contents) = try Self.memoryFileDevice(memory, size: 1 << 20)
         let fixture = try TestServer(exports: [NBDExport(name: "disk", device: device)])
         let client = try RawClient(fixture.address, export: "disk")
-        #expect(try client.read(at: 0, length: 65536).count == 65536)
-        // The file shrinks under the server: the header promised bytes
-        // that cannot follow, so the connection must end rather than let
-        // the next reply be taken for them.
-        #expect(truncate(memory.file("disk.img"), 65536) == 0)
+        #expect(truncate(memory.file("disk.img"), 256 << 10) == 0)
+        // Past the new end: no range to splice, so the copying path
+        // answers the short read with an error, and the connection stays.
+        #expect(device.splicedRange(at: 512 << 10, count: 65536) == nil)
+        let past = try client.roundTrip(.read, offset: 512 << 10, length: 65536)
+        #expect(past.error != nil)
+        #expect(try client.read(at: 0, length: 131_072) == Array(contents[0..<131_072]))
+    }
+
+    @Test func repliesReallyComeFromTheSplicedFileAndAShortOneEndsTheConnection() throws {
+        // Memory holds one pattern, the file another: what arrives shows
+        // which path sent it.
+        let memory = try TemporaryDirectory("splice", under: "/dev/shm")
+        let path = memory.file("short.img", size: 0)
+        let fileBytes = pattern(256 << 10, seed: 99)
+        let fd = open(path, O_RDWR)
+        defer { close(fd) }
+        #expect(fileBytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) } == fileBytes.count)
+        let device = try SplicingMemory(size: 1 << 20, file: fd)
+        let fixture = try TestServer(exports: [NBDExport(name: "disk", device: device)])
+        let client = try RawClient(fixture.address, export: "disk")
+        #expect(try client.read(at: 65536, length: 65536) == Array(fileBytes[65536..<131_072]))
+        #expect(try client.read(at: 0, length: 4096) == [UInt8](repeating: 0, count: 4096), "small reads are not spliced")
+        // The file ends before the range: the header is already out, so
+        // the connection must end rather than let the next reply be taken
+        // for the missing bytes.
         _ = try client.request(.read, offset: 512 << 10, length: 65536)
         #expect(client.isClosedByServer())
+    }
+}
+
+/// A memory device whose large READs are spliced from `file` at the same
+/// offsets, however short the file is.
+final class SplicingMemory: SplicingBlockDevice, @unchecked Sendable {
+    let memory: MemoryBlockDevice
+    let file: Int32
+
+    init(size: UInt64, file: Int32) throws {
+        memory = try MemoryBlockDevice(size: size)
+        self.file = file
+    }
+
+    var size: UInt64 { memory.size }
+    var isReadOnly: Bool { memory.isReadOnly }
+    var capabilities: BlockDeviceCapabilities { memory.capabilities }
+    var minimumBlockSize: UInt32 { memory.minimumBlockSize }
+
+    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockDeviceError) {
+        try memory.read(at: offset, into: buffer)
+    }
+
+    func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer, fua: Bool) throws(BlockDeviceError) {
+        try memory.write(at: offset, from: buffer, fua: fua)
+    }
+
+    func flush() throws(BlockDeviceError) { try memory.flush() }
+
+    func trim(at offset: UInt64, length: UInt64, fua: Bool) throws(BlockDeviceError) {
+        try memory.trim(at: offset, length: length, fua: fua)
+    }
+
+    func writeZeroes(at offset: UInt64, length: UInt64, flags: ZeroFlags) throws(BlockDeviceError) {
+        try memory.writeZeroes(at: offset, length: length, flags: flags)
+    }
+
+    func splicedRange(at offset: UInt64, count: Int) -> FileRange? {
+        FileRange(descriptor: file, offset: Int64(offset), count: count, owner: self)
     }
 }
