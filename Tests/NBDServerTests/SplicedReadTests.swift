@@ -78,6 +78,31 @@ import TestSupport
         #expect(try client.read(at: 4096, length: 65536) == Array(contents[4096..<(4096 + 65536)]))
     }
 
+    @Test func aWritesPayloadSentBeforeReadingRepliesIsStillRead() throws {
+        // 2 MiB of READ reply, ten times the socket buffers, then a WRITE
+        // of 2 MiB sent before the client reads any reply: a server whose
+        // request-reading thread sent a spliced reply itself would block on
+        // it while the client blocks sending the payload, until the
+        // client's send timed out (`testIOTimeout`) and threw.
+        let memory = try TemporaryDirectory("splice", under: "/dev/shm")
+        let (device, contents) = try Self.memoryFileDevice(memory, size: 8 << 20)
+        let fixture = try TestServer(exports: [NBDExport(name: "disk", device: device)])
+        let client = try RawClient(fixture.address, export: "disk")
+        let read = client.encode(.read, offset: 0, length: 2 << 20)
+        let payload = pattern(2 << 20, seed: 42)
+        let write = client.encode(.write, offset: 4 << 20, length: UInt32(payload.count), payload: payload)
+        try client.send(read.bytes + write.bytes)
+        var answered: Set<UInt64> = []
+        for _ in 0..<2 {
+            let completion = try client.nextCompletion()
+            #expect(completion.error == nil)
+            if completion.cookie == read.cookie { #expect(completion.data == Array(contents[0..<(2 << 20)])) }
+            answered.insert(completion.cookie)
+        }
+        #expect(answered == [read.cookie, write.cookie])
+        #expect(try client.read(at: 4 << 20, length: 65536) == Array(payload[0..<65536]))
+    }
+
     @Test func aFileShrunkUnderTheServerGetsErrorRepliesNotSplices() throws {
         let memory = try TemporaryDirectory("splice", under: "/dev/shm")
         let (device, contents) = try Self.memoryFileDevice(memory, size: 1 << 20)
