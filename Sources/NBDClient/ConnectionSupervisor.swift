@@ -63,13 +63,12 @@ final class ConnectionSupervisor: Sendable {
         /// once, later ones wait longer and longer.
         mutating func lose(_ error: NBDClientError, backoff: (Int) -> Double) {
             failureStreak += 1
-            link = .reconnecting(nextAttempt: monotonicSeconds() + backoff(failureStreak), inProgress: false, lastError: error)
-            version += 1
+            retry(error, after: backoff(failureStreak))
         }
 
-        /// A reconnect found nobody listening: tries again after `delay`,
-        /// leaving the failure count as it was.
-        mutating func poll(_ error: NBDClientError, after delay: Double) {
+        /// Reconnects after `delay`, leaving the failure count as it is (a
+        /// reconnect that found nobody listening).
+        mutating func retry(_ error: NBDClientError, after delay: Double) {
             link = .reconnecting(nextAttempt: monotonicSeconds() + delay, inProgress: false, lastError: error)
             version += 1
         }
@@ -229,7 +228,7 @@ final class ConnectionSupervisor: Sendable {
                     logger.info("reconnecting to \(address) failed: \(error)")
                 }
                 if Self.nobodyListens(error) {
-                    state.poll(error, after: max(options.initialBackoff, Self.minimumPoll))
+                    state.retry(error, after: max(options.initialBackoff, Self.minimumPoll))
                 } else {
                     state.lose(error, backoff: backoff)
                 }

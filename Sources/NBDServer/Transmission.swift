@@ -236,12 +236,13 @@ final class Transmission: Sendable {
             finished(request)
             return
         }
-        if header.command == .read, Int(header.length) >= Self.spliceThreshold, let splicing,
-            splicing.splicedRange(at: header.offset, count: Int(header.length)) != nil
-        {
-            // Spliced by a worker: its send blocks until the client takes
-            // the data, and this thread must go on reading requests (a client
-            // may send a WRITE's payload before it reads any reply).
+        if header.command == .read, Int(header.length) >= Self.spliceThreshold, splicing != nil {
+            // To a worker, which splices it if the device allows (`read`):
+            // the send blocks until the client takes the data, and this
+            // thread must go on reading requests (a client may send a
+            // WRITE's payload before it reads any reply). A range the device
+            // will not splice is one that might wait for the disk, which
+            // belongs on a worker too.
             enqueue(request)
             return
         }
