@@ -87,7 +87,10 @@ public final class Listener: Sendable {
                     var one: Int32 = 1
                     _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
                 }
-                return Socket(adopting: fd, peer: address.description)
+                let socket = Socket(adopting: fd, peer: address.description)
+                // TCP sizes its buffers itself (autotuning, which a fixed SO_SNDBUF would turn off).
+                if case .unix = address { socket.enlargeSendBuffer() }
+                return socket
             }
             switch errno {
             case EINTR, ECONNABORTED: continue

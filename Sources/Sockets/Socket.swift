@@ -143,7 +143,9 @@ public final class Socket: Sendable {
                 Glibc.close(fd)
                 throw .system(operation: "connect to", address: address.description, errno: code)
             }
-            return Socket(adopting: fd, peer: address.description)
+            let socket = Socket(adopting: fd, peer: address.description)
+            socket.enlargeSendBuffer()
+            return socket
         case .tcp(let host, let port):
             var hints = addrinfo()
             hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
