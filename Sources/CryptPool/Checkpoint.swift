@@ -56,7 +56,7 @@ extension Pool {
                     continue
                 }
                 let changes = TreeChanges(
-                    assigned: ArraySlice(fold.mapped.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }), cleared: fold.unmapped)
+                    assigned: ArraySlice(KeyOrder.sorted(fold.mapped)), cleared: fold.unmapped)
                 let tree = TreeIdentity(kind: .volumeTreeNode, object: id.rawValue, depth: volume.depth, volumeName: volume.name)
                 volumes[id]!.root = try rebuild(
                     volume.root, tree: tree, level: volume.depth, firstIndex: 0, changes: changes, generation: generation,
