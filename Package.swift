@@ -29,7 +29,7 @@ let package = Package(
         // file/block-device backend.
         .target(name: "BlockDevice", dependencies: ["CSystemShims"], swiftSettings: strict),
         // POSIX sockets: addresses, listeners, connected streams.
-        .target(name: "Sockets", swiftSettings: strict),
+        .target(name: "Sockets", dependencies: ["CSystemShims"], swiftSettings: strict),
         // The version string shared by every executable.
         .target(name: "BulkheadVersion", swiftSettings: strict),
         // The pool's on-disk structures (docs/format.md): layouts, encoding

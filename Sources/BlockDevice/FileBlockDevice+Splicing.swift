@@ -31,6 +31,19 @@ extension FileBlockDevice: SplicingBlockDevice {
         return FileRange(descriptor: fd, offset: start, count: count, owner: self)
     }
 
+    /// On a memory file system only, whose writes are memory copies that
+    /// never wait for a disk: elsewhere a buffered write can wait for
+    /// writeback, which belongs on a worker.
+    public var splicesWrites: Bool {
+        guard !isReadOnly, case .always = inlinePolicy else { return false }
+        return true
+    }
+
+    public func splicedWriteRange(at offset: UInt64, count: Int) -> FileRange? {
+        guard splicesWrites, count > 0, let start = Int64(exactly: offset) else { return nil }
+        return FileRange(descriptor: fd, offset: start, count: count, owner: self)
+    }
+
     private func isCached(_ offset: UInt64, _ count: Int, _ support: NowaitSupport) -> Bool {
         let page = UInt64(Self.pageSize)
         let first = offset / page

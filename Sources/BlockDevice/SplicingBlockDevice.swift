@@ -31,4 +31,20 @@ public protocol SplicingBlockDevice: BlockDevice {
     /// wait for a disk or fail part way: nil sends them the ordinary way.
     /// The caller has checked the range against the device's size.
     func splicedRange(at offset: UInt64, count: Int) -> FileRange?
+
+    /// Whether WRITEs may go from the client's socket straight into the
+    /// device's file (`splicedWriteRange`): an NBD server then keeps a pipe
+    /// per connection for them.
+    var splicesWrites: Bool { get }
+
+    /// Where the `count` bytes of a WRITE at `offset` go in the file, if the
+    /// server may splice them there itself, on the thread reading requests
+    /// (a write that cannot wait for a disk): nil writes them the ordinary
+    /// way. The caller has checked the range against the device's size.
+    func splicedWriteRange(at offset: UInt64, count: Int) -> FileRange?
+}
+
+extension SplicingBlockDevice {
+    public var splicesWrites: Bool { false }
+    public func splicedWriteRange(at offset: UInt64, count: Int) -> FileRange? { nil }
 }

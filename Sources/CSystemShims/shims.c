@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "CSystemShims.h"
+#include <fcntl.h>
 #include <malloc.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
@@ -45,4 +46,20 @@ long long bulkhead_cached_pages(int fd, unsigned long long offset, unsigned long
     } status;
     if (syscall(__NR_cachestat, fd, &range, &status, 0) != 0) return -1;
     return (long long)status.cached;
+}
+
+ssize_t bulkhead_splice_from_socket(int socket, int pipe, size_t length) {
+    return splice(socket, NULL, pipe, NULL, length, SPLICE_F_MOVE);
+}
+
+ssize_t bulkhead_splice_to_file(int pipe, int file, long long offset, size_t length) {
+    loff_t position = offset;
+    return splice(pipe, NULL, file, &position, length, SPLICE_F_MOVE);
+}
+
+int bulkhead_pipe(int ends[2]) { return pipe2(ends, O_CLOEXEC); }
+
+int bulkhead_resize_pipe(int fd, int bytes) {
+    int granted = fcntl(fd, F_SETPIPE_SZ, bytes);
+    return granted > 0 ? granted : fcntl(fd, F_GETPIPE_SZ);
 }

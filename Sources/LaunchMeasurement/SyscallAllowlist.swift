@@ -103,6 +103,8 @@ public enum SyscallAllowlist {
         rule("pwritev2", "writes with RWF_NOWAIT, run inline when they need not wait"),
         rule("sendfile", "large READs the page cache holds go from it to the socket uncopied"),
         rule("cachestat", "whether the page cache holds all of a large READ, so that sendfile will not wait for the disk"),
+        rule("pipe2", "one pipe per connection for spliced WRITEs on a memory file system"),
+        rule("splice", "large WRITE payloads go from the socket through the pipe into the file, copied once"),
         rule("fdatasync", "NBD_CMD_FLUSH and FUA writes"),
         rule("fsync", "NBD_CMD_FLUSH on block devices"),
         rule("fallocate", "NBD_CMD_TRIM and WRITE_ZEROES punch holes"),

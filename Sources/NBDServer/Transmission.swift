@@ -62,6 +62,9 @@ final class Transmission: Sendable {
     private let device: any BlockDevice
     private let asynchronous: (any AsynchronousBlockDevice)?
     private let splicing: (any SplicingBlockDevice)?
+    /// Carries large WRITE payloads from the socket into the device's file
+    /// (`spliceWrite`); nil unless the device takes spliced writes.
+    private let splicePipe: SplicePipe?
     private let replies: ReplyChannel
     private let flight = Guarded(Flight())
     private let work = Guarded(Work())
@@ -75,6 +78,8 @@ final class Transmission: Sendable {
         self.device = device
         self.asynchronous = device as? any AsynchronousBlockDevice
         self.splicing = device as? any SplicingBlockDevice
+        // Without a pipe (out of descriptors), payloads are read as usual.
+        self.splicePipe = splicing?.splicesWrites == true ? try? SplicePipe() : nil
         self.leftover = leftover
         replies = ReplyChannel(
             socket: connection.socket, logger: connection.logger, stackSize: connection.server.configuration.threadStackSize)
@@ -163,6 +168,10 @@ final class Transmission: Sendable {
     private func read(into decoder: inout RequestDecoder) -> Bool {
         do throws(SocketError) {
             if decoder.missingPayloadCount >= Self.directPayloadThreshold {
+                if let pipe = splicePipe, let header = decoder.pendingWrite, let range = splicedWriteRange(header) {
+                    try spliceWrite(header, &decoder, into: range, through: pipe)
+                    return true
+                }
                 let request = try decoder.completePendingWrite { buffer throws(SocketError) in
                     try socket.readExactly(into: buffer)
                 }
@@ -180,6 +189,47 @@ final class Transmission: Sendable {
         } catch {
             logger.debug("read failed", metadata: ["error": "\(error)"])
             return false
+        }
+    }
+
+    /// Where a WRITE whose payload is still arriving may be spliced into
+    /// the device's file: a valid request without FUA on a device that
+    /// takes spliced writes. Anything else (an invalid request's error
+    /// reply too) goes the ordinary way.
+    private func splicedWriteRange(_ header: RequestHeader) -> FileRange? {
+        guard let splicing, !header.flags.contains(.fua),
+            validate(header, payloadDiscarded: false, session: session) == nil
+        else { return nil }
+        return splicing.splicedWriteRange(at: header.offset, count: Int(header.length))
+    }
+
+    /// NBD_CMD_WRITE without payload memory: the payload bytes already read
+    /// are written from the decoder's input, the rest go from the socket
+    /// into the file through `pipe` (splice(2)), here on the thread reading
+    /// requests: the device said its writes never wait for a disk, and the
+    /// next request lies behind this payload anyway. A device error still
+    /// takes the whole payload off the stream, then answers the error.
+    private func spliceWrite(
+        _ header: RequestHeader, _ decoder: inout RequestDecoder, into range: FileRange, through pipe: SplicePipe
+    ) throws(SocketError) {
+        let missing = decoder.missingPayloadCount
+        var failure: BlockDeviceError?
+        var buffered = 0
+        decoder.takePendingWrite { _, bytes in
+            buffered = bytes.count
+            do throws(BlockDeviceError) { try device.write(at: header.offset, from: bytes, fua: false) } catch { failure = error }
+        }
+        let position = range.offset + Int64(buffered)
+        if failure != nil {
+            try pipe.skip(missing, from: socket)
+        } else {
+            let code = try pipe.move(missing, from: socket, into: range.descriptor, at: position)
+            if code != 0 { failure = .io(operation: "splice into the export at \(position)+\(missing)", errno: code) }
+        }
+        if let failure {
+            sendFailure(header, failure)
+        } else {
+            sendCompletion(header, error: nil)
         }
     }
 

@@ -116,12 +116,14 @@ final class RawClient {
             if let event = try decoder!.next() {
                 switch event {
                 case .data(let cookie, let offset, let bytes):
-                    var data = partial[cookie] ?? []
+                    // Taken out and put back: a copy left in the dictionary
+                    // made every chunk of a large reply copy all before it.
+                    var data = partial.removeValue(forKey: cookie) ?? []
                     if data.count < offset + bytes.count { data += [UInt8](repeating: 0, count: offset + bytes.count - data.count) }
                     data.replaceSubrange(offset..<(offset + bytes.count), with: bytes)
                     partial[cookie] = data
                 case .hole(let cookie, let offset, let length):
-                    var data = partial[cookie] ?? []
+                    var data = partial.removeValue(forKey: cookie) ?? []
                     if data.count < offset + length { data += [UInt8](repeating: 0, count: offset + length - data.count) }
                     partial[cookie] = data
                 case .completed(let cookie, let error, let message):
@@ -181,5 +183,11 @@ func monotonic() -> Double {
 
 /// A recognisable, never-all-zero pattern.
 func pattern(_ count: Int, seed: Int = 1) -> [UInt8] {
-    (0..<count).map { UInt8((($0 * 7) + seed) % 251 + 1) }
+    // Byte i is ((7i + seed) mod 251) + 1, which repeats every 251 bytes:
+    // built a period at a time, since a map over many MiB is slow unoptimised.
+    let period = (0..<251).map { UInt8((($0 * 7) + seed) % 251 + 1) }
+    var bytes: [UInt8] = []
+    bytes.reserveCapacity(count)
+    while bytes.count < count { bytes += period.prefix(count - bytes.count) }
+    return bytes
 }

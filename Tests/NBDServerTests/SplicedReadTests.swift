@@ -3,6 +3,7 @@ import CSystemShims
 import Glibc
 import NBDProtocol
 import NBDServer
+import Sockets
 import Testing
 import TestSupport
 
@@ -79,28 +80,30 @@ import TestSupport
     }
 
     @Test func aWritesPayloadSentBeforeReadingRepliesIsStillRead() throws {
-        // 2 MiB of READ reply, ten times the socket buffers, then a WRITE
-        // of 2 MiB sent before the client reads any reply: a server whose
+        // A READ reply, then a WRITE sent before the client reads any
+        // reply, each larger than a socket's send buffer (the kernel grants
+        // twice what `unixSendBufferBytes` asks for): a server whose
         // request-reading thread sent a spliced reply itself would block on
         // it while the client blocks sending the payload, until the
         // client's send timed out (`testIOTimeout`) and threw.
+        let large = 3 * Int(Socket.unixSendBufferBytes)
         let memory = try TemporaryDirectory("splice", under: "/dev/shm")
-        let (device, contents) = try Self.memoryFileDevice(memory, size: 8 << 20)
+        let (device, contents) = try Self.memoryFileDevice(memory, size: 3 * large)
         let fixture = try TestServer(exports: [NBDExport(name: "disk", device: device)])
         let client = try RawClient(fixture.address, export: "disk")
-        let read = client.encode(.read, offset: 0, length: 2 << 20)
-        let payload = pattern(2 << 20, seed: 42)
-        let write = client.encode(.write, offset: 4 << 20, length: UInt32(payload.count), payload: payload)
+        let read = client.encode(.read, offset: 0, length: UInt32(large))
+        let payload = pattern(large, seed: 42)
+        let write = client.encode(.write, offset: UInt64(2 * large), length: UInt32(payload.count), payload: payload)
         try client.send(read.bytes + write.bytes)
         var answered: Set<UInt64> = []
         for _ in 0..<2 {
             let completion = try client.nextCompletion()
             #expect(completion.error == nil)
-            if completion.cookie == read.cookie { #expect(completion.data == Array(contents[0..<(2 << 20)])) }
+            if completion.cookie == read.cookie { #expect(completion.data == Array(contents[0..<large])) }
             answered.insert(completion.cookie)
         }
         #expect(answered == [read.cookie, write.cookie])
-        #expect(try client.read(at: 4 << 20, length: 65536) == Array(payload[0..<65536]))
+        #expect(try client.read(at: UInt64(2 * large), length: 65536) == Array(payload[0..<65536]))
     }
 
     @Test func aFileShrunkUnderTheServerGetsErrorRepliesNotSplices() throws {

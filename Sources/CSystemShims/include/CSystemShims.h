@@ -40,4 +40,22 @@ ssize_t bulkhead_pwrite_flags(int fd, const void *buffer, size_t length, off_t o
 /// kernels, which glibc does not wrap).
 long long bulkhead_cached_pages(int fd, unsigned long long offset, unsigned long long length);
 
+/// splice(2) from a socket into the write end of a pipe: up to `length`
+/// bytes, page references rather than copies where the socket's buffers
+/// allow. -1 with errno set on error; 0 at the end of the stream.
+ssize_t bulkhead_splice_from_socket(int socket, int pipe, size_t length);
+
+/// splice(2) from the read end of a pipe into a file at `offset`: up to
+/// `length` bytes. -1 with errno set on error.
+ssize_t bulkhead_splice_to_file(int pipe, int file, long long offset, size_t length);
+
+/// pipe2(2) with O_CLOEXEC (declared only under _GNU_SOURCE): 0, or -1
+/// with errno set.
+int bulkhead_pipe(int ends[2]);
+
+/// fcntl(F_SETPIPE_SZ): resizes a pipe to at least `bytes`. Returns the
+/// pipe's capacity, resized or not (EPERM past /proc/sys/fs/pipe-max-size
+/// leaves it as it was), or -1 with errno set.
+int bulkhead_resize_pipe(int fd, int bytes);
+
 #endif

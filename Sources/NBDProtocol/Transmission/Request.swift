@@ -137,4 +137,25 @@ extension RequestDecoder {
         try read(UnsafeMutableRawBufferPointer(rebasing: memory[buffered...]))
         return IncomingRequest(header: header, payload: payload, payloadDiscarded: false)
     }
+
+    /// The WRITE whose header `next()` decoded while its payload is still
+    /// arriving (`missingPayloadCount > 0`); nil otherwise.
+    public var pendingWrite: RequestHeader? { missingPayloadCount > 0 ? pending : nil }
+
+    /// Hands the pending WRITE to a driver that moves its payload itself,
+    /// without payload memory (splice(2) from the socket into a file):
+    /// `consume` gets the header and the payload bytes already received,
+    /// and the driver must then take the other `missingPayloadCount` bytes
+    /// (as counted before this call) straight from the stream. Decoding
+    /// resumes after the payload. After a throw the stream is out of step
+    /// and the connection must close.
+    /// - Precondition: `missingPayloadCount > 0`.
+    public mutating func takePendingWrite<E: Error>(
+        _ consume: (RequestHeader, UnsafeRawBufferPointer) throws(E) -> Void
+    ) throws(E) {
+        precondition(missingPayloadCount > 0, "no WRITE payload is pending")
+        let header = pending!
+        pending = nil
+        try input.consume(input.count) { (buffered) throws(E) in try consume(header, buffered) }
+    }
 }

@@ -158,4 +158,22 @@ extension InputBuffer {
         }
         readIndex += destination.count
     }
+
+    /// Lets `body` see the next `length` bytes where they lie, then
+    /// consumes them, whether or not `body` throws.
+    public mutating func consume<R, E: Error>(_ length: Int, _ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+        precondition(length >= 0 && length <= count)
+        let start = readIndex
+        readIndex += length
+        var result: Result<R, E>!
+        storage.withUnsafeBytes { bytes in
+            do throws(E) {
+                // SAFETY: start + length <= endIndex, checked above.
+                result = .success(try body(UnsafeRawBufferPointer(rebasing: bytes[start..<(start + length)])))
+            } catch {
+                result = .failure(error)
+            }
+        }
+        return try result.get()
+    }
 }
