@@ -26,9 +26,18 @@ final class Transmission: Sendable {
         var payloadBytes = 0
     }
 
+    /// What a worker does with a request.
+    private enum Job {
+        /// Executes it synchronously (`perform`).
+        case perform(IncomingRequest)
+        /// Starts a large WRITE on the asynchronous device, which answers
+        /// it from its completion; `perform` if it cannot start.
+        case start(IncomingRequest)
+    }
+
     /// Requests waiting for a worker, and the workers.
     private struct Work {
-        var queue: [IncomingRequest] = []
+        var queue: [Job] = []
         var head = 0
         var workers = 0
         var idle = 0
@@ -56,6 +65,13 @@ final class Transmission: Sendable {
     /// connection's thread and gathered with the others of their batch
     /// into one send, which sendfile cannot join.
     static let spliceThreshold = 64 * 1024
+    /// WRITEs from this size up are started on an asynchronous device by a
+    /// worker, not by the thread reading requests: sealing and sending
+    /// 1 MiB to the storage domain took the crypt domain's reading thread
+    /// about as long as receiving it, so the next payload waited for both.
+    /// Handed off, the next payload is read while this one is sealed; the
+    /// hand-off (a few µs) is nothing next to the payload's own cost.
+    static let writeHandOffThreshold = 256 * 1024
 
     private let connection: Connection
     private let session: NegotiatedSession
@@ -293,17 +309,22 @@ final class Transmission: Sendable {
             // WRITE's payload before it reads any reply). A range the device
             // will not splice is one that might wait for the disk, which
             // belongs on a worker too.
-            enqueue(request)
+            enqueue(.perform(request))
             return
         }
         if let asynchronous, header.length > 0 {
             switch header.command {
             case .read: if startRead(request, on: asynchronous) { return }
-            case .write: if startWrite(request, on: asynchronous) { return }
+            case .write:
+                if Int(header.length) >= Self.writeHandOffThreshold {
+                    enqueue(.start(request))
+                    return
+                }
+                if startWrite(request, on: asynchronous) { return }
             default: break
             }
         }
-        enqueue(request)
+        enqueue(.perform(request))
     }
 
     private func startRead(_ request: IncomingRequest, on device: any AsynchronousBlockDevice) -> Bool {
@@ -334,7 +355,7 @@ final class Transmission: Sendable {
                 self.sendFailure(header, error)
             case .redoSynchronously:
                 self.returnReplyBuffer(replyBuffer)
-                self.enqueue(request)
+                self.enqueue(.perform(request))
                 return
             }
             self.returnReplyBuffer(replyBuffer)
@@ -372,7 +393,7 @@ final class Transmission: Sendable {
             case .failed(let error):
                 self.sendFailure(header, error)
             case .redoSynchronously:
-                self.enqueue(request)
+                self.enqueue(.perform(request))
                 return
             }
             self.finished(request)
@@ -393,9 +414,11 @@ final class Transmission: Sendable {
 
     /// Hands a request to a worker thread, starting one if the idle ones
     /// are too few for the requests waiting.
-    private func enqueue(_ request: IncomingRequest) {
-        let startWorker = work.update { work -> Bool in
-            work.queue.append(request)
+    private func enqueue(_ job: Job) {
+        // One idle worker is enough for one job. The only other waiter,
+        // `run()`, waits after `closed`, when no worker sleeps idle.
+        let startWorker = work.updateWakingOne { work -> Bool in
+            work.queue.append(job)
             // More waiting than idle workers to take them: an idle count
             // alone would miss that a worker just started takes one request
             // of a burst, not all of it.
@@ -414,12 +437,12 @@ final class Transmission: Sendable {
             }
             logger.warning("cannot start a worker thread", metadata: ["errno": "\(error)"])
             // Without any worker the request would wait forever: run it here.
-            if alone, let request = takeQueued() { perform(request) }
+            if alone, let job = takeQueued() { run(job) }
         }
     }
 
-    private func takeQueued() -> IncomingRequest? {
-        work.withLock { work -> IncomingRequest? in
+    private func takeQueued() -> Job? {
+        work.withLock { work -> Job? in
             guard work.head < work.queue.count else { return nil }
             defer { advance(&work) }
             return work.queue[work.head]
@@ -438,8 +461,8 @@ final class Transmission: Sendable {
         while true {
             // Idle workers are counted so that `enqueue` starts a thread only
             // when none is free.
-            work.update { $0.idle += 1 }
-            let request = work.wait(until: { $0.head < $0.queue.count || $0.closed }) { work -> IncomingRequest? in
+            work.withLock { $0.idle += 1 }
+            let job = work.wait(until: { $0.head < $0.queue.count || $0.closed }) { work -> Job? in
                 work.idle -= 1
                 guard work.head < work.queue.count else {
                     work.workers -= 1
@@ -448,11 +471,22 @@ final class Transmission: Sendable {
                 defer { advance(&work) }
                 return work.queue[work.head]
             }
-            guard let request = request ?? nil else {
+            guard let job = job ?? nil else {
                 // Wakes `run()`, waiting for the last worker to leave.
                 work.update { _ in }
                 return
             }
+            run(job)
+        }
+    }
+
+    private func run(_ job: Job) {
+        switch job {
+        case .perform(let request):
+            perform(request)
+        case .start(let request):
+            // A device that would block takes the synchronous path here.
+            if let asynchronous, startWrite(request, on: asynchronous) { return }
             perform(request)
         }
     }

@@ -84,6 +84,19 @@ public final class Guarded<Value>: @unchecked Sendable {
         return try body(&value)
     }
 
+    /// Runs `body` with the lock held and wakes one waiter afterwards: for a
+    /// queue whose waiters are interchangeable (idle workers), where waking
+    /// them all for each item made every other one wake, contend for the
+    /// lock and sleep again.
+    public func updateWakingOne<T, E: Error>(_ body: (inout Value) throws(E) -> T) throws(E) -> T {
+        pthread_mutex_lock(mutex)
+        defer {
+            pthread_cond_signal(condition)
+            pthread_mutex_unlock(mutex)
+        }
+        return try body(&value)
+    }
+
     /// Waits until `ready` holds (checked with the lock held), then runs
     /// `body` with the lock still held. With a `timeout` in seconds, returns
     /// nil if `ready` still fails when it expires.
