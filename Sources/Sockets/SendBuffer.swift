@@ -18,8 +18,9 @@ extension Socket {
 
     /// Raises the socket's send buffer to `unixSendBufferBytes`. With
     /// CAP_NET_ADMIN (`SO_SNDBUFFORCE`) past `net.core.wmem_max`; otherwise
-    /// as far as that limit allows. Failure only leaves the default, so it
-    /// is not reported.
+    /// as far as that limit allows (a sandboxed domain, which holds no
+    /// capabilities, gets at most `wmem_max`). Failure only leaves the
+    /// default, so it is not reported.
     func enlargeSendBuffer() {
         var bytes = Self.unixSendBufferBytes
         let size = socklen_t(MemoryLayout<Int32>.size)
