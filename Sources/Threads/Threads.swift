@@ -76,12 +76,7 @@ public final class Guarded<Value>: @unchecked Sendable {
 
     /// Runs `body` with the lock held and wakes every waiter afterwards.
     public func update<T, E: Error>(_ body: (inout Value) throws(E) -> T) throws(E) -> T {
-        pthread_mutex_lock(mutex)
-        defer {
-            pthread_cond_broadcast(condition)
-            pthread_mutex_unlock(mutex)
-        }
-        return try body(&value)
+        try update(body, waking: pthread_cond_broadcast)
     }
 
     /// Runs `body` with the lock held and wakes one waiter afterwards: for a
@@ -89,9 +84,15 @@ public final class Guarded<Value>: @unchecked Sendable {
     /// them all for each item made every other one wake, contend for the
     /// lock and sleep again.
     public func updateWakingOne<T, E: Error>(_ body: (inout Value) throws(E) -> T) throws(E) -> T {
+        try update(body, waking: pthread_cond_signal)
+    }
+
+    private func update<T, E: Error>(
+        _ body: (inout Value) throws(E) -> T, waking wake: (UnsafeMutablePointer<pthread_cond_t>) -> Int32
+    ) throws(E) -> T {
         pthread_mutex_lock(mutex)
         defer {
-            pthread_cond_signal(condition)
+            _ = wake(condition)
             pthread_mutex_unlock(mutex)
         }
         return try body(&value)

@@ -17,12 +17,17 @@ struct SendBufferTests {
         return 2 * min(asked, limit)
     }
 
-    @Test func connectedAndAcceptedUnixSocketsGetTheLargeSendBuffer() throws {
+    /// Both ends of a fresh Unix socket connection.
+    static func connectedPair() throws -> (client: Socket, server: Socket) {
         let directory = try TemporaryDirectory()
         let listener = try Listener(binding: .unix(path: directory.file("sock")))
         defer { listener.close() }
         let client = try Socket.connect(to: listener.address)
-        let server = try listener.accept()
+        return (client, try listener.accept())
+    }
+
+    @Test func connectedAndAcceptedUnixSocketsGetTheLargeSendBuffer() throws {
+        let (client, server) = try Self.connectedPair()
         #expect(client.sendBufferBytes >= Self.expected)
         #expect(server.sendBufferBytes >= Self.expected)
         // Past the old default (208 KiB, doubled by the kernel) wherever the limits allow it.
@@ -32,11 +37,7 @@ struct SendBufferTests {
     }
 
     @Test func aWholeMebibyteLeavesWithoutTheReaderReading() throws {
-        let directory = try TemporaryDirectory()
-        let listener = try Listener(binding: .unix(path: directory.file("sock")))
-        defer { listener.close() }
-        let client = try Socket.connect(to: listener.address)
-        let server = try listener.accept()
+        let (client, server) = try Self.connectedPair()
         guard Self.expected >= 2 * Int(Socket.unixSendBufferBytes) else { return }
         let payload = [UInt8](repeating: 0xA5, count: 1 << 20)
         // Nobody reads `server` yet: a default buffer would take about 200 KiB.
