@@ -228,6 +228,10 @@ final class Transmission: Sendable {
     private func spliceWrite(
         _ header: RequestHeader, _ decoder: inout RequestDecoder, into range: FileRange, through pipe: SplicePipe
     ) throws(SocketError) {
+        // As `admit` does for every other request: a client that sends
+        // WRITEs without reading their replies stops being read, rather
+        // than having the replies pile up here.
+        replies.waitForRoom(limit: Self.maxPayloadBytesInFlight)
         let missing = decoder.missingPayloadCount
         var failure: BlockDeviceError?
         var buffered = 0

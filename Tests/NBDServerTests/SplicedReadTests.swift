@@ -52,8 +52,7 @@ import TestSupport
         let memory = try TemporaryDirectory("splice", under: "/dev/shm")
         let size = 8 << 20
         let (device, contents) = try Self.memoryFileDevice(memory, size: size)
-        let fixture = try TestServer(exports: [NBDExport(name: "disk", device: device)])
-        let client = try RawClient(fixture.address, export: "disk", structured: structured)
+        let (fixture, client) = try serveDisk(device, structured: structured)
         // Sizes below and above the splice threshold, pipelined, and more
         // large bytes than a socket buffer holds: later replies queue
         // behind a splice while it blocks.
@@ -89,8 +88,7 @@ import TestSupport
         let large = 3 * Int(Socket.unixSendBufferBytes)
         let memory = try TemporaryDirectory("splice", under: "/dev/shm")
         let (device, contents) = try Self.memoryFileDevice(memory, size: 3 * large)
-        let fixture = try TestServer(exports: [NBDExport(name: "disk", device: device)])
-        let client = try RawClient(fixture.address, export: "disk")
+        let (fixture, client) = try serveDisk(device)
         let read = client.encode(.read, offset: 0, length: UInt32(large))
         let payload = pattern(large, seed: 42)
         let write = client.encode(.write, offset: UInt64(2 * large), length: UInt32(payload.count), payload: payload)
@@ -109,8 +107,7 @@ import TestSupport
     @Test func aFileShrunkUnderTheServerGetsErrorRepliesNotSplices() throws {
         let memory = try TemporaryDirectory("splice", under: "/dev/shm")
         let (device, contents) = try Self.memoryFileDevice(memory, size: 1 << 20)
-        let fixture = try TestServer(exports: [NBDExport(name: "disk", device: device)])
-        let client = try RawClient(fixture.address, export: "disk")
+        let (fixture, client) = try serveDisk(device)
         #expect(truncate(memory.file("disk.img"), 256 << 10) == 0)
         // Past the new end: no range to splice, so the copying path
         // answers the short read with an error, and the connection stays.
@@ -130,8 +127,7 @@ import TestSupport
         defer { close(fd) }
         #expect(fileBytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) } == fileBytes.count)
         let device = try SplicingMemory(size: 1 << 20, file: fd)
-        let fixture = try TestServer(exports: [NBDExport(name: "disk", device: device)])
-        let client = try RawClient(fixture.address, export: "disk")
+        let (fixture, client) = try serveDisk(device)
         #expect(try client.read(at: 65536, length: 65536) == Array(fileBytes[65536..<131_072]))
         #expect(try client.read(at: 0, length: 4096) == [UInt8](repeating: 0, count: 4096), "small reads are not spliced")
         // The file ends before the range: the header is already out, so
@@ -140,6 +136,13 @@ import TestSupport
         _ = try client.request(.read, offset: 512 << 10, length: 65536)
         #expect(client.isClosedByServer())
     }
+}
+
+/// Serves `device` as export "disk" and connects a raw client to it; the
+/// server lives as long as the fixture returned.
+func serveDisk(_ device: any BlockDevice, structured: Bool = true) throws -> (TestServer, RawClient) {
+    let fixture = try TestServer(exports: [NBDExport(name: "disk", device: device)])
+    return (fixture, try RawClient(fixture.address, export: "disk", structured: structured))
 }
 
 /// A memory device whose large READs are spliced from `file` at the same

@@ -39,8 +39,7 @@ import TestSupport
         let memory = try TemporaryDirectory("splice", under: "/dev/shm")
         let size = 16 << 20
         let (device, before) = try SplicedReadTests.memoryFileDevice(memory, size: size)
-        let fixture = try TestServer(exports: [NBDExport(name: "disk", device: device)])
-        let client = try RawClient(fixture.address, export: "disk", structured: structured)
+        let (fixture, client) = try serveDisk(device, structured: structured)
         // Pipelined, below and above the threshold, more bytes than the
         // socket buffers hold, with READs and a FLUSH between them.
         let lengths = [4096, 1 << 20, 512, 65536 + 512, 3 << 20, 200_192, 6 << 20, 16384, 1 << 20]
@@ -81,8 +80,7 @@ import TestSupport
         let memory = try TemporaryDirectory("splice", under: "/dev/shm")
         let path = memory.file("spy.img", size: 4 << 20)
         let device = try SplicingFile(path: path, size: 4 << 20)
-        let fixture = try TestServer(exports: [NBDExport(name: "disk", device: device)])
-        let client = try RawClient(fixture.address, export: "disk")
+        let (fixture, client) = try serveDisk(device)
         let payload = pattern(2 << 20, seed: 7)
         try client.write(payload, at: 1 << 20)
         // Only what the server had read with the header went through
