@@ -30,6 +30,9 @@ final class ReplyChannel: Sendable, SendBatch.Sender {
         var queuedBytes = 0
         /// A flusher thread owns the socket's sending side.
         var flushing = false
+        /// A flusher thread that found the queue empty waits to be claimed
+        /// for the next (`startFlushing`) rather than exiting at once.
+        var flusherParked = false
         /// A send failed: the connection is ending, nothing more goes out.
         var failed = false
         var sent: UInt64 = 0
@@ -206,25 +209,61 @@ final class ReplyChannel: Sendable, SendBatch.Sender {
         return (true, release != nil)
     }
 
+    /// How long a flusher with nothing to write stays for the next queue.
+    /// A consumer slower than the storage reader fills its socket hundreds
+    /// of times a second (1 MiB reads of a fragmented volume): a thread
+    /// started for each took 700 thread creations a second in the storage
+    /// domain, each a fresh stack to lock.
+    static let flusherLinger = 0.05
+
+    /// Hands the queue to the parked flusher, or starts one.
     private func startFlushing() {
-        if tryStartThread(stackSize: stackSize, { self.flush() }) != 0 {
+        // The broadcast wakes the parked flusher, which sees itself claimed.
+        let claimed = state.update { state -> Bool in
+            guard state.flusherParked else { return false }
+            state.flusherParked = false
+            return true
+        }
+        if claimed { return }
+        if tryStartThread(stackSize: stackSize, { self.flushAndLinger() }) != 0 {
             // No thread to spare: write the rest here.
-            flush()
+            flush(parking: false)
         }
     }
 
-    /// Writes the queue out until it is empty.
-    private func flush() {
+    /// A flusher thread: writes the queue out, then parks for
+    /// `flusherLinger` seconds in case `startFlushing` claims it again.
+    private func flushAndLinger() {
         while true {
-            let (batch, more) = state.update { state -> ([Chunk], Bool) in
+            guard flush(parking: true) else { return }
+            let claimed = state.wait(until: { !$0.flusherParked }, timeout: Self.flusherLinger) { _ in true } ?? false
+            if claimed { continue }
+            // Timed out; unless claimed meanwhile, this thread is done.
+            let leave = state.withLock { state -> Bool in
+                guard state.flusherParked else { return false }
+                state.flusherParked = false
+                return true
+            }
+            if leave { return }
+        }
+    }
+
+    /// Writes the queue out until it is empty. With `parking`, the calling
+    /// thread then stays as the parked flusher (`flusherParked`) and true
+    /// is returned; false once sending has failed.
+    @discardableResult
+    private func flush(parking: Bool) -> Bool {
+        while true {
+            let (batch, more, parked) = state.update { state -> ([Chunk], Bool, Bool) in
                 let batch = state.queue
                 state.queue = []
                 state.queuedBytes = 0
                 if state.failed || batch.isEmpty {
                     state.flushing = false
-                    return (batch, false)
+                    state.flusherParked = parking && !state.failed
+                    return (batch, false, state.flusherParked)
                 }
-                return (batch, true)
+                return (batch, true, false)
             }
             var failed = !more
             for chunk in batch {
@@ -242,7 +281,7 @@ final class ReplyChannel: Sendable, SendBatch.Sender {
                     }
                 }
             }
-            guard more else { return }
+            guard more else { return parked }
         }
     }
 
