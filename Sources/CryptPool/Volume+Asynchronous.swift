@@ -4,8 +4,9 @@ import Threads
 
 /// The fast path of whole-block READs and WRITEs: started on the NBD
 /// server's connection thread and finished by the storage device's
-/// completion (the storage connection's reader thread), so no thread waits
-/// for storage. It runs only when nothing would block: the gate and the
+/// completion (the storage connection's reader thread; for a large READ, a
+/// `HandOff` thread it passes the work to), so no thread waits for
+/// storage. It runs only when nothing would block: the gate and the
 /// blocks' range lock are free, every pointer is in memory (the overlay or
 /// cached tree nodes), and free space is at hand. Anything else (partial
 /// blocks, FUA, a node to read, a commit needed to free space, a storage
