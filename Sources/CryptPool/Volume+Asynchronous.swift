@@ -44,18 +44,14 @@ extension Volume: AsynchronousBlockDevice {
             // (an integrity failure with the digest of what storage sent,
             // which this path does not keep).
             guard case .done = outcome else { return completion(.redoSynchronously) }
-            let finish: @Sendable () -> Void = {
-                do throws(PoolError) {
-                    try self.open(located, keepingCiphertext: false)
-                    completion(.done)
-                } catch {
-                    completion(.redoSynchronously)
-                }
-            }
             // This runs on the storage reader thread, which every volume's
             // replies wait behind: a large read is opened and answered
             // elsewhere while it reads on.
-            if located.blocks.count >= Self.handOffBlocks { HandOff.shared.run(finish) } else { finish() }
+            if located.blocks.count >= Self.handOffBlocks {
+                HandOff.shared.run { self.finish(located, completion) }
+            } else {
+                self.finish(located, completion)
+            }
         }
         if !started { release(ticket) }
         return started
@@ -97,6 +93,16 @@ extension Volume: AsynchronousBlockDevice {
             release(ticket)
         }
         return started
+    }
+
+    /// Opens a started READ's blocks in place and answers it.
+    private func finish(_ located: LocatedRead, _ completion: @Sendable (AsynchronousOutcome) -> Void) {
+        do throws(PoolError) {
+            try open(located, keepingCiphertext: false)
+            completion(.done)
+        } catch {
+            completion(.redoSynchronously)
+        }
     }
 
     /// Blocks from which a READ's completion leaves the storage reader

@@ -4,8 +4,8 @@ import Glibc
 import Musl
 #endif
 
-/// Runs work a latency-critical thread should not do itself, in the order
-/// given, on a few threads that live for the process. The storage
+/// Runs work a latency-critical thread should not do itself on a few
+/// threads that live for the process, starting jobs in the order given. The storage
 /// connection's reader thread hands it the completion of a large READ
 /// (opening 1 MiB and sending it to the consumer): done there, it held
 /// back every reply behind it, every volume's, while a core sat idle.
