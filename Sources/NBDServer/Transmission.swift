@@ -35,15 +35,6 @@ final class Transmission: Sendable {
         case start(IncomingRequest)
     }
 
-    /// Requests waiting for a worker, and the workers.
-    private struct Work {
-        var queue: [Job] = []
-        var head = 0
-        var workers = 0
-        var idle = 0
-        var closed = false
-    }
-
     /// Payload still to come above which a WRITE's payload is read from
     /// the socket straight into its buffer: one copy fewer for large writes,
     /// while small ones keep arriving many to a read.
@@ -83,7 +74,9 @@ final class Transmission: Sendable {
     private let splicePipe: SplicePipe?
     private let replies: ReplyChannel
     private let flight = Guarded(Flight())
-    private let work = Guarded(Work())
+    /// The connection's worker threads (`HandOff`), started as needed up
+    /// to `workersPerConnection`.
+    private let workers: HandOff
     /// READ reply buffers not in use, most recently used last.
     private let replyBuffers = Guarded<[ReplyBuffer]>([])
     private let leftover: [UInt8]
@@ -97,6 +90,9 @@ final class Transmission: Sendable {
         // Without a pipe (out of descriptors), payloads are read as usual.
         self.splicePipe = splicing?.splicesWrites == true ? try? SplicePipe() : nil
         self.leftover = leftover
+        workers = HandOff(
+            threads: connection.server.configuration.workersPerConnection,
+            stackSize: connection.server.configuration.threadStackSize)
         replies = ReplyChannel(
             socket: connection.socket, logger: connection.logger, stackSize: connection.server.configuration.threadStackSize)
     }
@@ -109,9 +105,9 @@ final class Transmission: Sendable {
     /// request in flight to be answered and closes the connection.
     func run() {
         readRequests()
-        work.update { $0.closed = true }
+        workers.close()
         _ = flight.wait(until: { $0.requests == 0 }) { _ in () }
-        _ = work.wait(until: { $0.workers == 0 }) { _ in () }
+        workers.waitUntilStopped()
         replies.drain(timeout: configuration.replyTimeout)
         logger.debug("transmission ended", metadata: ["replies": "\(replies.count)"])
         connection.end()
@@ -419,69 +415,8 @@ final class Transmission: Sendable {
     /// Hands a request to a worker thread, starting one if the idle ones
     /// are too few for the requests waiting.
     private func enqueue(_ job: Job) {
-        // One idle worker is enough for one job. The only other waiter,
-        // `run()`, waits after `closed`, when no worker sleeps idle.
-        let startWorker = work.updateWakingOne { work -> Bool in
-            work.queue.append(job)
-            // More waiting than idle workers to take them: an idle count
-            // alone would miss that a worker just started takes one request
-            // of a burst, not all of it.
-            guard work.queue.count - work.head > work.idle, work.workers < configuration.workersPerConnection else {
-                return false
-            }
-            work.workers += 1
-            return true
-        }
-        guard startWorker else { return }
-        let error = tryStartThread(stackSize: configuration.threadStackSize) { self.workLoop() }
-        if error != 0 {
-            let alone = work.update { work -> Bool in
-                work.workers -= 1
-                return work.workers == 0
-            }
-            logger.warning("cannot start a worker thread", metadata: ["errno": "\(error)"])
-            // Without any worker the request would wait forever: run it here.
-            if alone, let job = takeQueued() { run(job) }
-        }
-    }
-
-    private func takeQueued() -> Job? {
-        work.withLock { work -> Job? in
-            guard work.head < work.queue.count else { return nil }
-            defer { advance(&work) }
-            return work.queue[work.head]
-        }
-    }
-
-    private func advance(_ work: inout Work) {
-        work.head += 1
-        if work.head == work.queue.count {
-            work.queue.removeAll(keepingCapacity: true)
-            work.head = 0
-        }
-    }
-
-    private func workLoop() {
-        while true {
-            // Idle workers are counted so that `enqueue` starts a thread only
-            // when none is free.
-            work.withLock { $0.idle += 1 }
-            let job = work.wait(until: { $0.head < $0.queue.count || $0.closed }) { work -> Job? in
-                work.idle -= 1
-                guard work.head < work.queue.count else {
-                    work.workers -= 1
-                    return nil
-                }
-                defer { advance(&work) }
-                return work.queue[work.head]
-            }
-            guard let job = job ?? nil else {
-                // Wakes `run()`, waiting for the last worker to leave.
-                work.update { _ in }
-                return
-            }
-            run(job)
-        }
+        let error = workers.run { self.run(job) }
+        if error != 0 { logger.warning("cannot start a worker thread", metadata: ["errno": "\(error)"]) }
     }
 
     private func run(_ job: Job) {

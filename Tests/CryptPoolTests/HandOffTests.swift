@@ -3,7 +3,8 @@ import Synchronization
 import Testing
 import Threads
 
-/// The crew that takes a large READ's completion off the storage reader.
+/// The crews that take work off a thread that must not do it: a
+/// connection's workers, and large READ completions off the storage reader.
 @Suite struct HandOffTests {
     /// One thread runs jobs in the order they were handed off.
     @Test func oneThreadRunsJobsInOrder() {
@@ -36,6 +37,20 @@ import Threads
         }
         #expect(waitFor { runs.withLock { $0.reduce(0, +) } == callers * perCaller })
         #expect(runs.withLock { $0 } == [Int](repeating: 1, count: callers * perCaller))
+    }
+
+    /// After `close` the threads leave once the queue is empty, and
+    /// `waitUntilStopped` returns; a job queued later still runs.
+    @Test func closedCrewStopsButStillRunsLaterJobs() {
+        let crew = HandOff(threads: 2)
+        let ran = Mutex(0)
+        for _ in 0..<50 { crew.run { ran.withLock { $0 += 1 } } }
+        crew.close()
+        #expect(waitFor { ran.withLock { $0 } == 50 })
+        crew.waitUntilStopped()
+        crew.run { ran.withLock { $0 += 1 } }
+        #expect(waitFor { ran.withLock { $0 } == 51 })
+        crew.waitUntilStopped()
     }
 
     private func waitFor(_ done: () -> Bool) -> Bool {
