@@ -143,11 +143,11 @@ extension Pool {
         state.withLock { $0.unsyncedSuperblock = superblock }
         let slot = PoolLayout.superblockSlots[Int(superblock.generation % UInt64(PoolLayout.superblockSlots.count))]
         let bytes = superblock.block(mac: keys.mac(superblock.authenticatedBytes()))
-        let epoch = storageEpoch
-        try writeBlocks(slot, bytes)
-        // A superblock lost in a storage restart is written again (it stays
-        // unsynced); the anchor must not move past what the storage holds.
-        try flushStorage(covering: UnflushedWrites(metadata: [(slot, bytes)], oldestEpoch: epoch))
+        // With FUA (section 7, step 4): durable once answered, by whichever
+        // storage session answers it, so no flush, and no read-back after a
+        // storage restart, is needed. A failed write leaves it unsynced, to
+        // be written again; the anchor never moves past what storage holds.
+        try writeBlocks(slot, bytes, fua: true)
         try anchor?.record(pool: poolID, generation: superblock.generation)
         state.withLock { state in
             if state.unsyncedSuperblock?.generation == superblock.generation { state.unsyncedSuperblock = nil }

@@ -74,12 +74,12 @@ extension Pool {
         }
     }
 
-    func writeBlocks(_ first: PhysicalBlock, _ bytes: [UInt8]) throws(PoolError) {
+    func writeBlocks(_ first: PhysicalBlock, _ bytes: [UInt8], fua: Bool = false) throws(PoolError) {
         precondition(bytes.count % Self.blockSize == 0)
         var failure: BlockDeviceError?
         bytes.withUnsafeBytes { buffer in
             do throws(BlockDeviceError) {
-                try storage.write(at: first * UInt64(Self.blockSize), from: buffer, fua: false)
+                try storage.write(at: first * UInt64(Self.blockSize), from: buffer, fua: fua)
             } catch { failure = error }
         }
         if let failure { throw .storage(failure) }

@@ -16,19 +16,22 @@ extension RemoteBlockDevice {
     }
 
     /// NBD_CMD_WRITE, split as needed. FUA without NBD_FLAG_SEND_FUA is a
-    /// write followed by NBD_CMD_FLUSH.
+    /// write followed by NBD_CMD_FLUSH once it is answered.
     public func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer, fua: Bool) throws(BlockDeviceError) {
         try checkRange(offset, UInt64(buffer.count))
         guard !isReadOnly else { throw .readOnly }
         let native = fua && flags.contains(.sendFUA)
-        var operations: [NBDOperation] = [.write(offset: offset, from: buffer, fua: native)]
-        if fua, !native, flags.contains(.sendFlush) { operations.append(.flush) }
-        try run(operations, "NBD_CMD_WRITE at \(offset)+\(buffer.count)")
+        try run([.write(offset: offset, from: buffer, fua: native)], "NBD_CMD_WRITE at \(offset)+\(buffer.count)")
+        if fua, !native { try flush() }
     }
 
     /// NBD_CMD_FLUSH. A server that does not advertise NBD_FLAG_SEND_FLUSH
     /// has no write cache to flush, so this then succeeds at once. See the
     /// type's documentation for what a flush after a reconnect proves.
+    ///
+    /// It covers only writes the server answered before it (doc/proto.md,
+    /// NBD_CMD_FLUSH), so the FUA fallbacks above send it after their
+    /// writes' replies, never beside them.
     public func flush() throws(BlockDeviceError) {
         guard flags.contains(.sendFlush) else { return }
         try run([.flush], "NBD_CMD_FLUSH")
@@ -40,9 +43,9 @@ extension RemoteBlockDevice {
         guard !isReadOnly else { throw .readOnly }
         guard flags.contains(.sendTrim) else { throw .notSupported("the NBD server does not support NBD_CMD_TRIM") }
         let native = fua && flags.contains(.sendFUA)
-        var operations = pieces(offset, length).map { NBDOperation.trim(offset: $0.offset, length: $0.length, fua: native) }
-        if fua, !native, flags.contains(.sendFlush) { operations.append(.flush) }
+        let operations = pieces(offset, length).map { NBDOperation.trim(offset: $0.offset, length: $0.length, fua: native) }
         try run(operations, "NBD_CMD_TRIM at \(offset)+\(length)")
+        if fua, !native { try flush() }
     }
 
     /// NBD_CMD_WRITE_ZEROES, in pieces of at most `effectChunkSize`.
@@ -58,9 +61,9 @@ extension RemoteBlockDevice {
         var sent = zeroFlags
         let needsFlush = zeroFlags.contains(.fua) && !flags.contains(.sendFUA)
         if needsFlush { sent.remove(.fua) }
-        var operations = pieces(offset, length).map { NBDOperation.writeZeroes(offset: $0.offset, length: $0.length, flags: sent) }
-        if needsFlush, flags.contains(.sendFlush) { operations.append(.flush) }
+        let operations = pieces(offset, length).map { NBDOperation.writeZeroes(offset: $0.offset, length: $0.length, flags: sent) }
         try run(operations, "NBD_CMD_WRITE_ZEROES at \(offset)+\(length)")
+        if needsFlush { try flush() }
     }
 
     private func pieces(_ offset: UInt64, _ length: UInt64) -> [(offset: UInt64, length: UInt32)] {

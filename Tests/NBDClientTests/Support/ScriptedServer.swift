@@ -99,6 +99,8 @@ final class ScriptedSession: @unchecked Sendable {
     /// Which connection this is: 0 for the first.
     let index: Int
     private var decoder = RequestDecoder()
+    /// Requests read by `anotherRequestArrives`, not yet taken.
+    private var early: [IncomingRequest] = []
 
     init(socket: Socket, negotiated: NegotiatedSession, leftover: [UInt8], index: Int) {
         self.socket = socket
@@ -112,12 +114,31 @@ final class ScriptedSession: @unchecked Sendable {
     /// The next request, or nil once the client has closed the connection
     /// (or sent something undecodable, or 10 s passed in silence).
     func nextRequest() -> IncomingRequest? {
+        if !early.isEmpty { return early.removeFirst() }
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
             if let request = try? decoder.next() { return request }
             guard let count = try? buffer.withUnsafeMutableBytes({ try socket.read(into: $0) }), count > 0 else { return nil }
             decoder.receive(buffer[0..<count])
         }
+    }
+
+    /// Whether the client sends another request within `seconds` (one
+    /// already read counts); it is kept for `nextRequest`.
+    func anotherRequestArrives(within seconds: Double) -> Bool {
+        if !early.isEmpty { return true }
+        if let request = try? decoder.next() {
+            early.append(request)
+            return true
+        }
+        socket.setTimeout(seconds: seconds)
+        defer { socket.setTimeout(seconds: nil) }
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        guard let count = try? buffer.withUnsafeMutableBytes({ try socket.read(into: $0) }), count > 0 else { return false }
+        decoder.receive(buffer[0..<count])
+        guard let request = try? decoder.next() else { return false }
+        early.append(request)
+        return true
     }
 
     /// Reads requests until the client hangs up; true if it did (rather than the read timing out).

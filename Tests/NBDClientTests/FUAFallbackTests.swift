@@ -1,0 +1,62 @@
+import BlockDevice
+import NBDClient
+import NBDProtocol
+import Synchronization
+import Testing
+
+/// Without NBD_FLAG_SEND_FUA, a FUA write, trim or write-zeroes is the
+/// request and then NBD_CMD_FLUSH. A flush covers only writes the server
+/// answered before it (doc/proto.md), so the client must not send it until
+/// the request's reply has come: a server that runs requests in parallel
+/// could flush before writing.
+@Suite("FUA without NBD_FLAG_SEND_FUA")
+struct FUAFallbackTests {
+    static let export = ExportDescription(
+        name: "", size: 1 << 20, flags: [.sendFlush, .sendTrim, .sendWriteZeroes],
+        blockSize: BlockSizeConstraints(minimum: 1, preferred: 4096, maximum: NBDLimits.maxPayload))
+
+    /// Per request the server saw, whether anything else arrived while it
+    /// held that request's reply back for a while.
+    struct Entry: Sendable, Equatable {
+        var command: Command
+        var fua: Bool
+        var followedEarly: Bool
+    }
+
+    final class Log: Sendable {
+        let entries = Mutex<[Entry]>([])
+    }
+
+    /// A server that holds each reply 150 ms, noting whether the client sent
+    /// more meanwhile.
+    func start(_ log: Log) throws -> ScriptedServer {
+        try ScriptedServer(export: Self.export) { session in
+            while let request = session.nextRequest() {
+                if request.header.command == .disconnect { return }
+                let early = session.anotherRequestArrives(within: 0.15)
+                log.entries.withLock {
+                    $0.append(Entry(command: request.header.command, fua: request.header.flags.contains(.fua), followedEarly: early))
+                }
+                session.answer(request)
+            }
+        }
+    }
+
+    @Test(arguments: ["write", "trim", "zeroes"])
+    func theFlushFollowsTheAnswer(_ operation: String) throws {
+        let log = Log()
+        let server = try start(log)
+        defer { server.close() }
+        let device = try RemoteBlockDevice(connectingTo: server.address, options: .forTests())
+        switch operation {
+        case "write":
+            try device.write(at: 4096, bytes: [UInt8](repeating: 7, count: 4096), fua: true)
+        case "trim": try device.trim(at: 0, length: 8192, fua: true)
+        default: try device.writeZeroes(at: 0, length: 8192, flags: [.fua])
+        }
+        let entries = log.entries.withLock { $0 }
+        #expect(entries.map(\.command) == [operation == "write" ? .write : operation == "trim" ? .trim : .writeZeroes, .flush])
+        #expect(entries.first?.fua == false, "FUA sent to a server that did not advertise it")
+        #expect(entries.first?.followedEarly == false, "NBD_CMD_FLUSH sent before the request it covers was answered")
+    }
+}
