@@ -65,6 +65,12 @@ public protocol AsynchronousBlockDevice: BlockDevice {
     /// ended; throws the first failure, in piece order, once every piece
     /// has ended.
     func write(_ pieces: [WritePiece]) throws(BlockDeviceError)
+
+    /// Makes durable every piece and every write answered before this call:
+    /// a commit's log and the data it names. A remote device with
+    /// NBD_FLAG_SEND_FUA sends each piece with FUA and NBD_CMD_FLUSH beside
+    /// them, one round trip; the default writes, then flushes.
+    func writeDurably(_ pieces: [WritePiece]) throws(BlockDeviceError)
 }
 
 extension AsynchronousBlockDevice {
@@ -88,6 +94,11 @@ extension AsynchronousBlockDevice {
         try forEachPiece(pieces.count) { (index) throws(BlockDeviceError) in
             try write(at: pieces[index].offset, from: pieces[index].buffer, fua: false)
         }
+    }
+
+    public func writeDurably(_ pieces: [WritePiece]) throws(BlockDeviceError) {
+        try write(pieces)
+        try flush()
     }
 
     /// Runs `body` for every piece, one after another, all of them even

@@ -90,11 +90,12 @@ extension Pool {
                 head = sealed.pointer
             }
             let logEpoch = storageEpoch
-            try writeScattered(writes)
-            // The records' data blocks and the log, checked if the storage
-            // restarted since: no superblock may name a lost block.
-            try flushStorage(
-                covering: UnflushedWrites(metadata: writes, records: records, oldestEpoch: min(recordsEpoch ?? logEpoch, logEpoch)))
+            // The log and the flush of the records' data blocks (all answered
+            // before they were recorded), together where storage has FUA.
+            try writeScattered(writes, durably: true)
+            // Both checked if the storage restarted since: no superblock may
+            // name a lost block.
+            try checkFlushed(UnflushedWrites(metadata: writes, records: records, oldestEpoch: min(recordsEpoch ?? logEpoch, logEpoch)))
         } catch {
             state.withLock { state in for block in locations { state.space.release(block) } }
             restore(records, releases, recordsEpoch)

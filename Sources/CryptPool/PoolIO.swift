@@ -95,8 +95,14 @@ extension Pool {
     /// checkpoint, a commit's log blocks for a commit) and is kept for the
     /// next: a fresh 4 MiB mapping, populated under the crypt domain's
     /// mlockall, cost more than the round trips saved.
-    func writeScattered(_ blocks: [(PhysicalBlock, [UInt8])]) throws(PoolError) {
-        guard !blocks.isEmpty else { return }
+    ///
+    /// With `durably`, the blocks and every write answered before the call
+    /// are durable when it returns (`writeDurablyPieces`).
+    func writeScattered(_ blocks: [(PhysicalBlock, [UInt8])], durably: Bool = false) throws(PoolError) {
+        guard !blocks.isEmpty else {
+            if durably { try flushStorage() }
+            return
+        }
         let sorted = blocks.sorted { $0.0 < $1.0 }
         let buffer = Self.scatteredWriteBuffers.take(sorted.count * Self.blockSize)
         defer { Self.scatteredWriteBuffers.give(buffer) }
@@ -108,7 +114,7 @@ extension Pool {
             let bytes = buffer[(run.start * Self.blockSize)..<((run.start + run.count) * Self.blockSize)]
             return (sorted[run.start].0 * UInt64(Self.blockSize), UnsafeRawBufferPointer(rebasing: bytes))
         }
-        try writePieces(pieces)
+        if durably { try writeDurablyPieces(pieces) } else { try writePieces(pieces) }
     }
 
     /// Sealed metadata only (ciphertext): buffers go back without zeroing.
@@ -129,6 +135,22 @@ extension Pool {
         } catch { throw .storage(error) }
     }
 
+
+    /// Writes every piece, making it and every write answered before the
+    /// call durable: with a remote device that has FUA, one round trip
+    /// instead of the writes' and a flush's
+    /// (`AsynchronousBlockDevice.writeDurably`).
+    func writeDurablyPieces(_ pieces: [WritePiece]) throws(PoolError) {
+        for piece in pieces { precondition(piece.offset % UInt64(Self.blockSize) == 0 && piece.buffer.count % Self.blockSize == 0) }
+        do {
+            if let batch = asynchronousStorage {
+                try batch.writeDurably(pieces)
+            } else {
+                for piece in pieces { try storage.write(at: piece.offset, from: piece.buffer, fua: false) }
+                try storage.flush()
+            }
+        } catch { throw .storage(error) }
+    }
 
     func flushStorage() throws(PoolError) {
         do { try storage.flush() } catch { throw .storage(error) }

@@ -110,6 +110,12 @@ extension Pool {
     /// (the caller writes it again), data blocks fail the pool.
     func flushStorage(covering writes: UnflushedWrites) throws(PoolError) {
         try flushStorage()
+        try checkFlushed(writes)
+    }
+
+    /// After a flush that covered `writes` (one that reported success):
+    /// fails as `flushStorage(covering:)` does if a storage restart lost any.
+    func checkFlushed(_ writes: UnflushedWrites) throws(PoolError) {
         let lost = try lostAfterFlush(writes)
         if !lost.data.isEmpty {
             let error = PoolError.writesLost(lost.description)

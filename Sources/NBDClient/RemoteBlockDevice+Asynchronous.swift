@@ -57,20 +57,38 @@ extension RemoteBlockDevice: AsynchronousBlockDevice {
         }
     }
 
+    /// With NBD_FLAG_SEND_FUA, every piece with FUA and NBD_CMD_FLUSH in
+    /// one batch. The flush, sent beside the pieces, covers only writes
+    /// answered before it (doc/proto.md), so what it adds is the writes
+    /// answered before this call; FUA makes each piece durable by itself.
+    /// Without FUA, the pieces, then the flush once they are answered.
+    public func writeDurably(_ pieces: [WritePiece]) throws(BlockDeviceError) {
+        guard !isReadOnly else { throw .readOnly }
+        guard flags.contains(.sendFUA), flags.contains(.sendFlush) else {
+            try write(pieces)
+            try flush()
+            return
+        }
+        try performPieces(pieces.map { ($0.offset, $0.buffer.count) }, "NBD_CMD_WRITE with FUA", flushing: true) {
+            .write(offset: pieces[$0].offset, from: pieces[$0].buffer, fua: true)
+        }
+    }
+
     /// Checks every span, then performs the operation of each non-empty one
     /// (`operation(index)`) in one batch; throws the first failure, in
     /// piece order.
     private func performPieces(
-        _ spans: [(offset: UInt64, count: Int)], _ command: String, _ operation: (Int) -> NBDOperation
+        _ spans: [(offset: UInt64, count: Int)], _ command: String, flushing: Bool = false, _ operation: (Int) -> NBDOperation
     ) throws(BlockDeviceError) {
         for span in spans { try checkRange(span.offset, UInt64(span.count)) }
         let live = spans.indices.filter { spans[$0].count > 0 }
-        let results = perform(live.map(operation))
+        let results = perform(live.map(operation) + (flushing ? [.flush] : []))
         for (index, result) in zip(live, results) {
             if case .failure(let error) = result {
                 throw blockDeviceError(error, "\(command) at \(spans[index].offset)+\(spans[index].count)")
             }
         }
+        if flushing, case .failure(let error) = results[live.count] { throw blockDeviceError(error, "NBD_CMD_FLUSH") }
     }
 
     /// One outcome for a batch: any connection failure makes it a redo,

@@ -4,12 +4,13 @@ import NBDProtocol
 import Synchronization
 import Testing
 
-/// Without NBD_FLAG_SEND_FUA, a FUA write, trim or write-zeroes is the
-/// request and then NBD_CMD_FLUSH. A flush covers only writes the server
-/// answered before it (doc/proto.md), so the client must not send it until
-/// the request's reply has come: a server that runs requests in parallel
-/// could flush before writing.
-@Suite("FUA without NBD_FLAG_SEND_FUA")
+/// FUA and the NBD_CMD_FLUSH that goes with it. A flush covers only writes
+/// the server answered before it (doc/proto.md). Without NBD_FLAG_SEND_FUA,
+/// a FUA write, trim or write-zeroes is the request and then the flush, so
+/// the client must not send the flush until the request's reply has come: a
+/// server that runs requests in parallel could flush before writing. With
+/// FUA, a commit's durable log write sends the flush beside the writes.
+@Suite("FUA and its FLUSH")
 struct FUAFallbackTests {
     static let export = ExportDescription(
         name: "", size: 1 << 20, flags: [.sendFlush, .sendTrim, .sendWriteZeroes],
@@ -29,8 +30,8 @@ struct FUAFallbackTests {
 
     /// A server that holds each reply 150 ms, noting whether the client sent
     /// more meanwhile.
-    func start(_ log: Log) throws -> ScriptedServer {
-        try ScriptedServer(export: Self.export) { session in
+    func start(_ log: Log, export: ExportDescription = FUAFallbackTests.export) throws -> ScriptedServer {
+        try ScriptedServer(export: export) { session in
             while let request = session.nextRequest() {
                 if request.header.command == .disconnect { return }
                 let early = session.anotherRequestArrives(within: 0.15)
@@ -58,5 +59,39 @@ struct FUAFallbackTests {
         #expect(entries.map(\.command) == [operation == "write" ? .write : operation == "trim" ? .trim : .writeZeroes, .flush])
         #expect(entries.first?.fua == false, "FUA sent to a server that did not advertise it")
         #expect(entries.first?.followedEarly == false, "NBD_CMD_FLUSH sent before the request it covers was answered")
+    }
+
+    /// A commit's log (`writeDurably`): without FUA, the writes, then the
+    /// flush once they are answered.
+    @Test func durableWritesWithoutFUAFlushAfterTheirAnswers() throws {
+        let log = Log()
+        let server = try start(log)
+        defer { server.close() }
+        let device = try RemoteBlockDevice(connectingTo: server.address, options: .forTests())
+        let data = [UInt8](repeating: 9, count: 8192)
+        try data.withUnsafeBytes { buffer in
+            try device.writeDurably([(0, UnsafeRawBufferPointer(rebasing: buffer[..<4096])), (65536, UnsafeRawBufferPointer(rebasing: buffer[4096...]))])
+        }
+        let entries = log.entries.withLock { $0 }
+        #expect(entries.map(\.command) == [.write, .write, .flush])
+        #expect(entries.allSatisfy { !$0.fua })
+        #expect(entries[1].followedEarly == false, "NBD_CMD_FLUSH sent before the writes were answered")
+    }
+
+    /// With FUA, the writes carry it and the flush goes beside them: one
+    /// round trip.
+    @Test func durableWritesWithFUAGoInOneBatch() throws {
+        let log = Log()
+        let server = try start(log, export: ScriptedServer.defaultExport)
+        defer { server.close() }
+        let device = try RemoteBlockDevice(connectingTo: server.address, options: .forTests())
+        let data = [UInt8](repeating: 9, count: 8192)
+        try data.withUnsafeBytes { buffer in
+            try device.writeDurably([(0, UnsafeRawBufferPointer(rebasing: buffer[..<4096])), (65536, UnsafeRawBufferPointer(rebasing: buffer[4096...]))])
+        }
+        let entries = log.entries.withLock { $0 }
+        #expect(entries.map(\.command) == [.write, .write, .flush])
+        #expect(entries.prefix(2).allSatisfy { $0.fua }, "the log blocks must be durable by themselves")
+        #expect(entries[0].followedEarly, "the batch was sent one request at a time")
     }
 }
