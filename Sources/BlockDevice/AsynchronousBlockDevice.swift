@@ -71,6 +71,11 @@ public protocol AsynchronousBlockDevice: BlockDevice {
     /// NBD_FLAG_SEND_FUA sends each piece with FUA and NBD_CMD_FLUSH beside
     /// them, one round trip; the default writes, then flushes.
     func writeDurably(_ pieces: [WritePiece]) throws(BlockDeviceError)
+
+    /// Whether NBD_CMD_FLUSH (and a FUA write) finishes at once, with
+    /// nothing to wait for (a file on a memory file system), so that a
+    /// server may run it on its connection thread.
+    var flushesAtOnce: Bool { get }
 }
 
 extension AsynchronousBlockDevice {
@@ -100,6 +105,8 @@ extension AsynchronousBlockDevice {
         try write(pieces)
         try flush()
     }
+
+    public var flushesAtOnce: Bool { false }
 
     /// Runs `body` for every piece, one after another, all of them even
     /// after a failure; then throws the first failure.

@@ -10,7 +10,9 @@ import Synchronization
 /// connection thread runs it on the spot. Whatever might wait for the disk
 /// (a page-cache miss, write-back throttling, block allocation, FUA) is left
 /// to worker threads, where one slow request does not hold up the ones
-/// behind it. Which requests may run here is the device's `InlinePolicy`.
+/// behind it. Which requests may run here is the device's `InlinePolicy`;
+/// on a memory file system that is every one, FUA and FLUSH included
+/// (`flushesAtOnce`), since fdatasync there has no disk to wait for.
 extension FileBlockDevice: AsynchronousBlockDevice {
     public func startRead(
         at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer,
@@ -28,13 +30,21 @@ extension FileBlockDevice: AsynchronousBlockDevice {
         at offset: UInt64, from buffer: UnsafeRawBufferPointer, fua: Bool,
         completion: @escaping @Sendable (AsynchronousOutcome) -> Void
     ) -> Bool {
-        // FUA waits for the disk.
-        guard !fua, !isReadOnly, !buffer.isEmpty else { return false }
+        // FUA waits for the disk, unless there is none.
+        guard !fua || flushesAtOnce, !isReadOnly, !buffer.isEmpty else { return false }
         return start(.write, count: buffer.count, completion: completion) { () throws(BlockDeviceError) in
-            try write(at: offset, from: buffer, fua: false)
+            try write(at: offset, from: buffer, fua: fua)
         } withoutWaiting: {
-            (LinuxSystem.write(fd, from: buffer, at: offset, flags: LinuxSystem.rwfNowait), errno)
+            // Only under `.nowait`, which has a disk, so never with FUA.
+            precondition(!fua)
+            return (LinuxSystem.write(fd, from: buffer, at: offset, flags: LinuxSystem.rwfNowait), errno)
         }
+    }
+
+    /// On a memory file system fdatasync has nothing to wait for.
+    public var flushesAtOnce: Bool {
+        if case .always = inlinePolicy { return true }
+        return false
     }
 
     /// Runs a request of `count` bytes here as the inline policy allows:

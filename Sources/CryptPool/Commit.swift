@@ -144,11 +144,14 @@ extension Pool {
         state.withLock { $0.unsyncedSuperblock = superblock }
         let slot = PoolLayout.superblockSlots[Int(superblock.generation % UInt64(PoolLayout.superblockSlots.count))]
         let bytes = superblock.block(mac: keys.mac(superblock.authenticatedBytes()))
-        // With FUA (section 7, step 4): durable once answered, by whichever
-        // storage session answers it, so no flush, and no read-back after a
-        // storage restart, is needed. A failed write leaves it unsynced, to
-        // be written again; the anchor never moves past what storage holds.
+        let epoch = storageEpoch
+        // With FUA (section 7, step 4): durable once answered, so no flush.
         try writeBlocks(slot, bytes, fua: true)
+        // Read back if the storage session changed meanwhile: without native
+        // FUA, the write and its flush may have met different instances. A
+        // superblock lost stays unsynced, to be written again; the anchor
+        // never moves past what storage holds.
+        try checkFlushed(UnflushedWrites(metadata: [(slot, bytes)], oldestEpoch: epoch))
         try anchor?.record(pool: poolID, generation: superblock.generation)
         state.withLock { state in
             if state.unsyncedSuperblock?.generation == superblock.generation { state.unsyncedSuperblock = nil }

@@ -97,7 +97,7 @@ extension Pool {
     /// mlockall, cost more than the round trips saved.
     ///
     /// With `durably`, the blocks and every write answered before the call
-    /// are durable when it returns (`writeDurablyPieces`).
+    /// are durable when it returns (`writePieces`).
     func writeScattered(_ blocks: [(PhysicalBlock, [UInt8])], durably: Bool = false) throws(PoolError) {
         guard !blocks.isEmpty else {
             if durably { try flushStorage() }
@@ -114,7 +114,7 @@ extension Pool {
             let bytes = buffer[(run.start * Self.blockSize)..<((run.start + run.count) * Self.blockSize)]
             return (sorted[run.start].0 * UInt64(Self.blockSize), UnsafeRawBufferPointer(rebasing: bytes))
         }
-        if durably { try writeDurablyPieces(pieces) } else { try writePieces(pieces) }
+        try writePieces(pieces, durably: durably)
     }
 
     /// Sealed metadata only (ciphertext): buffers go back without zeroing.
@@ -123,31 +123,18 @@ extension Pool {
 
     /// Writes whole blocks from each piece's buffer, every piece in one
     /// storage batch where the device can send one (a remote device: one
-    /// round trip), one by one otherwise.
-    func writePieces(_ pieces: [WritePiece]) throws(PoolError) {
+    /// round trip), one by one otherwise. With `durably`, the pieces and
+    /// every write answered before the call are durable when it returns: a
+    /// remote device with FUA still takes one round trip
+    /// (`AsynchronousBlockDevice.writeDurably`), others a flush after.
+    func writePieces(_ pieces: [WritePiece], durably: Bool = false) throws(PoolError) {
         for piece in pieces { precondition(piece.offset % UInt64(Self.blockSize) == 0 && piece.buffer.count % Self.blockSize == 0) }
         do {
             if let batch = asynchronousStorage {
-                try batch.write(pieces)
+                try durably ? batch.writeDurably(pieces) : batch.write(pieces)
             } else {
                 for piece in pieces { try storage.write(at: piece.offset, from: piece.buffer, fua: false) }
-            }
-        } catch { throw .storage(error) }
-    }
-
-
-    /// Writes every piece, making it and every write answered before the
-    /// call durable: with a remote device that has FUA, one round trip
-    /// instead of the writes' and a flush's
-    /// (`AsynchronousBlockDevice.writeDurably`).
-    func writeDurablyPieces(_ pieces: [WritePiece]) throws(PoolError) {
-        for piece in pieces { precondition(piece.offset % UInt64(Self.blockSize) == 0 && piece.buffer.count % Self.blockSize == 0) }
-        do {
-            if let batch = asynchronousStorage {
-                try batch.writeDurably(pieces)
-            } else {
-                for piece in pieces { try storage.write(at: piece.offset, from: piece.buffer, fua: false) }
-                try storage.flush()
+                if durably { try storage.flush() }
             }
         } catch { throw .storage(error) }
     }

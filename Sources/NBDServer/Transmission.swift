@@ -312,6 +312,11 @@ final class Transmission: Sendable {
             enqueue(.perform(request))
             return
         }
+        if header.command == .flush, let asynchronous, asynchronous.flushesAtOnce {
+            // Nothing to wait for: answered here rather than by a worker.
+            perform(request)
+            return
+        }
         if let asynchronous, header.length > 0 {
             switch header.command {
             case .read: if startRead(request, on: asynchronous) { return }

@@ -19,9 +19,11 @@ struct FileInlineTests {
         var buffer = [UInt8](repeating: 0, count: 8192)
         let started = buffer.withUnsafeMutableBytes { device.startRead(at: 4096, into: $0, completion: read.completion) }
         #expect(started && read.value == ["done"] && buffer == data)
-        // FUA waits for the disk, even on tmpfs: never inline.
+        // With no disk, FUA and FLUSH have nothing to wait for: inline too.
+        #expect(device.flushesAtOnce)
         let fua = data.withUnsafeBytes { device.startWrite(at: 0, from: $0, fua: true, completion: wrote.completion) }
-        #expect(!fua && wrote.value == ["done"])
+        #expect(fua && wrote.value == ["done", "done"])
+        #expect(file.peek(8192, at: 0) == data)
         // Out of range: started, and failed the way the synchronous call fails.
         let failed = Outcomes()
         var beyond = [UInt8](repeating: 0, count: 4096)
@@ -50,6 +52,11 @@ struct FileInlineTests {
         let data = pattern(65536, seed: 8)
         file.poke(data, at: 0)
         let device = try FileBlockDevice(path: file.path, threaded: false)
+        // FUA and FLUSH wait for the disk: never inline.
+        #expect(!device.flushesAtOnce)
+        let fua = Outcomes()
+        #expect(!data.withUnsafeBytes { device.startWrite(at: 0, from: $0, fua: true, completion: fua.completion) })
+        #expect(fua.value.isEmpty)
         #expect(try device.read(at: 0, count: 65536) == data)
         let cached = Outcomes()
         var buffer = [UInt8](repeating: 0, count: 65536)

@@ -11,7 +11,7 @@ import Testing
 /// server that runs requests in parallel could flush before writing. With
 /// FUA, a commit's durable log write sends the flush beside the writes.
 @Suite("FUA and its FLUSH")
-struct FUAFallbackTests {
+struct FUAFlushTests {
     static let export = ExportDescription(
         name: "", size: 1 << 20, flags: [.sendFlush, .sendTrim, .sendWriteZeroes],
         blockSize: BlockSizeConstraints(minimum: 1, preferred: 4096, maximum: NBDLimits.maxPayload))
@@ -30,7 +30,7 @@ struct FUAFallbackTests {
 
     /// A server that holds each reply 150 ms, noting whether the client sent
     /// more meanwhile.
-    func start(_ log: Log, export: ExportDescription = FUAFallbackTests.export) throws -> ScriptedServer {
+    func start(_ log: Log, export: ExportDescription = FUAFlushTests.export) throws -> ScriptedServer {
         try ScriptedServer(export: export) { session in
             while let request = session.nextRequest() {
                 if request.header.command == .disconnect { return }
