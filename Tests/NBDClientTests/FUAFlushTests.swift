@@ -61,18 +61,23 @@ struct FUAFlushTests {
         #expect(entries.first?.followedEarly == false, "NBD_CMD_FLUSH sent before the request it covers was answered")
     }
 
-    /// A commit's log (`writeDurably`): without FUA, the writes, then the
-    /// flush once they are answered.
-    @Test func durableWritesWithoutFUAFlushAfterTheirAnswers() throws {
+    /// What a server with `export` saw of `writeDurably` of two 4 KiB pieces.
+    func durableWrites(export: ExportDescription) throws -> [Entry] {
         let log = Log()
-        let server = try start(log)
+        let server = try start(log, export: export)
         defer { server.close() }
         let device = try RemoteBlockDevice(connectingTo: server.address, options: .forTests())
         let data = [UInt8](repeating: 9, count: 8192)
         try data.withUnsafeBytes { buffer in
             try device.writeDurably([(0, UnsafeRawBufferPointer(rebasing: buffer[..<4096])), (65536, UnsafeRawBufferPointer(rebasing: buffer[4096...]))])
         }
-        let entries = log.entries.withLock { $0 }
+        return log.entries.withLock { $0 }
+    }
+
+    /// A commit's log (`writeDurably`): without FUA, the writes, then the
+    /// flush once they are answered.
+    @Test func durableWritesWithoutFUAFlushAfterTheirAnswers() throws {
+        let entries = try durableWrites(export: Self.export)
         #expect(entries.map(\.command) == [.write, .write, .flush])
         #expect(entries.allSatisfy { !$0.fua })
         #expect(entries[1].followedEarly == false, "NBD_CMD_FLUSH sent before the writes were answered")
@@ -81,15 +86,7 @@ struct FUAFlushTests {
     /// With FUA, the writes carry it and the flush goes beside them: one
     /// round trip.
     @Test func durableWritesWithFUAGoInOneBatch() throws {
-        let log = Log()
-        let server = try start(log, export: ScriptedServer.defaultExport)
-        defer { server.close() }
-        let device = try RemoteBlockDevice(connectingTo: server.address, options: .forTests())
-        let data = [UInt8](repeating: 9, count: 8192)
-        try data.withUnsafeBytes { buffer in
-            try device.writeDurably([(0, UnsafeRawBufferPointer(rebasing: buffer[..<4096])), (65536, UnsafeRawBufferPointer(rebasing: buffer[4096...]))])
-        }
-        let entries = log.entries.withLock { $0 }
+        let entries = try durableWrites(export: ScriptedServer.defaultExport)
         #expect(entries.map(\.command) == [.write, .write, .flush])
         #expect(entries.prefix(2).allSatisfy { $0.fua }, "the log blocks must be durable by themselves")
         #expect(entries[0].followedEarly, "the batch was sent one request at a time")
