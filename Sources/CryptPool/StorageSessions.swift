@@ -113,8 +113,9 @@ extension Pool {
         try checkFlushed(writes)
     }
 
-    /// After a flush that covered `writes` (one that reported success):
-    /// fails as `flushStorage(covering:)` does if a storage restart lost any.
+    /// After `writes` were made durable (a flush that covered them, or FUA
+    /// writes) and storage reported success: fails as
+    /// `flushStorage(covering:)` does if a storage restart lost any.
     func checkFlushed(_ writes: UnflushedWrites) throws(PoolError) {
         let lost = try lostAfterFlush(writes)
         if !lost.data.isEmpty {

@@ -82,7 +82,10 @@ extension RemoteBlockDevice: AsynchronousBlockDevice {
     ) throws(BlockDeviceError) {
         for span in spans { try checkRange(span.offset, UInt64(span.count)) }
         let live = spans.indices.filter { spans[$0].count > 0 }
-        let results = perform(live.map(operation) + (flushing ? [.flush] : []))
+        var operations = live.map(operation)
+        // Appended in place: a concatenation copied every batch, flushing or not.
+        if flushing { operations.append(.flush) }
+        let results = perform(operations)
         for (index, result) in zip(live, results) {
             if case .failure(let error) = result {
                 throw blockDeviceError(error, "\(command) at \(spans[index].offset)+\(spans[index].count)")
