@@ -42,7 +42,7 @@ extension Pool {
                         cost: $0.type == .passphrase ? ScryptCost(log2N: $0.kdfLog2N, r: $0.kdfR, p: $0.kdfP) : nil,
                         sealedObject: $0.type == .tpm2 ? $0.extra : nil)
                 }.sorted { $0.slot < $1.slot },
-                volumes: state.volumes.values.map { VolumeInfo(id: $0.id, name: $0.name, size: $0.size) }.sorted { $0.id < $1.id })
+                volumes: state.volumes.values.map { VolumeInfo(id: $0.id, name: $0.name, size: $0.size) })
         }
     }
 

@@ -18,7 +18,7 @@ extension Pool {
     /// throughout.
     func checkpoint(
         besideIO: Bool = false,
-        volumeTableChange: (inout [VolumeID: VolumeState], inout [PhysicalBlock]) throws(PoolError) -> Void = { _, _ in }
+        volumeTableChange: (inout VolumeStates, inout [PhysicalBlock]) throws(PoolError) -> Void = { _, _ in }
     ) throws(PoolError) {
         // The space map region this checkpoint overwrites is the one the
         // previous checkpoint did not use; that holds only once the newest
@@ -45,7 +45,7 @@ extension Pool {
         var stateSwitched = false
         do throws(PoolError) {
             var volumes = start.volumes
-            start.volumes = [:]
+            start.volumes = VolumeStates()
             try volumeTableChange(&volumes, &releases)
 
             // Volume trees.
@@ -58,15 +58,16 @@ extension Pool {
                 let changes = TreeChanges(
                     assigned: ArraySlice(KeyOrder.sorted(fold.mapped)), cleared: fold.unmapped)
                 let tree = TreeIdentity(kind: .volumeTreeNode, object: id.rawValue, depth: volume.depth, volumeName: volume.name)
-                volumes[id]!.root = try rebuild(
+                let root = try rebuild(
                     volume.root, tree: tree, level: volume.depth, firstIndex: 0, changes: changes, generation: generation,
                     writes: &writes, releases: &releases, allocated: &allocated, retired: &retired)
+                volumes.update(id) { $0.root = root }
             }
             // Folded: the state's `folding` overlays are the only references left.
             start.folds = [:]
 
             // Volume table and pool object locations.
-            let records = volumes.values.sorted { $0.id < $1.id }
+            let records = volumes.values
             let tableBlocks = stride(from: 0, to: records.count, by: PoolLayout.volumesPerTableBlock).map {
                 Array(records[$0..<min($0 + PoolLayout.volumesPerTableBlock, records.count)])
             }
@@ -144,7 +145,7 @@ extension Pool {
                     state.checkpointFolding = false
                     for block in allocated { state.space.release(block) }
                     var replaced: [PhysicalBlock] = []
-                    for id in Array(state.volumes.keys) { state.volumes[id]!.unfreeze(replaced: &replaced) }
+                    state.volumes.updateEach { $0.unfreeze(replaced: &replaced) }
                     state.pending.insert(contentsOf: taken, at: 0)
                     state.releaseAfterCommit.insert(contentsOf: releasedEarlier, at: 0)
                     state.releaseAfterCommit += replaced
@@ -168,18 +169,17 @@ extension Pool {
             // Every block in use now is named by the trees, the records taken
             // (folded in now) or the blocks to release; none is a write under
             // way, which the gate excludes.
-            space: state.space.persistedImage(), volumes: [:], folds: [:])
+            space: state.space.persistedImage(), volumes: VolumeStates(), folds: [:])
         state.pending = []
         state.releaseAfterCommit = []
         state.pendingEpoch = nil
         state.checkpointFolding = true
-        for id in Array(state.volumes.keys) {
-            state.volumes[id]!.freeze()
-            var volume = state.volumes[id]!
-            if !volume.folding.isEmpty { start.folds[id] = volume.folding }
+        state.volumes.updateEach { $0.freeze() }
+        for var volume in state.volumes.values {
+            if !volume.folding.isEmpty { start.folds[volume.id] = volume.folding }
             volume.overlay = Overlay()
             volume.folding = Overlay()
-            start.volumes[id] = volume
+            start.volumes.insert(volume)
         }
         return start
     }
@@ -247,7 +247,7 @@ private struct CheckpointStart {
     /// The volumes as the checkpoint writes them, holding no overlay, and
     /// apart from them the changes to fold: the state keeps the only
     /// reference to the overlays that writes change.
-    var volumes: [VolumeID: VolumeState]
+    var volumes: VolumeStates
     var folds: [VolumeID: Overlay]
 }
 

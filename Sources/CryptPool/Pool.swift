@@ -115,7 +115,7 @@ public struct VolumeInfo: Sendable, Equatable {
 extension Pool {
     public var volumes: [VolumeInfo] {
         state.withLock { state in
-            state.volumes.values.map { VolumeInfo(id: $0.id, name: $0.name, size: $0.size) }.sorted { $0.id < $1.id }
+            state.volumes.values.map { VolumeInfo(id: $0.id, name: $0.name, size: $0.size) }
         }
     }
 }

@@ -39,7 +39,7 @@ extension Pool {
         }
         let keys = PoolKeys(master: master, poolID: poolID)
         let state = PoolState(
-            generation: 0, space: SpaceMap(blockCount: blockCount), session: .generate(), volumes: [:],
+            generation: 0, space: SpaceMap(blockCount: blockCount), session: .generate(), volumes: VolumeStates(),
             nextVolumeID: VolumeID(rawValue: 1), poolObject: .null, volumeTable: [], spaceMapRegion: 1,
             regions: [SpaceMapRegionImage(geometry: geometry), SpaceMapRegionImage(geometry: geometry)])
         let pool = Pool(
@@ -85,7 +85,7 @@ extension Pool {
         }
         let geometry = SpaceMapGeometry(blockCount: header.blockCount)
         let placeholder = PoolState(
-            generation: 0, space: SpaceMap(blockCount: header.blockCount), session: .generate(), volumes: [:],
+            generation: 0, space: SpaceMap(blockCount: header.blockCount), session: .generate(), volumes: VolumeStates(),
             nextVolumeID: VolumeID(rawValue: 1), poolObject: .null, volumeTable: [], spaceMapRegion: 0,
             regions: [SpaceMapRegionImage(geometry: geometry), SpaceMapRegionImage(geometry: geometry)])
         let pool = Pool(

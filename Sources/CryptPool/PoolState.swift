@@ -93,10 +93,6 @@ struct VolumeState: Sendable {
 
     var blockCount: UInt64 { size / UInt64(PoolLayout.blockSize) }
 
-    /// `PoolState.withVolume`: reached through the dictionary's in-place
-    /// accessor by optional chaining.
-    mutating func visit<T, E: Error>(_ body: (inout VolumeState) throws(E) -> T) throws(E) -> T { try body(&self) }
-
     /// The pointer for a block if the overlays decide it; nil defers to the tree.
     func decided(_ block: UInt64) -> BlockPointer? {
         if let pointer = overlay.lookup(block) { return pointer }
@@ -158,7 +154,7 @@ struct PoolState: Sendable {
     var dataCounters: [VolumeID: UInt64] = [:]
     var metadataSealers: [SessionSalt: BlockSealer] = [:]
     var dataSealers: [VolumeSessionKey: BlockSealer] = [:]
-    var volumes: [VolumeID: VolumeState]
+    var volumes: VolumeStates
     var nextVolumeID: VolumeID
     /// Records written since the last commit, in order.
     var pending: [LogRecord] = []
@@ -196,11 +192,11 @@ extension PoolState {
 
 extension PoolState {
     /// Runs `body` on the state of volume `id` where it lies; nil if there
-    /// is no such volume. Reading it through the dictionary's getter copies
-    /// it, a retain and a release of each overlay table and key in it, on
-    /// every request that looks a volume up.
+    /// is no such volume. Reading it through the getter copies it, a retain
+    /// and a release of each overlay table and key in it, on every request
+    /// that looks a volume up.
     mutating func withVolume<T, E: Error>(_ id: VolumeID, _ body: (inout VolumeState) throws(E) -> T) throws(E) -> T? {
-        try volumes[id]?.visit(body)
+        try volumes.update(id, body)
     }
 
     /// Records data blocks just written to storage: logical blocks from
@@ -210,12 +206,15 @@ extension PoolState {
     /// release after the commit. False if the volume is gone.
     mutating func noteWrites(volume: VolumeID, from first: UInt64, pointers: [BlockPointer], since epoch: UInt64?) -> Bool {
         // One lookup, in place: checking first copied the volume state.
-        guard volumes[volume]?.overlay.map(from: first, to: pointers, replaced: &releaseAfterCommit) != nil else { return false }
+        var replaced = releaseAfterCommit
+        releaseAfterCommit = []
+        let found = volumes.update(volume) { $0.overlay.map(from: first, to: pointers, replaced: &replaced) } != nil
+        releaseAfterCommit = replaced
+        guard found else { return false }
         notePendingWrites(since: epoch)
-        pending.append(
-            contentsOf: pointers.indices.lazy.map { offset in
-                LogRecord.map(volume: volume, block: LogicalBlock(first + UInt64(offset)), pointer: pointers[offset])
-            })
+        for (offset, pointer) in pointers.enumerated() {
+            pending.append(.map(volume: volume, block: LogicalBlock(first + UInt64(offset)), pointer: pointer))
+        }
         return true
     }
 }
@@ -234,10 +233,10 @@ extension PoolState {
     /// about its record bound, and one that grew by doubling to `n` entries
     /// has storage for fewer than `2n`. The checkpoint's copies must hold
     /// no overlay, so that emptying them here copies nothing.
-    mutating func adoptCheckpointed(_ checkpointed: [VolumeID: VolumeState], overlayCapacity: Int) {
+    mutating func adoptCheckpointed(_ checkpointed: VolumeStates, overlayCapacity: Int) {
         var previous = volumes
         volumes = checkpointed
-        let largestFirst = volumes.keys.sorted {
+        let largestFirst = volumes.ids.sorted {
             (previous[$0]?.folding.mapped.capacity ?? 0) > (previous[$1]?.folding.mapped.capacity ?? 0)
         }
         var remaining = overlayCapacity
@@ -245,7 +244,7 @@ extension PoolState {
             // Moved out, so that each is the only reference to its storage.
             var written = Overlay()
             var folded = Overlay()
-            if var old = previous.removeValue(forKey: id) {
+            if var old = previous.remove(id) {
                 swap(&written, &old.overlay)
                 swap(&folded, &old.folding)
             }
@@ -257,8 +256,10 @@ extension PoolState {
                 folded = Overlay()
             }
             if written.isEmpty, written.mapped.capacity < folded.mapped.capacity { swap(&written, &folded) }
-            volumes[id]!.overlay = written
-            volumes[id]!.folding = folded
+            volumes.update(id) { volume in
+                volume.overlay = written
+                volume.folding = folded
+            }
         }
     }
 }

@@ -69,7 +69,7 @@ extension Pool {
         var space = SpaceMap(blockCount: blockCount, bitmapBlocks: bitmaps)
 
         // The volume table.
-        var volumes: [VolumeID: VolumeState] = [:]
+        var volumes = VolumeStates()
         for (index, pointer) in object.volumeTable.enumerated() {
             let bytes = try openMetadata(pointer, kind: .volumeTable, object: 0, level: 0, firstIndex: UInt64(index))
             let table: VolumeTableBlock
@@ -82,9 +82,10 @@ extension Pool {
                     throw .malformed("volume \(record.name): depth \(record.depth) does not fit its size \(record.size)")
                 }
                 var keyBytes = record.key
-                volumes[record.id] = VolumeState(
-                    id: record.id, name: record.name, size: record.size, depth: Int(record.depth), root: record.root,
-                    key: VolumeKey(secret: .taking(&keyBytes)))
+                volumes.insert(
+                    VolumeState(
+                        id: record.id, name: record.name, size: record.size, depth: Int(record.depth), root: record.root,
+                        key: VolumeKey(secret: .taking(&keyBytes))))
             }
         }
 
@@ -118,7 +119,7 @@ extension Pool {
                         throw .malformed("log maps to physical block \(target.block), outside the pool")
                     }
                     // In place: copying the volume state would copy its overlay per record.
-                    let previous = volumes[volumeID]!.overlay.mapped.updateValue(target, forKey: logical.rawValue)
+                    let previous = volumes.update(volumeID) { $0.overlay.mapped.updateValue(target, forKey: logical.rawValue) }!
                     // A block written and rewritten within the log is free in this state.
                     if let previous, !previous.isNull, previous.block != target.block { space.release(previous.block) }
                     space.markUsed(target.block)
@@ -126,7 +127,8 @@ extension Pool {
                     guard let volumeBlocks = volumes[volumeID]?.blockCount, count <= volumeBlocks, start.rawValue <= volumeBlocks - count else {
                         throw .malformed("log unmaps blocks \(start)+\(count) of volume \(volumeID), outside it")
                     }
-                    for dropped in volumes[volumeID]!.overlay.unmap(start.rawValue..<(start.rawValue + count)) { space.release(dropped) }
+                    let dropped = volumes.update(volumeID) { $0.overlay.unmap(start.rawValue..<(start.rawValue + count)) }!
+                    for block in dropped { space.release(block) }
                 }
             }
         }

@@ -165,8 +165,8 @@ public final class Volume: BlockDevice {
         try pool.gate.withShared { () throws(PoolError) in
             try pool.ranges.withLock(key: id.rawValue, range: blocks) { () throws(PoolError) in
                 try pool.state.withLock { (state) throws(PoolError) in
-                    guard state.volumes[id] != nil else { throw .noSuchVolume(name) }
-                    state.releaseAfterCommit += state.volumes[id]!.overlay.unmap(blocks)
+                    guard let dropped = state.volumes.update(id, { $0.overlay.unmap(blocks) }) else { throw .noSuchVolume(name) }
+                    state.releaseAfterCommit += dropped
                     state.pending.append(
                         .unmap(volume: id, start: LogicalBlock(blocks.lowerBound), count: UInt64(blocks.count)))
                 }

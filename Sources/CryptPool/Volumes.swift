@@ -27,9 +27,10 @@ extension Pool {
                 state.nextVolumeID = VolumeID(rawValue: id.rawValue + 1)
                 return id
             }
-            volumes[id] = VolumeState(
-                id: id, name: name, size: size, depth: treeDepth(units: size / UInt64(PoolLayout.blockSize)), root: .null,
-                key: .generate())
+            volumes.insert(
+                VolumeState(
+                    id: id, name: name, size: size, depth: treeDepth(units: size / UInt64(PoolLayout.blockSize)), root: .null,
+                    key: .generate()))
             created = VolumeInfo(id: id, name: name, size: size)
         }
         return created!
@@ -45,7 +46,7 @@ extension Pool {
                 volume.root, tree: tree, level: volume.depth, firstIndex: 0,
                 nodes: { pointer, _, _ in releases.append(pointer.block) },
                 units: { _, unit in releases.append(unit.block) })
-            volumes[volume.id] = nil
+            volumes.remove(volume.id)
             state.withLock { state in
                 state.pending.removeAll { record in
                     switch record {
@@ -60,7 +61,7 @@ extension Pool {
     /// Runs a change to the volume table as a checkpoint, serialised with
     /// commits and excluding all I/O.
     func exclusiveCommit(
-        _ change: (inout [VolumeID: VolumeState], inout [PhysicalBlock]) throws(PoolError) -> Void
+        _ change: (inout VolumeStates, inout [PhysicalBlock]) throws(PoolError) -> Void
     ) throws(PoolError) {
         try serialisedCommit { () throws(PoolError) in
             try gate.withExclusive { () throws(PoolError) in try checkpoint(volumeTableChange: change) }

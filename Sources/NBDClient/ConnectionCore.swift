@@ -120,11 +120,21 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
     private func submit(
         _ operations: [NBDOperation], gather: Bool = false, admit: (inout ConnectionState, inout [Slot?]) -> Admission
     ) -> [Slot?] {
-        sendLock.withLock { gathered in
+        // Held for the end of the caller's `SendBatch`: nothing is sent
+        // here, so `sending` is left alone (the batch's end sets it).
+        let gathering = gather && operations.allSatisfy({ $0.inlinePayloadCount <= Self.inlinePayloadLimit }) && SendBatch.enlist(self)
+        func header(_ operation: NBDOperation, _ cookie: UInt64) -> RequestHeader {
+            RequestHeader(
+                flags: operation.flags, command: operation.command, cookie: cookie, offset: operation.offset,
+                length: operation.length ?? 0)
+        }
+        return sendLock.withLock { gathered in
             var slots: [Slot?] = operations.map { operation in
                 operation.problem(for: session, maxPayload: maxPayload).map { .finished(.failure(.invalidRequest($0))) }
             }
-            var headers: [RequestHeader] = []
+            // The headers are made again from the slots' cookies when they
+            // are encoded: no array of them per batch.
+            var sentCount = 0
             state.withLock { state in
                 let admission = admit(&state, &slots)
                 if case .refuse = admission { return }
@@ -136,11 +146,8 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
                     }
                 }
                 let deadline = requestTimeout.map { monotonicSeconds() + $0 }
-                headers.reserveCapacity(operations.count)
                 for (index, operation) in operations.enumerated() where slots[index] == nil {
-                    let header = RequestHeader(
-                        flags: operation.flags, command: operation.command, cookie: state.nextCookie,
-                        offset: operation.offset, length: operation.length ?? 0)
+                    let header = header(operation, state.nextCookie)
                     state.nextCookie += 1
                     var buffer: UnsafeMutableRawBufferPointer?
                     if case .read(_, let target) = operation { buffer = target }
@@ -149,33 +156,27 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
                         PendingRequest(command: header.command, buffer: buffer, deadline: deadline, outcome: nil, owner: owner(index)),
                         for: header.cookie)
                     state.newlySent.append(header)
-                    headers.append(header)
+                    sentCount += 1
                     slots[index] = .sent(cookie: header.cookie)
                 }
-                if !headers.isEmpty { state.sending = true }
+                if sentCount > 0, !gathering { state.sending = true }
             }
-            guard !headers.isEmpty else { return slots }
-            defer { state.withLock { $0.sending = false } }
-            if gather, operations.allSatisfy({ $0.inlinePayloadCount <= Self.inlinePayloadLimit }),
-                SendBatch.enlist(self)
-            {
-                var next = headers.startIndex
+            guard sentCount > 0 else { return slots }
+            if gathering {
                 for (index, operation) in operations.enumerated() {
-                    guard case .sent? = slots[index] else { continue }
-                    headers[next].encode(into: &gathered)
-                    next += 1
+                    guard case .sent(let cookie)? = slots[index] else { continue }
+                    header(operation, cookie).encode(into: &gathered)
                     if case .write(_, let payload, _) = operation { gathered.append(contentsOf: payload) }
                 }
                 return slots
             }
+            defer { state.withLock { $0.sending = false } }
             // Whatever is gathered goes first, so no request waits behind a later one.
             flush(&gathered)
             var output: [UInt8] = []
-            var next = headers.startIndex
             for (index, operation) in operations.enumerated() {
-                guard case .sent? = slots[index] else { continue }
-                headers[next].encode(into: &output)
-                next += 1
+                guard case .sent(let cookie)? = slots[index] else { continue }
+                header(operation, cookie).encode(into: &output)
                 if case .write(_, let payload, _) = operation {
                     if payload.count <= Self.inlinePayloadLimit {
                         output.append(contentsOf: payload)

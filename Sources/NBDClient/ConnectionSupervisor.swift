@@ -6,6 +6,7 @@ import Musl
 import Logging
 import NBDProtocol
 import Sockets
+import Synchronization
 import Threads
 
 /// What must stay the same across reconnects for resent requests to mean
@@ -56,13 +57,12 @@ final class ConnectionSupervisor: Sendable {
         var version = 0
         /// Failures since a request last got an answer.
         var failureStreak = 0
-        /// Connections made after the first (`RemoteBlockDevice.sessionEpoch`).
-        var reconnects: UInt64 = 0
 
         /// Replaces a dead connection: the first failure reconnects at
         /// once, later ones wait longer and longer.
-        mutating func lose(_ error: NBDClientError, backoff: (Int) -> Double) {
+        mutating func lose(_ error: NBDClientError, backoff: (Int) -> Double, noting streak: borrowing Atomic<Bool>) {
             failureStreak += 1
+            streak.store(true, ordering: .relaxed)
             retry(error, after: backoff(failureStreak))
         }
 
@@ -86,6 +86,9 @@ final class ConnectionSupervisor: Sendable {
     let identity: ExportIdentity
     let options: RemoteBlockDevice.Options
     private let state: Guarded<State>
+    /// `State.failureStreak` is not zero; changed under the lock.
+    private let hasFailureStreak = Atomic<Bool>(false)
+    private let reconnectCount = Atomic<UInt64>(0)
 
     init(address: SocketAddress, export: String, connection: NBDConnection, identity: ExportIdentity, options: RemoteBlockDevice.Options) {
         self.address = address
@@ -107,8 +110,10 @@ final class ConnectionSupervisor: Sendable {
         return min(options.initialBackoff * Double(1 << min(streak - 2, 30)), options.maxBackoff)
     }
 
-    /// How many times the device has reconnected.
-    var reconnects: UInt64 { state.withLock { $0.reconnects } }
+    /// How many times the device has reconnected: the connections made
+    /// after the first (`RemoteBlockDevice.sessionEpoch`), read by every
+    /// WRITE the crypt domain starts, so kept outside the lock.
+    var reconnects: UInt64 { reconnectCount.load(ordering: .acquiring) }
 
     /// A usable connection. While there is none, waits for (or makes) a
     /// reconnect; `deadline` is set to now plus the retry window on the
@@ -120,7 +125,7 @@ final class ConnectionSupervisor: Sendable {
                 if case .connected(let connection) = state.link {
                     if connection.isUsable { return .use(connection) }
                     stale = connection
-                    state.lose(connection.failure ?? .server(.shutdown, message: "the server is shutting down"), backoff: backoff)
+                    state.lose(connection.failure ?? .server(.shutdown, message: "the server is shutting down"), backoff: backoff, noting: hasFailureStreak)
                 }
                 let now = monotonicSeconds()
                 switch state.link {
@@ -156,23 +161,26 @@ final class ConnectionSupervisor: Sendable {
         }
     }
 
-    /// The current connection if it is usable now, without waiting or
-    /// reconnecting.
-    var usableConnection: NBDConnection? {
-        // The connection's own lock is not taken under the supervisor's:
-        // every request of every consumer connection asks this, and the
-        // reply reader holds the connection's lock often.
-        let current = state.withLock { state -> NBDConnection? in
+    /// The current connection, without waiting or reconnecting; nil while
+    /// there is none. It may have died since: starting a batch on it then
+    /// fails (`NBDConnection.start`), as it would had it died a moment later.
+    var currentConnection: NBDConnection? {
+        state.withLock { state -> NBDConnection? in
             guard case .connected(let connection) = state.link else { return nil }
             return connection
         }
-        guard let current, current.isUsable else { return nil }
-        return current
     }
 
-    /// Reports that a request got an answer: the server works again.
+    /// Reports that a request got an answer: the server works again. Every
+    /// answered batch says so, and a streak is rare, so the lock is taken
+    /// only when there is one to end. An answer racing a failure may leave
+    /// that failure's streak standing, as if it had come just before it.
     func requestAnswered() {
-        state.withLock { $0.failureStreak = 0 }
+        guard hasFailureStreak.load(ordering: .relaxed) else { return }
+        state.withLock { state in
+            state.failureStreak = 0
+            hasFailureStreak.store(false, ordering: .relaxed)
+        }
     }
 
     /// Reports that `connection` failed a request with `error`; if it is
@@ -180,7 +188,7 @@ final class ConnectionSupervisor: Sendable {
     func connectionFailed(_ connection: NBDConnection, _ error: NBDClientError) {
         let stale = state.update { state -> NBDConnection? in
             guard case .connected(let current) = state.link, current === connection else { return nil }
-            state.lose(error, backoff: backoff)
+            state.lose(error, backoff: backoff, noting: hasFailureStreak)
             return current
         }
         if let stale {
@@ -218,7 +226,7 @@ final class ConnectionSupervisor: Sendable {
                 } else {
                     logger.notice("reconnected to NBD export \"\(export)\" at \(address)")
                     state.link = .connected(connection)
-                    state.reconnects += 1
+                    reconnectCount.add(1, ordering: .releasing)
                 }
                 state.version += 1
             case .failure(let error):
@@ -230,7 +238,7 @@ final class ConnectionSupervisor: Sendable {
                 if Self.nobodyListens(error) {
                     state.retry(error, after: max(options.initialBackoff, Self.minimumPoll))
                 } else {
-                    state.lose(error, backoff: backoff)
+                    state.lose(error, backoff: backoff, noting: hasFailureStreak)
                 }
             }
         }

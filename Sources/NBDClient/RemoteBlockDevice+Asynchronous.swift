@@ -25,20 +25,14 @@ extension RemoteBlockDevice: AsynchronousBlockDevice {
 
     public func startReads(_ pieces: [ReadPiece], completion: @escaping @Sendable (AsynchronousOutcome) -> Void) -> Bool {
         guard !pieces.isEmpty, pieces.allSatisfy({ !$0.buffer.isEmpty }) else { return false }
-        let spans = pieces.map { ($0.offset, $0.buffer.count) }
-        return start(pieces.map { .read(offset: $0.offset, into: $0.buffer) }) { results in
-            completion(self.outcome(results, "NBD_CMD_READ", spans))
-        }
+        return start(pieces.map { .read(offset: $0.offset, into: $0.buffer) }, .outcome(command: "NBD_CMD_READ", completion))
     }
 
     public func startWrites(_ pieces: [WritePiece], fua: Bool, completion: @escaping @Sendable (AsynchronousOutcome) -> Void) -> Bool {
         guard !pieces.isEmpty, pieces.allSatisfy({ !$0.buffer.isEmpty }), !isReadOnly, !fua || flags.contains(.sendFUA) else {
             return false
         }
-        let spans = pieces.map { ($0.offset, $0.buffer.count) }
-        return start(pieces.map { .write(offset: $0.offset, from: $0.buffer, fua: fua) }) { results in
-            completion(self.outcome(results, "NBD_CMD_WRITE", spans))
-        }
+        return start(pieces.map { .write(offset: $0.offset, from: $0.buffer, fua: fua) }, .outcome(command: "NBD_CMD_WRITE", completion))
     }
 
     /// NBD_CMD_READ of every piece in one batch (`perform(_:)`): pipelined
@@ -96,7 +90,7 @@ extension RemoteBlockDevice: AsynchronousBlockDevice {
 
     /// One outcome for a batch: any connection failure makes it a redo,
     /// otherwise the first final failure (in piece order) fails it.
-    private func outcome(_ results: [Result<Void, NBDClientError>], _ command: String, _ spans: [(UInt64, Int)]) -> AsynchronousOutcome {
+    func outcome(_ results: [Result<Void, NBDClientError>], _ command: String, _ operations: [NBDOperation]) -> AsynchronousOutcome {
         var outcome = AsynchronousOutcome.done
         for (index, result) in results.enumerated() {
             guard case .failure(let error) = result else { continue }
@@ -104,7 +98,7 @@ extension RemoteBlockDevice: AsynchronousBlockDevice {
             case .server(.shutdown, _): return .redoSynchronously
             case .server, .invalidRequest:
                 if case .done = outcome {
-                    outcome = .failed(blockDeviceError(error, "\(command) at \(spans[index].0)+\(spans[index].1)"))
+                    outcome = .failed(blockDeviceError(error, "\(command) at \(operations[index].offset)+\(operations[index].length ?? 0)"))
                 }
             default: return .redoSynchronously
             }

@@ -1,3 +1,4 @@
+import BlockDevice
 import NBDProtocol
 
 /// A batch checked against the export and split into pieces of at most
@@ -97,14 +98,32 @@ extension RemoteBlockDevice {
         _ operations: [NBDOperation],
         completion: @escaping @Sendable ([Result<Void, NBDClientError>]) -> Void
     ) -> Bool {
-        guard let connection = supervisor.usableConnection else { return false }
+        start(operations, .results(completion))
+    }
+
+    /// Who hears of a started batch: the caller of `start(_:completion:)`
+    /// with every result, or an `AsynchronousBlockDevice` caller with one
+    /// outcome. Told apart here rather than by wrapping one closure in
+    /// another, which would allocate a second context for every READ and
+    /// WRITE the crypt domain sends.
+    enum StartCompletion: Sendable {
+        case results(@Sendable ([Result<Void, NBDClientError>]) -> Void)
+        /// The batch's outcome (`outcome(_:_:_:)`), naming `command` in errors.
+        case outcome(command: String, @Sendable (AsynchronousOutcome) -> Void)
+    }
+
+    func start(_ operations: [NBDOperation], _ completion: StartCompletion) -> Bool {
+        guard let connection = supervisor.currentConnection else { return false }
         let plan = BatchPlan(operations, device: self)
         guard !plan.pieces.isEmpty else {
-            completion(plan.merge.results(of: []))
+            finish(completion, plan.merge.results(of: []), operations)
             return true
         }
         let supervisor = self.supervisor
         let merge = plan.merge
+        // SAFETY: the completion reads only the operations' offsets and
+        // lengths, for error messages, never the buffers they point to.
+        nonisolated(unsafe) let operations = operations
         return connection.start(plan.pieces) { pieceResults in
             var answered = false
             var lost: NBDClientError?
@@ -118,7 +137,14 @@ extension RemoteBlockDevice {
             // dead connection is replaced by the next synchronous request.
             if answered { supervisor.requestAnswered() }
             if let lost { supervisor.connectionFailed(connection, lost) }
-            completion(merge.results(of: pieceResults))
+            self.finish(completion, merge.results(of: pieceResults), operations)
+        }
+    }
+
+    private func finish(_ completion: StartCompletion, _ results: [Result<Void, NBDClientError>], _ operations: [NBDOperation]) {
+        switch completion {
+        case .results(let body): body(results)
+        case .outcome(let command, let body): body(outcome(results, command, operations))
         }
     }
 }

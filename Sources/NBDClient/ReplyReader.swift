@@ -95,12 +95,20 @@ extension ConnectionCore {
     /// payloads, collecting whom to tell about ended requests in `wakeups`;
     /// false once the connection has died.
     private func decodeAvailable(_ decoder: inout ReplyDecoder, wakeups: inout Wakeups) -> Bool {
+        // The request whose buffer a copy here last wrote, while its
+        // `finishCopy` waits for the next lock taken: almost always the one
+        // that completes the same request, so a READ reply costs one lock
+        // fewer. `copyingCookie` names it until then, as during the copy.
+        var copied: UInt64?
+        defer {
+            if let copied { state.withLock { $0.finishCopy(copied, into: &wakeups) } }
+        }
         while true {
             let event: ReplyEvent?
             do throws(NBDProtocolError) {
                 event = try decoder.next()
                 if event == nil, let transfer = decoder.transfer, decoder.bufferedTransferBytes > 0 {
-                    try placeBuffered(transfer, &decoder, wakeups: &wakeups)
+                    try placeBuffered(transfer, &decoder, copied: &copied, wakeups: &wakeups)
                     continue
                 }
             } catch {
@@ -111,16 +119,20 @@ extension ConnectionCore {
             switch event {
             case .data(let cookie, let offset, let bytes):
                 let delivered = bytes.withUnsafeBytes { source in
-                    deliver(cookie, at: offset, count: source.count, wakeups: &wakeups) { $0.copyMemory(from: source) }
+                    deliver(cookie, at: offset, count: source.count, copied: &copied, wakeups: &wakeups) { $0.copyMemory(from: source) }
                 }
                 guard delivered else { return false }
             case .hole(let cookie, let offset, let length):
-                let delivered = deliver(cookie, at: offset, count: length, wakeups: &wakeups) {
+                let delivered = deliver(cookie, at: offset, count: length, copied: &copied, wakeups: &wakeups) {
                     $0.initializeMemory(as: UInt8.self, repeating: 0)
                 }
                 guard delivered else { return false }
             case .completed(let cookie, let error, let message):
                 state.withLock { state in
+                    if let finished = copied {
+                        state.finishCopy(finished, into: &wakeups)
+                        copied = nil
+                    }
                     guard let request = state.requests[cookie], request.outcome == nil else { return }
                     if let error {
                         if error == .shutdown { state.serverShuttingDown = true }
@@ -135,16 +147,18 @@ extension ConnectionCore {
 
     /// Copies the transfer's buffered payload bytes into the request's
     /// buffer, or drops them if the request has ended.
-    private func placeBuffered(_ transfer: DataTransfer, _ decoder: inout ReplyDecoder, wakeups: inout Wakeups) throws(NBDProtocolError) {
+    private func placeBuffered(
+        _ transfer: DataTransfer, _ decoder: inout ReplyDecoder, copied: inout UInt64?, wakeups: inout Wakeups
+    ) throws(NBDProtocolError) {
         let count = decoder.bufferedTransferBytes
-        switch beginCopy(transfer.cookie, at: transfer.offset, count: count) {
+        switch beginCopy(transfer.cookie, at: transfer.offset, count: count, finishing: &copied, wakeups: &wakeups) {
         case .skip:
             try decoder.takeTransferBytes(count, into: nil)
         case .outOfRange:
             throw .readOutOfRange(cookie: transfer.cookie, offset: UInt64(transfer.offset), length: UInt64(count))
         case .write(let region):
             // SAFETY: see `deliver`; the copy ends below, even if the decoder throws.
-            defer { state.withLock { $0.finishCopy(transfer.cookie, into: &wakeups) } }
+            defer { copied = transfer.cookie }
             try decoder.takeTransferBytes(count, into: region)
         }
     }
@@ -157,7 +171,8 @@ extension ConnectionCore {
         _ transfer: DataTransfer, _ decoder: inout ReplyDecoder, scratch: UnsafeMutableRawBufferPointer,
         clock: inout DeadlineClock, wakeups: inout Wakeups
     ) -> Bool {
-        switch beginCopy(transfer.cookie, at: transfer.offset, count: transfer.remaining) {
+        var none: UInt64?
+        switch beginCopy(transfer.cookie, at: transfer.offset, count: transfer.remaining, finishing: &none, wakeups: &wakeups) {
         case .outOfRange:
             fail(.protocolViolation(.readOutOfRange(cookie: transfer.cookie, offset: UInt64(transfer.offset), length: UInt64(transfer.remaining))))
             return false
@@ -215,9 +230,16 @@ extension ConnectionCore {
 
     /// The part of a READ buffer that `count` bytes at `offset` cover, now
     /// marked as being written (`copyingCookie`) until `finishCopy`; `.skip`
-    /// if the request has already ended.
-    private func beginCopy(_ cookie: UInt64, at offset: Int, count: Int) -> CopyTarget {
+    /// if the request has already ended. A copy that ended before
+    /// (`finishing`) is finished first, under the same lock.
+    private func beginCopy(
+        _ cookie: UInt64, at offset: Int, count: Int, finishing: inout UInt64?, wakeups: inout Wakeups
+    ) -> CopyTarget {
         state.withLock { state in
+            if let finished = finishing {
+                state.finishCopy(finished, into: &wakeups)
+                finishing = nil
+            }
             guard let request = state.requests[cookie], request.outcome == nil, let buffer = request.buffer else {
                 return .skip
             }
@@ -235,9 +257,10 @@ extension ConnectionCore {
     /// chunk covers, unless the request has already ended. False if the
     /// range does not fit the buffer, which ends the connection.
     private func deliver(
-        _ cookie: UInt64, at offset: Int, count: Int, wakeups: inout Wakeups, _ fill: (UnsafeMutableRawBufferPointer) -> Void
+        _ cookie: UInt64, at offset: Int, count: Int, copied: inout UInt64?, wakeups: inout Wakeups,
+        _ fill: (UnsafeMutableRawBufferPointer) -> Void
     ) -> Bool {
-        switch beginCopy(cookie, at: offset, count: count) {
+        switch beginCopy(cookie, at: offset, count: count, finishing: &copied, wakeups: &wakeups) {
         case .skip:
             return true
         case .outOfRange:
@@ -249,8 +272,8 @@ extension ConnectionCore {
             // no longer names it; both hold until the update below.
             fill(region)
             // The connection may have died meanwhile; its owner then waits
-            // only for this copy to end.
-            state.withLock { $0.finishCopy(cookie, into: &wakeups) }
+            // only for this copy to end, which the next lock records.
+            copied = cookie
             return true
         }
     }
