@@ -213,6 +213,16 @@ extension Pool {
     ) throws(PoolError) -> [UInt8] {
         try checkPlacement(pointer, what: "\(kind) pointer")
         let ciphertext = try readBlocks(pointer.block, count: 1)
+        return try openMetadata(sealed: ciphertext[...], pointer, kind: kind, object: object, level: level, firstIndex: firstIndex, volume: volume)
+    }
+
+    /// Opens the metadata block `pointer` names from its ciphertext,
+    /// already read (`sealed`, one block); the integrity failure names it
+    /// as `openMetadata(_:kind:object:level:firstIndex:volume:)` does.
+    func openMetadata(
+        sealed ciphertext: ArraySlice<UInt8>, _ pointer: BlockPointer, kind: MetadataKind, object: UInt32, level: Int, firstIndex: UInt64,
+        volume: String? = nil
+    ) throws(PoolError) -> [UInt8] {
         let sealer = state.withLock { metadataSealer(pointer.salt, in: &$0) }
         let ad = AssociatedData.metadata(
             pool: poolID, kind: kind, object: object, level: UInt16(level), firstIndex: firstIndex, salt: pointer.salt,

@@ -71,6 +71,37 @@ extension Pool {
         return node
     }
 
+    /// Reads the nodes `children` of one parent (at `level` of `tree`,
+    /// each with the first unit it covers) that are not cached, in one
+    /// storage batch, and caches them. A checkpoint rebuilding them then
+    /// pays one round trip per parent, not one per child: after random
+    /// writes spread over a large volume most nodes it rewrites had left
+    /// the cache, and it read them one at a time while writes waited for
+    /// it (`.checkpointBehind`).
+    func prefetchNodes(_ children: [(pointer: BlockPointer, firstIndex: UInt64)], tree: TreeIdentity, level: Int) throws(PoolError) {
+        let missing = children.filter { !$0.pointer.isNull && nodeCache.get($0.pointer) == nil }
+        guard missing.count > 1 else { return }
+        for child in missing { try checkPlacement(child.pointer, what: "\(tree.kind) pointer") }
+        let blockSize = Self.blockSize
+        var ciphertext = [UInt8](repeating: 0, count: missing.count * blockSize)
+        var failure: PoolError?
+        ciphertext.withUnsafeMutableBytes { buffer in
+            let pieces = missing.indices.map { index in
+                (missing[index].pointer.block, UnsafeMutableRawBufferPointer(rebasing: buffer[(index * blockSize)..<((index + 1) * blockSize)]))
+            }
+            do throws(PoolError) { try readScattered(pieces) } catch { failure = error }
+        }
+        if let failure { throw failure }
+        for (index, child) in missing.enumerated() {
+            let plain = try openMetadata(
+                sealed: ciphertext[(index * blockSize)..<((index + 1) * blockSize)], child.pointer, kind: tree.kind, object: tree.object,
+                level: level, firstIndex: child.firstIndex, volume: tree.volumeName)
+            let node: TreeNode
+            do { node = try TreeNode(decoding: plain) } catch { throw .malformed("\(tree.kind) at \(child.pointer.block): \(error)") }
+            nodeCache.put(child.pointer, node)
+        }
+    }
+
     /// The pointer to unit `index` in a checkpointed tree.
     func lookup(root: BlockPointer, tree: TreeIdentity, index: UInt64) throws(PoolError) -> BlockPointer {
         try lookup(root: root, tree: tree, range: index..<(index + 1))[0]
@@ -280,6 +311,18 @@ extension Pool {
     ) throws(PoolError) -> BlockPointer {
         var node = pointer.isNull ? TreeNode() : try loadNode(pointer, tree: tree, level: level, firstIndex: firstIndex)
         let span = childSpan(level: level)
+        if level >= 2 {
+            // The children rebuilt below, fetched together.
+            var rebuilt: [(pointer: BlockPointer, firstIndex: UInt64)] = []
+            for slot in 0..<PoolLayout.fanOut where !node.children[slot].isNull {
+                let childFirst = firstIndex + UInt64(slot) * span
+                let inside = changes.restricted(to: childFirst..<(childFirst + span))
+                guard !inside.isEmpty, !(inside.assigned.isEmpty && inside.cleared.count == 1 && inside.cleared[0] == childFirst..<(childFirst + span))
+                else { continue }
+                rebuilt.append((node.children[slot], childFirst))
+            }
+            try prefetchNodes(rebuilt, tree: tree, level: level - 1)
+        }
         for slot in 0..<PoolLayout.fanOut {
             let childFirst = firstIndex + UInt64(slot) * span
             let childRange = childFirst..<(childFirst + span)

@@ -77,6 +77,26 @@ import Testing
         #expect(rig.checkNoWrongData() == ["vm1": Dictionary(uniqueKeysWithValues: Set(Array(64..<74) + [70]).map { (UInt64($0), failure) })])
     }
 
+    /// After a reopen, the leaves a checkpoint rewrites are not cached and
+    /// are read together, one batch for their parent (`Pool.prefetchNodes`):
+    /// a damaged one among them fails the checkpoint with the failure that
+    /// names it, as reading it alone did, and the data under both stays.
+    @Test func damagedLeafAmongThoseACheckpointReadsTogether() throws {
+        let rig = try Self.checkpointedRig()
+        let (leaf, first) = try rig.treeNode("vm1", level: 1, above: 70)
+        rig.flipBit(leaf.block, byte: 64 * 6 + 41)
+
+        _ = try rig.reopen()
+        try rig.put("vm1", 5, [UInt8](repeating: 0x05, count: 4096))
+        try rig.put("vm1", 70, [UInt8](repeating: 0x70, count: 4096))
+        let failure = rig.metadataFailure(.volumeTreeNode, volume: "vm1", index: first, level: 1, pointer: leaf)
+        #expect(throws: failure) { try rig.pool.flush() }
+        // The writes are committed in the log; the checkpoint never switched.
+        #expect(rig.readBlock("vm1", 5) == .data([UInt8](repeating: 0x05, count: 4096)))
+        #expect(rig.readBlock("vm1", 70) == .data([UInt8](repeating: 0x70, count: 4096)))
+        #expect(rig.readBlock("vm1", 64) == .failed(failure))
+    }
+
     // MARK: Log blocks
 
     /// TamperRig.fourGenerations and its two log blocks, oldest first.
