@@ -191,25 +191,19 @@ extension PoolState {
 }
 
 extension PoolState {
-    /// Runs `body` on the state of volume `id` where it lies; nil if there
-    /// is no such volume. Reading it through the getter copies it, a retain
-    /// and a release of each overlay table and key in it, on every request
-    /// that looks a volume up.
-    mutating func withVolume<T, E: Error>(_ id: VolumeID, _ body: (inout VolumeState) throws(E) -> T) throws(E) -> T? {
-        try volumes.update(id, body)
-    }
-
     /// Records data blocks just written to storage: logical blocks from
     /// `first` of `volume` now live at `pointers`, in order. Maps them in the
     /// overlay in place (a copy of the volume state would copy its whole
     /// overlay), queues their log records and the blocks they replace for
     /// release after the commit. False if the volume is gone.
     mutating func noteWrites(volume: VolumeID, from first: UInt64, pointers: [BlockPointer], since epoch: UInt64?) -> Bool {
-        // One lookup, in place: checking first copied the volume state.
-        var replaced = releaseAfterCommit
-        releaseAfterCommit = []
+        // One lookup, in place: checking first copied the volume state. The
+        // release list is moved out for the call (and back): the closure may
+        // not reach into `self` while `volumes` is being changed.
+        var replaced: [PhysicalBlock] = []
+        swap(&replaced, &releaseAfterCommit)
         let found = volumes.update(volume) { $0.overlay.map(from: first, to: pointers, replaced: &replaced) } != nil
-        releaseAfterCommit = replaced
+        swap(&replaced, &releaseAfterCommit)
         guard found else { return false }
         notePendingWrites(since: epoch)
         for (offset, pointer) in pointers.enumerated() {

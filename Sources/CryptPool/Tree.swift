@@ -49,6 +49,12 @@ struct TreeChanges {
 
     var isEmpty: Bool { assigned.isEmpty && cleared.isEmpty }
 
+    /// Whether these changes (restricted to `range`) clear the whole of it
+    /// and assign nothing: a subtree released without being rewritten.
+    func clearsAll(of range: Range<UInt64>) -> Bool {
+        assigned.isEmpty && cleared.count == 1 && cleared[0] == range
+    }
+
     private func firstIndex(atLeast value: UInt64) -> Int {
         var low = assigned.startIndex
         var high = assigned.endIndex
@@ -316,9 +322,9 @@ extension Pool {
             var rebuilt: [(pointer: BlockPointer, firstIndex: UInt64)] = []
             for slot in 0..<PoolLayout.fanOut where !node.children[slot].isNull {
                 let childFirst = firstIndex + UInt64(slot) * span
-                let inside = changes.restricted(to: childFirst..<(childFirst + span))
-                guard !inside.isEmpty, !(inside.assigned.isEmpty && inside.cleared.count == 1 && inside.cleared[0] == childFirst..<(childFirst + span))
-                else { continue }
+                let childRange = childFirst..<(childFirst + span)
+                let inside = changes.restricted(to: childRange)
+                guard !inside.isEmpty, !inside.clearsAll(of: childRange) else { continue }
                 rebuilt.append((node.children[slot], childFirst))
             }
             try prefetchNodes(rebuilt, tree: tree, level: level - 1)
@@ -335,7 +341,7 @@ extension Pool {
                 node.children[slot] = newPointer
                 continue
             }
-            if inside.assigned.isEmpty, inside.cleared.count == 1, inside.cleared[0] == childRange {
+            if inside.clearsAll(of: childRange) {
                 // The whole subtree is cleared: release it without rewriting.
                 try walk(
                     old, tree: tree, level: level - 1, firstIndex: childFirst,

@@ -182,7 +182,7 @@ public final class Volume: BlockDevice {
         var result: [BlockPointer] = []
         result.reserveCapacity(blocks.count)
         let found = pool.state.withLock { state in
-            state.withVolume(id) { volume in
+            state.volumes.update(id) { volume in
                 var undecided = 0
                 for block in blocks {
                     if let decided = volume.decided(block) {
@@ -390,7 +390,7 @@ public final class Volume: BlockDevice {
         // the sealer and the generation the pointers carry.
         let (locations, salt, firstCounter, sealer, generation) = try pool.state.withLock {
             (state) throws(PoolError) -> ([PhysicalBlock], SessionSalt, UInt64, BlockSealer, UInt64) in
-            guard let (root, depth) = state.withVolume(id, { ($0.root, $0.depth) }) else { throw .noSuchVolume(name) }
+            guard let (root, depth) = state.volumes.update(id, { ($0.root, $0.depth) }) else { throw .noSuchVolume(name) }
             let hint = placementHint(for: blocks, root: root, depth: depth)
             let locations = try pool.allocateData(count, near: hint, in: &state)
             let (salt, first) = pool.reserveDataCounters(id, count, in: &state)

@@ -55,15 +55,11 @@ final class ConnectionSupervisor: Sendable {
         var link: Link
         /// Bumped on every change, so waiters can wait for "something happened".
         var version = 0
-        /// Failures since a request last got an answer.
-        var failureStreak = 0
 
         /// Replaces a dead connection: the first failure reconnects at
         /// once, later ones wait longer and longer.
-        mutating func lose(_ error: NBDClientError, backoff: (Int) -> Double, noting streak: borrowing Atomic<Bool>) {
-            failureStreak += 1
-            streak.store(true, ordering: .relaxed)
-            retry(error, after: backoff(failureStreak))
+        mutating func lose(_ error: NBDClientError, backoff: (Int) -> Double, streak: borrowing Atomic<Int>) {
+            retry(error, after: backoff(streak.add(1, ordering: .relaxed).newValue))
         }
 
         /// Reconnects after `delay`, leaving the failure count as it is (a
@@ -86,8 +82,9 @@ final class ConnectionSupervisor: Sendable {
     let identity: ExportIdentity
     let options: RemoteBlockDevice.Options
     private let state: Guarded<State>
-    /// `State.failureStreak` is not zero; changed under the lock.
-    private let hasFailureStreak = Atomic<Bool>(false)
+    /// Failures since a request last got an answer; raised under the lock
+    /// (`State.lose`), ended without it by every answered batch.
+    private let failureStreak = Atomic<Int>(0)
     private let reconnectCount = Atomic<UInt64>(0)
 
     init(address: SocketAddress, export: String, connection: NBDConnection, identity: ExportIdentity, options: RemoteBlockDevice.Options) {
@@ -125,7 +122,7 @@ final class ConnectionSupervisor: Sendable {
                 if case .connected(let connection) = state.link {
                     if connection.isUsable { return .use(connection) }
                     stale = connection
-                    state.lose(connection.failure ?? .server(.shutdown, message: "the server is shutting down"), backoff: backoff, noting: hasFailureStreak)
+                    state.lose(connection.failure ?? .server(.shutdown, message: "the server is shutting down"), backoff: backoff, streak: failureStreak)
                 }
                 let now = monotonicSeconds()
                 switch state.link {
@@ -172,15 +169,11 @@ final class ConnectionSupervisor: Sendable {
     }
 
     /// Reports that a request got an answer: the server works again. Every
-    /// answered batch says so, and a streak is rare, so the lock is taken
-    /// only when there is one to end. An answer racing a failure may leave
-    /// that failure's streak standing, as if it had come just before it.
+    /// answered batch says so, so it takes no lock, and writes only when
+    /// there is a streak to end. An answer racing a failure may leave that
+    /// failure's streak standing, as if it had come just before it.
     func requestAnswered() {
-        guard hasFailureStreak.load(ordering: .relaxed) else { return }
-        state.withLock { state in
-            state.failureStreak = 0
-            hasFailureStreak.store(false, ordering: .relaxed)
-        }
+        if failureStreak.load(ordering: .relaxed) != 0 { failureStreak.store(0, ordering: .relaxed) }
     }
 
     /// Reports that `connection` failed a request with `error`; if it is
@@ -188,7 +181,7 @@ final class ConnectionSupervisor: Sendable {
     func connectionFailed(_ connection: NBDConnection, _ error: NBDClientError) {
         let stale = state.update { state -> NBDConnection? in
             guard case .connected(let current) = state.link, current === connection else { return nil }
-            state.lose(error, backoff: backoff, noting: hasFailureStreak)
+            state.lose(error, backoff: backoff, streak: failureStreak)
             return current
         }
         if let stale {
@@ -238,7 +231,7 @@ final class ConnectionSupervisor: Sendable {
                 if Self.nobodyListens(error) {
                     state.retry(error, after: max(options.initialBackoff, Self.minimumPoll))
                 } else {
-                    state.lose(error, backoff: backoff, noting: hasFailureStreak)
+                    state.lose(error, backoff: backoff, streak: failureStreak)
                 }
             }
         }
