@@ -57,6 +57,15 @@ public protocol AsynchronousBlockDevice: BlockDevice {
     /// completion for all, merged as `startReads` does.
     func startWrites(_ pieces: [WritePiece], fua: Bool, completion: @escaping @Sendable (AsynchronousOutcome) -> Void) -> Bool
 
+    /// Starts NBD_CMD_WRITE of every piece as `startWrites` does, from
+    /// memory lent to the device until `completion`: it may send large
+    /// pieces by reference, so that the kernel holds the pages rather than
+    /// a copy until the peer reads them, which a peer that answers first
+    /// may do later. Only for buffers that hold nothing but bytes meant for
+    /// this device from allocation to release, and whose pages are never
+    /// reused for other data (`SealedWrite`'s). The default copies.
+    func startLentWrites(_ pieces: [WritePiece], fua: Bool, completion: @escaping @Sendable (AsynchronousOutcome) -> Void) -> Bool
+
     /// NBD_CMD_READ of every piece, blocking until all are in place; throws
     /// the first failure, in piece order, once every piece has ended.
     func read(_ pieces: [ReadPiece]) throws(BlockDeviceError)
@@ -89,6 +98,10 @@ extension AsynchronousBlockDevice {
         startEach(pieces.count, completion) { index, done in
             startWrite(at: pieces[index].offset, from: pieces[index].buffer, fua: fua, completion: done)
         }
+    }
+
+    public func startLentWrites(_ pieces: [WritePiece], fua: Bool, completion: @escaping @Sendable (AsynchronousOutcome) -> Void) -> Bool {
+        startWrites(pieces, fua: fua, completion: completion)
     }
 
     public func read(_ pieces: [ReadPiece]) throws(BlockDeviceError) {

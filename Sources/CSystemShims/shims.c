@@ -63,3 +63,12 @@ int bulkhead_resize_pipe(int fd, int bytes) {
     int granted = fcntl(fd, F_SETPIPE_SZ, bytes);
     return granted > 0 ? granted : fcntl(fd, F_GETPIPE_SZ);
 }
+
+ssize_t bulkhead_vmsplice(int pipe, const void *buffer, size_t length) {
+    struct iovec vector = {(void *)buffer, length};
+    return vmsplice(pipe, &vector, 1, 0);
+}
+
+ssize_t bulkhead_splice_to_socket(int pipe, int socket, size_t length) {
+    return splice(pipe, NULL, socket, NULL, length, SPLICE_F_MOVE);
+}

@@ -55,10 +55,23 @@ final class SealedWrite: @unchecked Sendable {
 
     deinit { Self.buffers.give(buffer) }
 
-    /// Sealed data only (ciphertext): buffers go back without zeroing. The
-    /// bound covers the writes in flight of a few connections; one-block
-    /// buffers are kept too, so a 4 KiB write takes no malloc for them.
-    private static let buffers = BufferCache(retainedBytes: 32 << 20, alignment: 64, smallest: PoolLayout.blockSize)
+    /// Whether storage may send the pieces by reference rather than by copy
+    /// (`AsynchronousBlockDevice.startLentWrites`): the buffer is a mapping
+    /// of its own, and like every buffer of this cache it only ever holds
+    /// ciphertext sealed for storage, from its mapping to its unmapping. A
+    /// storage domain that reads a payload late, after answering it, sees
+    /// the ciphertext of another write at worst, which it receives anyway.
+    var isLendable: Bool { Self.buffers.isMapped(buffer.count) }
+
+    /// Sealed data only (ciphertext), never anything else: buffers go back
+    /// without zeroing, and lent ones (`isLendable`) may still be read by
+    /// the storage domain after the write is answered. The bound covers
+    /// the writes in flight of a few connections; one-block buffers are
+    /// kept too, so a 4 KiB write takes no malloc for them. From 128 KiB
+    /// on, buffers are mappings of their own, so that none returns to the
+    /// heap for plaintext while a socket may still hold its pages.
+    private static let buffers = BufferCache(
+        retainedBytes: 32 << 20, alignment: 64, smallest: PoolLayout.blockSize, mappedFrom: 128 << 10)
 
     /// The logical index of the block at physical position `position`.
     func logicalIndex(at position: Int) -> Int { order?[position] ?? position }

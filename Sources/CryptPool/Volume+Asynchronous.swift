@@ -73,7 +73,7 @@ extension Volume: AsynchronousBlockDevice {
             release(ticket)
             return false
         }
-        let started = storage.startWrites(sealed.pieces, fua: false) { outcome in
+        let written: @Sendable (AsynchronousOutcome) -> Void = { outcome in
             guard case .done = outcome else {
                 self.abandon(sealed)
                 self.release(ticket)
@@ -88,6 +88,12 @@ extension Volume: AsynchronousBlockDevice {
                 completion(.failed(self.deviceError(error)))
             }
         }
+        // Large sealed runs go to the storage socket by reference, not by
+        // copy, where their buffer allows (`SealedWrite.isLendable`).
+        let started =
+            sealed.isLendable
+            ? storage.startLentWrites(sealed.pieces, fua: false, completion: written)
+            : storage.startWrites(sealed.pieces, fua: false, completion: written)
         if !started {
             abandon(sealed)
             release(ticket)

@@ -128,6 +128,9 @@ public enum SyscallAllowlist {
         rule("mlock", "secret pages stay out of swap"),
         rule("munlock", "secret pages are released"),
         rule("mlockall", "the process's memory stays out of swap"),
+        rule("pipe2", "one pipe per storage connection for lent WRITE payloads"),
+        rule("vmsplice", "large sealed WRITE payloads go into the pipe as page references"),
+        rule("splice", "and from the pipe to the storage socket, uncopied"),
     ]
 
     /// The rules of `role`.

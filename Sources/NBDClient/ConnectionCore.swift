@@ -17,6 +17,11 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
     /// Held while writing to the socket, so each request goes out whole;
     /// holds the requests started inside a `SendBatch`, sent when it ends.
     private let sendLock = Guarded<[UInt8]>([])
+    /// Carries lent WRITE payloads to the socket as page references: for
+    /// 1 MiB, the copy into the socket's buffers cost the crypt domain a
+    /// fifth of its time (`bench/CHAIN.md`, session 15). Nil where no pipe
+    /// could be made; lent payloads are then copied.
+    private let splicePipe: SplicePipe?
 
     /// WRITE payloads up to this size are copied behind their header, so a
     /// batch of small requests leaves in few `send` calls; larger ones are
@@ -31,6 +36,7 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
         self.maxPayload = min(session.blockSize?.maximum ?? NBDLimits.maxPayload, NBDLimits.maxPayload)
         self.requestTimeout = requestTimeout
         self.logger = logger
+        splicePipe = try? SplicePipe()
     }
 
     /// What became of one operation of a batch while sending it.
@@ -74,10 +80,10 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
     /// `completion` gets the results (see `NBDConnection.start`). False,
     /// with nothing sent and `completion` never called, if the connection
     /// is not usable.
-    func start(_ operations: [NBDOperation], completion: @escaping BatchCompletion) -> Bool {
+    func start(_ operations: [NBDOperation], lending: Bool = false, completion: @escaping BatchCompletion) -> Bool {
         var refused = false
         var immediate: [Result<Void, NBDClientError>]?
-        _ = submit(operations, gather: true) { state, slots in
+        _ = submit(operations, gather: true, lending: lending) { state, slots in
             guard state.refusal == nil else {
                 refused = true
                 return .refuse
@@ -116,9 +122,11 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
     ///
     /// With `gather` (a started batch, whose caller does not wait), small
     /// requests made inside a `SendBatch` are held and sent together when
-    /// the batch ends.
+    /// the batch ends. With `lending`, large WRITE payloads are spliced
+    /// (`NBDConnection.start(_:lending:completion:)`).
     private func submit(
-        _ operations: [NBDOperation], gather: Bool = false, admit: (inout ConnectionState, inout [Slot?]) -> Admission
+        _ operations: [NBDOperation], gather: Bool = false, lending: Bool = false,
+        admit: (inout ConnectionState, inout [Slot?]) -> Admission
     ) -> [Slot?] {
         // Held for the end of the caller's `SendBatch`: nothing is sent
         // here, so `sending` is left alone (the batch's end sets it).
@@ -182,7 +190,7 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
                         output.append(contentsOf: payload)
                     } else {
                         flush(&output)
-                        send(payload)
+                        if lending { sendLent(payload) } else { send(payload) }
                     }
                 }
                 if output.count >= Self.sendBufferTarget { flush(&output) }
@@ -213,6 +221,19 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
         guard !bytes.isEmpty, !state.withLock({ $0.socketShutDown }) else { return }
         do throws(SocketError) {
             try socket.writeAll(bytes)
+        } catch .timedOut {
+            fail(.timedOut(.send))
+        } catch {
+            fail(.connectionLost(error))
+        }
+    }
+
+    /// Sends a lent payload by reference (`SplicePipe.send`).
+    private func sendLent(_ bytes: UnsafeRawBufferPointer) {
+        guard let splicePipe else { return send(bytes) }
+        guard !bytes.isEmpty, !state.withLock({ $0.socketShutDown }) else { return }
+        do throws(SocketError) {
+            try splicePipe.send(bytes, on: socket)
         } catch .timedOut {
             fail(.timedOut(.send))
         } catch {

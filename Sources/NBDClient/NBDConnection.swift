@@ -132,10 +132,17 @@ public final class NBDConnection: Sendable {
     /// deadline (`Options.requestTimeout`, checked every quarter of it and
     /// at least once a second): once the oldest has passed, the connection
     /// fails with `.timedOut(.reply)`.
+    ///
+    /// With `lending`, WRITE payloads larger than
+    /// `ConnectionCore.inlinePayloadLimit` go to the socket by reference
+    /// (`SplicePipe.send`): the peer may read them after it has answered,
+    /// so their memory must hold nothing but bytes meant for it, then and
+    /// after (`AsynchronousBlockDevice.startLentWrites`).
     public func start(
-        _ operations: [NBDOperation], completion: @escaping @Sendable ([Result<Void, NBDClientError>]) -> Void
+        _ operations: [NBDOperation], lending: Bool = false,
+        completion: @escaping @Sendable ([Result<Void, NBDClientError>]) -> Void
     ) -> Bool {
-        core.start(operations, completion: completion)
+        core.start(operations, lending: lending, completion: completion)
     }
 
     /// NBD_CMD_READ of `buffer.count` bytes at `offset`.

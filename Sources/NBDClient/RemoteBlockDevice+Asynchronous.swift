@@ -29,10 +29,23 @@ extension RemoteBlockDevice: AsynchronousBlockDevice {
     }
 
     public func startWrites(_ pieces: [WritePiece], fua: Bool, completion: @escaping @Sendable (AsynchronousOutcome) -> Void) -> Bool {
+        startWrites(pieces, fua: fua, lending: false, completion: completion)
+    }
+
+    /// Large pieces go to the socket by reference (`SplicePipe.send`).
+    public func startLentWrites(_ pieces: [WritePiece], fua: Bool, completion: @escaping @Sendable (AsynchronousOutcome) -> Void) -> Bool {
+        startWrites(pieces, fua: fua, lending: true, completion: completion)
+    }
+
+    private func startWrites(
+        _ pieces: [WritePiece], fua: Bool, lending: Bool, completion: @escaping @Sendable (AsynchronousOutcome) -> Void
+    ) -> Bool {
         guard !pieces.isEmpty, pieces.allSatisfy({ !$0.buffer.isEmpty }), !isReadOnly, !fua || flags.contains(.sendFUA) else {
             return false
         }
-        return start(pieces.map { .write(offset: $0.offset, from: $0.buffer, fua: fua) }, .outcome(command: "NBD_CMD_WRITE", completion))
+        return start(
+            pieces.map { .write(offset: $0.offset, from: $0.buffer, fua: fua) }, .outcome(command: "NBD_CMD_WRITE", completion),
+            lending: lending)
     }
 
     /// NBD_CMD_READ of every piece in one batch (`perform(_:)`): pipelined

@@ -112,7 +112,8 @@ extension RemoteBlockDevice {
         case outcome(command: String, @Sendable (AsynchronousOutcome) -> Void)
     }
 
-    func start(_ operations: [NBDOperation], _ completion: StartCompletion) -> Bool {
+    /// With `lending`, the WRITE payloads are lent (`startLentWrites`).
+    func start(_ operations: [NBDOperation], _ completion: StartCompletion, lending: Bool = false) -> Bool {
         guard let connection = supervisor.currentConnection else { return false }
         let plan = BatchPlan(operations, device: self)
         guard !plan.pieces.isEmpty else {
@@ -124,7 +125,7 @@ extension RemoteBlockDevice {
         // SAFETY: the completion reads only the operations' offsets and
         // lengths, for error messages, never the buffers they point to.
         nonisolated(unsafe) let operations = operations
-        return connection.start(plan.pieces) { pieceResults in
+        return connection.start(plan.pieces, lending: lending) { pieceResults in
             var answered = false
             var lost: NBDClientError?
             for result in pieceResults {

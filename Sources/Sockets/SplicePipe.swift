@@ -71,6 +71,37 @@ public final class SplicePipe: Sendable {
         return failure
     }
 
+    /// Sends `bytes` on `socket` through the pipe (vmsplice(2), then
+    /// splice(2)): the socket's buffers hold references to the pages of
+    /// `bytes`, not a copy. The caller must leave them unchanged until the
+    /// peer has read them, and must never put anything there the peer may
+    /// not see: a peer that delays reading sees whatever the pages hold
+    /// when it does. Throws as `Socket.writeAll` does; the pipe is then
+    /// unusable.
+    public func send(_ bytes: UnsafeRawBufferPointer, on socket: Socket) throws(SocketError) {
+        var done = 0
+        while done < bytes.count {
+            let taken = bulkhead_vmsplice(writeEnd, bytes.baseAddress! + done, min(bytes.count - done, capacity))
+            if taken < 0 {
+                if errno == EINTR { continue }
+                throw .system(operation: "vmsplice for", address: socket.peerDescription, errno: errno)
+            }
+            var left = taken
+            while left > 0 {
+                let sent = bulkhead_splice_to_socket(readEnd, socket.fileDescriptor, left)
+                if sent > 0 {
+                    left -= sent
+                    continue
+                }
+                if sent < 0, errno == EINTR { continue }
+                if sent == 0 || errno == EPIPE || errno == ECONNRESET { throw .connectionClosed }
+                if errno == EAGAIN || errno == EWOULDBLOCK { throw .timedOut }
+                throw .system(operation: "splice to", address: socket.peerDescription, errno: errno)
+            }
+            done += taken
+        }
+    }
+
     /// Splices what the socket has, at least one byte and at most `limit`,
     /// into the (empty) pipe; returns how many.
     private func fill(from socket: Socket, upTo limit: Int) throws(SocketError) -> Int {

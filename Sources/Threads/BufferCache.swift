@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
 /// Buffers kept for reuse instead of going back to malloc. The crypt
 /// daemon maps every allocation from 128 KiB up on its own (its malloc
 /// threshold), so that freed large buffers never sit in the heap for small
@@ -28,24 +34,52 @@ public final class BufferCache: @unchecked Sendable {
     public let alignment: Int
     /// The smallest size kept, a power of two.
     public let smallest: Int
+    /// Buffers of at least this many bytes are mappings of their own
+    /// (mmap(2)), unmapped when freed; nil: all come from malloc.
+    public let mappedFrom: Int?
 
-    public init(retainedBytes: Int, alignment: Int, smallest: Int = BufferCache.smallestCached) {
+    /// `mappedFrom` makes every buffer of that size or larger a private
+    /// mapping of its own, never heap memory: once unmapped, its pages go
+    /// back to the kernel rather than to the next malloc, so pages a socket
+    /// still references after the buffer is freed (`SplicePipe.send`) are
+    /// never handed out again for other data. It must be a multiple of the
+    /// page size, as large as `alignment`.
+    public init(retainedBytes: Int, alignment: Int, smallest: Int = BufferCache.smallestCached, mappedFrom: Int? = nil) {
         precondition(smallest > 0 && smallest & (smallest - 1) == 0 && smallest <= Self.largestCached)
+        let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+        precondition(mappedFrom.map { $0 > 0 && $0 % pageSize == 0 && alignment <= pageSize } ?? true)
         self.retainedBytes = retainedBytes
         self.alignment = alignment
         self.smallest = smallest
+        self.mappedFrom = mappedFrom
         let classes = Self.largestCached.trailingZeroBitCount - smallest.trailingZeroBitCount + 1
         spare = Guarded(Spare(bins: Array(repeating: [], count: classes)))
     }
 
     deinit {
-        spare.withLock { spare in for bin in spare.bins { for buffer in bin { buffer.deallocate() } } }
+        spare.withLock { spare in for bin in spare.bins { for buffer in bin { free(buffer) } } }
+    }
+
+    /// Whether a buffer of `count` bytes from this cache is a mapping of its own.
+    public func isMapped(_ count: Int) -> Bool { mappedFrom.map { count >= $0 } ?? false }
+
+    private func allocate(_ count: Int) -> UnsafeMutableRawBufferPointer {
+        guard isMapped(count) else { return .allocate(byteCount: count, alignment: alignment) }
+        let address = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        // Out of address space, as malloc failing is: nothing to go on with.
+        guard let address, address != MAP_FAILED else { fatalError("mmap of \(count) bytes failed: errno \(errno)") }
+        return UnsafeMutableRawBufferPointer(start: address, count: count)
+    }
+
+    private func free(_ buffer: UnsafeMutableRawBufferPointer) {
+        guard isMapped(buffer.count) else { return buffer.deallocate() }
+        munmap(buffer.baseAddress, buffer.count)
     }
 
     /// A buffer of at least `count` bytes (exactly `count` if not cached),
     /// not initialised.
     public func take(_ count: Int) -> UnsafeMutableRawBufferPointer {
-        guard let sizeClass = sizeClass(of: count) else { return .allocate(byteCount: count, alignment: alignment) }
+        guard let sizeClass = sizeClass(of: count) else { return allocate(count) }
         let size = smallest << sizeClass
         let reused = spare.withLock { spare -> UnsafeMutableRawBufferPointer? in
             guard let buffer = spare.bins[sizeClass].popLast() else { return nil }
@@ -53,14 +87,14 @@ public final class BufferCache: @unchecked Sendable {
             spare.count -= 1
             return buffer
         }
-        return reused ?? .allocate(byteCount: size, alignment: alignment)
+        return reused ?? allocate(size)
     }
 
     /// Gives back a buffer from `take`: kept if it is of a cached size,
     /// the oldest idle buffers freed to make room for it, largest sizes first.
     public func give(_ buffer: UnsafeMutableRawBufferPointer) {
         guard let sizeClass = sizeClass(of: buffer.count), smallest << sizeClass == buffer.count, buffer.count <= retainedBytes
-        else { return buffer.deallocate() }
+        else { return free(buffer) }
         let evicted = spare.withLock { spare -> [UnsafeMutableRawBufferPointer] in
             var evicted: [UnsafeMutableRawBufferPointer] = []
             var bin = spare.bins.count - 1
@@ -78,7 +112,7 @@ public final class BufferCache: @unchecked Sendable {
             spare.count += 1
             return evicted
         }
-        for old in evicted { old.deallocate() }
+        for old in evicted { free(old) }
     }
 
     /// Idle buffers and their bytes, for tests.

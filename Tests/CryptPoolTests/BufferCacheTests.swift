@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 import Threads
@@ -33,6 +34,32 @@ import Threads
         #expect(cache.idle.bytes == 3 << 20)
         // The newest are kept: the oldest went to make room.
         #expect(cache.take(1 << 20).baseAddress == buffers[7].baseAddress)
+    }
+
+    @Test func buffersFromTheMappingSizeOnAreMappingsOfTheirOwn() throws {
+        let cache = BufferCache(retainedBytes: 4 << 20, alignment: 64, smallest: 4096, mappedFrom: 128 << 10)
+        #expect(!cache.isMapped(64 << 10))
+        #expect(cache.isMapped(128 << 10))
+        let mapped = cache.take(200_000)
+        #expect(mapped.count == 256 << 10)
+        // Page-aligned and outside malloc's heap.
+        let start = UInt(bitPattern: mapped.baseAddress)
+        #expect(start % 4096 == 0)
+        let maps = try String(contentsOfFile: "/proc/self/maps", encoding: .utf8)
+        for line in maps.split(separator: "\n") where line.hasSuffix("[heap]") {
+            let bounds = line.split(separator: " ")[0].split(separator: "-").compactMap { UInt($0, radix: 16) }
+            #expect(!(bounds[0]..<bounds[1]).contains(start), "the buffer lies in the heap")
+        }
+        mapped.initializeMemory(as: UInt8.self, repeating: 7)
+        cache.give(mapped)
+        let again = cache.take(256 << 10)
+        #expect(again.baseAddress == mapped.baseAddress)
+        cache.give(again)
+        // Past the bound, mapped buffers are unmapped, not kept.
+        let huge = cache.take(16 << 20)
+        #expect(cache.isMapped(huge.count))
+        cache.give(huge)
+        #expect(cache.idle.bytes == 256 << 10)
     }
 
     @Test func smallAndHugeBuffersAreNotKept() {

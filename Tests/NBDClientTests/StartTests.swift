@@ -98,6 +98,46 @@ struct StartTests {
         #expect(read.count == 1)
     }
 
+    /// `startLentWrites` splices payloads past the inline limit into the
+    /// socket by reference: the stream must stay in step with the copied
+    /// requests and headers around them, from several threads at once.
+    @Test func lentWritesInterleavedWithCopiedOnesFromSeveralThreadsRoundTrip() throws {
+        let server = try NBDKit(socketPath: socket, ["memory", "16M"])
+        let device = try RemoteBlockDevice(connectingTo: server.address, options: .forTests())
+        #expect(device.chunkSize >= 1 << 20)
+        let errors = Locked<[String]>([])
+        let finished = runConcurrently(4, timeout: 60) { thread in
+            // 4 MiB per thread.
+            let base = UInt64(thread) << 22
+            for round in 0..<12 {
+                let buffers = Buffers()
+                let sizes = [(1 << 20) + 4096, 4096, 200_704, 65536, 69632]
+                var offset = base
+                var pieces: [(UInt64, [UInt8])] = []
+                for size in sizes {
+                    pieces.append((offset, randomBytes(size)))
+                    offset += UInt64(size)
+                }
+                let sources = pieces.map { buffers.make($0.1) }
+                let written = OutcomeRecorder()
+                let writePieces: [WritePiece] = zip(pieces, sources).map { ($0.0.0, UnsafeRawBufferPointer($0.1)) }
+                let started =
+                    round % 2 == 0
+                    ? device.startLentWrites(writePieces, fua: false, completion: written.completion)
+                    : device.startWrites(writePieces, fua: false, completion: written.completion)
+                guard started, case .done? = written.wait(timeout: 15) else {
+                    errors.withLock { $0.append("thread \(thread) round \(round): the write batch failed") }
+                    continue
+                }
+                for (start, data) in pieces where (try? device.read(at: start, count: data.count)) != data {
+                    errors.withLock { $0.append("thread \(thread) round \(round): \(data.count) bytes at \(start) differ") }
+                }
+            }
+        }
+        #expect(finished)
+        #expect(errors.value == [])
+    }
+
     @Test func anOperationOutsideTheExportFailsAloneAndAnEmptyBatchCompletesAtOnce() throws {
         let server = try start()
         let device = try RemoteBlockDevice(connectingTo: server.address, options: .forTests())

@@ -49,6 +49,17 @@ ssize_t bulkhead_splice_from_socket(int socket, int pipe, size_t length);
 /// `length` bytes. -1 with errno set on error.
 ssize_t bulkhead_splice_to_file(int pipe, int file, long long offset, size_t length);
 
+/// vmsplice(2) of one buffer into the write end of a pipe: the pipe takes
+/// references to the buffer's pages, not a copy of its bytes, so they must
+/// not change until the pipe's reader has consumed them. Up to `length`
+/// bytes; -1 with errno set on error.
+ssize_t bulkhead_vmsplice(int pipe, const void *buffer, size_t length);
+
+/// splice(2) from the read end of a pipe into a socket: up to `length`
+/// bytes, as page references where the socket takes them. -1 with errno
+/// set on error.
+ssize_t bulkhead_splice_to_socket(int pipe, int socket, size_t length);
+
 /// pipe2(2) with O_CLOEXEC (declared only under _GNU_SOURCE): 0, or -1
 /// with errno set.
 int bulkhead_pipe(int ends[2]);
