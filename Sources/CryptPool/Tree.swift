@@ -303,6 +303,32 @@ extension Pool {
         }
     }
 
+    /// Applies a leaf's changes to its unit pointers: a unit's new pointer
+    /// is its assignment, or null where only a cleared range covers it (a
+    /// clear is older than every assignment); an old pointer that another
+    /// replaces is released. Slot by slot through the changes, not a search
+    /// of them per slot: a checkpoint after random writes rebuilds every
+    /// leaf of the volume, and 64 searches a leaf were a fifth of its CPU.
+    static func applyUnits(_ all: TreeChanges, to node: inout TreeNode, firstIndex: UInt64, releases: inout [PhysicalBlock]) {
+        let changes = all.restricted(to: firstIndex..<(firstIndex + UInt64(PoolLayout.fanOut)))
+        func set(_ index: UInt64, _ pointer: BlockPointer) {
+            let slot = Int(index - firstIndex)
+            let old = node.children[slot]
+            if !old.isNull, old != pointer { releases.append(old.block) }
+            node.children[slot] = pointer
+        }
+        let assigned = changes.assigned
+        var next = assigned.startIndex
+        for range in changes.cleared {
+            for index in range {
+                while next < assigned.endIndex, assigned[next].0 < index { next += 1 }
+                if next < assigned.endIndex, assigned[next].0 == index { continue }
+                set(index, .null)
+            }
+        }
+        for (index, pointer) in assigned { set(index, pointer) }
+    }
+
     /// Rebuilds the part of a tree that `changes` touch, copy-on-write: new
     /// nodes go to newly allocated blocks (sealed and queued in `writes`),
     /// replaced nodes and replaced or cleared units go to `releases`, and
@@ -329,32 +355,30 @@ extension Pool {
             }
             try prefetchNodes(rebuilt, tree: tree, level: level - 1)
         }
-        for slot in 0..<PoolLayout.fanOut {
-            let childFirst = firstIndex + UInt64(slot) * span
-            let childRange = childFirst..<(childFirst + span)
-            let inside = changes.restricted(to: childRange)
-            guard !inside.isEmpty else { continue }
-            let old = node.children[slot]
-            if level == 1 {
-                let newPointer = inside.assigned.first?.1 ?? .null
-                if !old.isNull, old != newPointer { releases.append(old.block) }
-                node.children[slot] = newPointer
-                continue
-            }
-            if inside.clearsAll(of: childRange) {
-                // The whole subtree is cleared: release it without rewriting.
-                try walk(
-                    old, tree: tree, level: level - 1, firstIndex: childFirst,
-                    nodes: { pointer, _, _ in
-                        releases.append(pointer.block)
-                        retired.append(pointer)
-                    },
-                    units: { _, unit in releases.append(unit.block) })
-                node.children[slot] = .null
-            } else {
-                node.children[slot] = try rebuild(
-                    old, tree: tree, level: level - 1, firstIndex: childFirst, changes: inside, generation: generation,
-                    writes: &writes, releases: &releases, allocated: &allocated, retired: &retired)
+        if level == 1 {
+            Self.applyUnits(changes, to: &node, firstIndex: firstIndex, releases: &releases)
+        } else {
+            for slot in 0..<PoolLayout.fanOut {
+                let childFirst = firstIndex + UInt64(slot) * span
+                let childRange = childFirst..<(childFirst + span)
+                let inside = changes.restricted(to: childRange)
+                guard !inside.isEmpty else { continue }
+                let old = node.children[slot]
+                if inside.clearsAll(of: childRange) {
+                    // The whole subtree is cleared: release it without rewriting.
+                    try walk(
+                        old, tree: tree, level: level - 1, firstIndex: childFirst,
+                        nodes: { pointer, _, _ in
+                            releases.append(pointer.block)
+                            retired.append(pointer)
+                        },
+                        units: { _, unit in releases.append(unit.block) })
+                    node.children[slot] = .null
+                } else {
+                    node.children[slot] = try rebuild(
+                        old, tree: tree, level: level - 1, firstIndex: childFirst, changes: inside, generation: generation,
+                        writes: &writes, releases: &releases, allocated: &allocated, retired: &retired)
+                }
             }
         }
         if !pointer.isNull {
