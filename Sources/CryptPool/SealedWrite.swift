@@ -17,8 +17,10 @@ final class SealedWrite: @unchecked Sendable {
     /// (one block, or places allocated ascending: almost every write), so
     /// such a write needs no sort and no index array.
     private let order: [Int]?
-    /// Pointers to the sealed blocks, in logical order.
-    var pointers: [BlockPointer]
+    /// Pointers to the sealed blocks, in logical order. Written while
+    /// sealing, read once storage has answered: never at once, so the
+    /// runtime's exclusivity check of each access is left out.
+    @exclusivity(unchecked) var pointers: [BlockPointer]
     /// The storage session the write was sent in (docs/format.md, section 7).
     let epoch: UInt64
     let sealed: UnsafeMutableRawBufferPointer

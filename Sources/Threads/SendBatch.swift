@@ -24,7 +24,7 @@ public enum SendBatch {
     // SAFETY: a scope is only touched by the thread that created it, through
     // its thread-specific slot, and lives until its `run` returns.
     private final class Scope {
-        var senders: [any Sender] = []
+        @exclusivity(unchecked) var senders: [any Sender] = []
     }
 
     private static let key: pthread_key_t = {
