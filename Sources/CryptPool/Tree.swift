@@ -308,7 +308,8 @@ extension Pool {
     /// clear is older than every assignment); an old pointer that another
     /// replaces is released. Slot by slot through the changes, not a search
     /// of them per slot: a checkpoint after random writes rebuilds every
-    /// leaf of the volume, and 64 searches a leaf were a fifth of its CPU.
+    /// leaf of the volume, and 64 searches a leaf were about a fifth of
+    /// the rebuild's CPU.
     static func applyUnits(_ all: TreeChanges, to node: inout TreeNode, firstIndex: UInt64, releases: inout [PhysicalBlock]) {
         let changes = all.restricted(to: firstIndex..<(firstIndex + UInt64(PoolLayout.fanOut)))
         func set(_ index: UInt64, _ pointer: BlockPointer) {

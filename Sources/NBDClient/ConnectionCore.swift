@@ -17,10 +17,10 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
     /// Held while writing to the socket, so each request goes out whole;
     /// holds the requests started inside a `SendBatch`, sent when it ends.
     private let sendLock = Guarded<[UInt8]>([])
-    /// Carries lent WRITE payloads to the socket as page references: for
-    /// 1 MiB, the copy into the socket's buffers cost the crypt domain a
-    /// fifth of its time (`bench/CHAIN.md`, session 15). Nil where no pipe
-    /// could be made; lent payloads are then copied.
+    /// Carries lent WRITE payloads to the socket as page references: on
+    /// 1 MiB writes, the copy into the socket's buffers took 14% of the
+    /// crypt domain's time (`bench/CHAIN.md`, session 15). Nil where no
+    /// pipe could be made; lent payloads are then copied.
     private let splicePipe: SplicePipe?
 
     /// WRITE payloads up to this size are copied behind their header, so a

@@ -9,8 +9,10 @@ import Musl
 /// copying them through user memory (splice(2)): from the socket into the
 /// pipe the kernel passes references to the socket buffers' pages, and from
 /// the pipe into the file it copies them once, into the page cache. A read
-/// into a buffer and a pwrite from it copy every byte twice. Used by one
-/// thread at a time; the pipe is empty between calls to `move`.
+/// into a buffer and a pwrite from it copy every byte twice. The other way,
+/// `send` carries a buffer's pages into a socket (vmsplice(2), splice(2))
+/// where `send(2)` would copy them. Used by one thread at a time; the pipe
+/// is empty between calls.
 public final class SplicePipe: Sendable {
     private let readEnd: Int32
     private let writeEnd: Int32

@@ -57,7 +57,7 @@ public final class BufferCache: @unchecked Sendable {
     }
 
     deinit {
-        spare.withLock { spare in for bin in spare.bins { for buffer in bin { free(buffer) } } }
+        spare.withLock { spare in for bin in spare.bins { for buffer in bin { release(buffer) } } }
     }
 
     /// Whether a buffer of `count` bytes from this cache is a mapping of its own.
@@ -71,7 +71,7 @@ public final class BufferCache: @unchecked Sendable {
         return UnsafeMutableRawBufferPointer(start: address, count: count)
     }
 
-    private func free(_ buffer: UnsafeMutableRawBufferPointer) {
+    private func release(_ buffer: UnsafeMutableRawBufferPointer) {
         guard isMapped(buffer.count) else { return buffer.deallocate() }
         munmap(buffer.baseAddress, buffer.count)
     }
@@ -94,7 +94,7 @@ public final class BufferCache: @unchecked Sendable {
     /// the oldest idle buffers freed to make room for it, largest sizes first.
     public func give(_ buffer: UnsafeMutableRawBufferPointer) {
         guard let sizeClass = sizeClass(of: buffer.count), smallest << sizeClass == buffer.count, buffer.count <= retainedBytes
-        else { return free(buffer) }
+        else { return release(buffer) }
         let evicted = spare.withLock { spare -> [UnsafeMutableRawBufferPointer] in
             var evicted: [UnsafeMutableRawBufferPointer] = []
             var bin = spare.bins.count - 1
@@ -112,7 +112,7 @@ public final class BufferCache: @unchecked Sendable {
             spare.count += 1
             return evicted
         }
-        for old in evicted { free(old) }
+        for old in evicted { release(old) }
     }
 
     /// Idle buffers and their bytes, for tests.
