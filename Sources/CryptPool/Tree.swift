@@ -71,6 +71,11 @@ extension Pool {
         if let node = nodeCache.get(pointer) { return node }
         let plain = try openMetadata(
             pointer, kind: tree.kind, object: tree.object, level: level, firstIndex: firstIndex, volume: tree.volumeName)
+        return try cacheNode(decoding: plain, at: pointer, tree: tree)
+    }
+
+    /// Decodes an opened tree node and caches it under `pointer`.
+    private func cacheNode(decoding plain: [UInt8], at pointer: BlockPointer, tree: TreeIdentity) throws(PoolError) -> TreeNode {
         let node: TreeNode
         do { node = try TreeNode(decoding: plain) } catch { throw .malformed("\(tree.kind) at \(pointer.block): \(error)") }
         nodeCache.put(pointer, node)
@@ -102,9 +107,7 @@ extension Pool {
             let plain = try openMetadata(
                 sealed: ciphertext[(index * blockSize)..<((index + 1) * blockSize)], child.pointer, kind: tree.kind, object: tree.object,
                 level: level, firstIndex: child.firstIndex, volume: tree.volumeName)
-            let node: TreeNode
-            do { node = try TreeNode(decoding: plain) } catch { throw .malformed("\(tree.kind) at \(child.pointer.block): \(error)") }
-            nodeCache.put(child.pointer, node)
+            _ = try cacheNode(decoding: plain, at: child.pointer, tree: tree)
         }
     }
 
@@ -344,26 +347,22 @@ extension Pool {
     ) throws(PoolError) -> BlockPointer {
         var node = pointer.isNull ? TreeNode() : try loadNode(pointer, tree: tree, level: level, firstIndex: firstIndex)
         let span = childSpan(level: level)
-        if level >= 2 {
-            // The children rebuilt below, fetched together.
-            var rebuilt: [(pointer: BlockPointer, firstIndex: UInt64)] = []
-            for slot in 0..<PoolLayout.fanOut where !node.children[slot].isNull {
-                let childFirst = firstIndex + UInt64(slot) * span
-                let childRange = childFirst..<(childFirst + span)
-                let inside = changes.restricted(to: childRange)
-                guard !inside.isEmpty, !inside.clearsAll(of: childRange) else { continue }
-                rebuilt.append((node.children[slot], childFirst))
-            }
-            try prefetchNodes(rebuilt, tree: tree, level: level - 1)
-        }
         if level == 1 {
             Self.applyUnits(changes, to: &node, firstIndex: firstIndex, releases: &releases)
         } else {
-            for slot in 0..<PoolLayout.fanOut {
+            // Each child's changes, found once for the fetch and the rebuild.
+            let children = (0..<PoolLayout.fanOut).compactMap { slot -> (slot: Int, range: Range<UInt64>, changes: TreeChanges)? in
                 let childFirst = firstIndex + UInt64(slot) * span
                 let childRange = childFirst..<(childFirst + span)
                 let inside = changes.restricted(to: childRange)
-                guard !inside.isEmpty else { continue }
+                return inside.isEmpty ? nil : (slot, childRange, inside)
+            }
+            // The children rebuilt below, fetched together.
+            try prefetchNodes(
+                children.filter { !$0.changes.clearsAll(of: $0.range) }.map { (node.children[$0.slot], $0.range.lowerBound) },
+                tree: tree, level: level - 1)
+            for (slot, childRange, inside) in children {
+                let childFirst = childRange.lowerBound
                 let old = node.children[slot]
                 if inside.clearsAll(of: childRange) {
                     // The whole subtree is cleared: release it without rewriting.

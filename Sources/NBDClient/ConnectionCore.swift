@@ -190,7 +190,7 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
                         output.append(contentsOf: payload)
                     } else {
                         flush(&output)
-                        if lending { sendLent(payload) } else { send(payload) }
+                        send(payload, lent: lending)
                     }
                 }
                 if output.count >= Self.sendBufferTarget { flush(&output) }
@@ -217,23 +217,16 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
         output.removeAll(keepingCapacity: true)
     }
 
-    private func send(_ bytes: UnsafeRawBufferPointer) {
+    /// Sends `bytes`; with `lent`, by reference (`SplicePipe.send`) where
+    /// the connection has a pipe. A failure kills the connection.
+    private func send(_ bytes: UnsafeRawBufferPointer, lent: Bool = false) {
         guard !bytes.isEmpty, !state.withLock({ $0.socketShutDown }) else { return }
         do throws(SocketError) {
-            try socket.writeAll(bytes)
-        } catch .timedOut {
-            fail(.timedOut(.send))
-        } catch {
-            fail(.connectionLost(error))
-        }
-    }
-
-    /// Sends a lent payload by reference (`SplicePipe.send`).
-    private func sendLent(_ bytes: UnsafeRawBufferPointer) {
-        guard let splicePipe else { return send(bytes) }
-        guard !bytes.isEmpty, !state.withLock({ $0.socketShutDown }) else { return }
-        do throws(SocketError) {
-            try splicePipe.send(bytes, on: socket)
+            if lent, let splicePipe {
+                try splicePipe.send(bytes, on: socket)
+            } else {
+                try socket.writeAll(bytes)
+            }
         } catch .timedOut {
             fail(.timedOut(.send))
         } catch {
