@@ -350,6 +350,30 @@ import Testing
             ])
     }
 
+    /// What a finished request left beside the table (its coverage of a
+    /// split reply, its error message) is gone with it: the same cookie,
+    /// sent again, starts clean.
+    @Test func aCookieSentAgainStartsWithNoCoverageAndNoMessage() throws {
+        var decoder = ReplyDecoder(structuredReplies: true)
+        func reply(_ bytes: [UInt8]) throws -> [ReplyEvent] {
+            decoder.receive(bytes)
+            var events: [ReplyEvent] = []
+            while let event = try decoder.next() { events.append(event) }
+            return events
+        }
+        for _ in 0..<2 {
+            decoder.expect(read1)
+            let split = try reply(
+                Wire.dataChunk(cookie: 1, offset: 4096, bytes(2048)) + Wire.dataChunk(cookie: 1, offset: 6144, bytes(2048), done: true))
+            #expect(split.last == .completed(cookie: 1, error: nil, message: ""))
+        }
+        decoder.expect(read1)
+        #expect(try reply(Wire.errorChunk(cookie: 1, error: 5, message: "bad sector")) == [.completed(cookie: 1, error: .ioError, message: "bad sector")])
+        decoder.expect(read1)
+        #expect(try reply(Wire.errorChunk(cookie: 1, error: 5, message: "")) == [.completed(cookie: 1, error: .ioError, message: "")])
+        #expect(decoder.inFlightCount == 0)
+    }
+
     @Test func errorWithOffsetInsideTheRequestFailsIt() {
         let chunk = Wire.errorChunk(cookie: 1, error: 5, message: "at 5000", offset: 5000)
         let outcome = decodeReplies(chunk, structured: true, expecting: [read1])
