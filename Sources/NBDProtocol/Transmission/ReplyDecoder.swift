@@ -28,10 +28,11 @@ public struct DataTransfer: Sendable, Equatable {
 /// the decoder buffer more than `maxPayload` plus a chunk's overhead.
 public struct ReplyDecoder: Sendable {
     /// A request awaiting its reply. Plain data, with no reference inside,
-    /// so the copies made at every reply retain nothing: a READ's reply
-    /// used to copy a coverage bitmap and a message string, 8 of the 62
-    /// retains per 4 KiB READ in the crypt domain. What few requests need
-    /// lies beside the table (`splitReads`, `messages`).
+    /// so the copies made at every reply retain nothing: with a coverage
+    /// bitmap and a message string inside, they took 7.5 of the 67.5
+    /// retains per 4 KiB READ in the crypt domain (`bench/CHAIN.md`,
+    /// session 16). What few requests need lies beside the table
+    /// (`splitReads`, `messages`), emptied when the request ends.
     private struct InFlight: Sendable {
         var command: Command
         var offset: UInt64
@@ -270,7 +271,8 @@ public struct ReplyDecoder: Sendable {
     }
 
     /// Marks `range` of a READ delivered; false, changing nothing, if any
-    /// byte of it already was.
+    /// byte of it already was. The usual reply, one chunk with all of it,
+    /// is counted without a bitmap, as `ReadCoverage` counts it.
     private mutating func cover(_ range: Range<UInt64>, of request: inout InFlight, cookie: UInt64) -> Bool {
         let length = UInt64(request.length)
         if request.delivered == 0, UInt64(range.count) == length {
