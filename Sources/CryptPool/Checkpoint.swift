@@ -32,6 +32,9 @@ extension Pool {
         // Blocks this checkpoint allocated: released again if it fails
         // before the state switches to it, since nothing then refers to them.
         var allocated: [PhysicalBlock] = []
+        // The new tree nodes' places and counters, until the trees are
+        // rebuilt; then its places used join `allocated`.
+        var reserve = NodeReserve()
         // Tree nodes the new trees replace: dropped from the node cache at
         // the switch, while reads beside the checkpoint still walk them.
         var retired: [BlockPointer] = []
@@ -60,9 +63,10 @@ extension Pool {
                 let tree = TreeIdentity(kind: .volumeTreeNode, object: id.rawValue, depth: volume.depth, volumeName: volume.name)
                 let root = try rebuild(
                     volume.root, tree: tree, level: volume.depth, firstIndex: 0, changes: changes, generation: generation,
-                    writes: &writes, releases: &releases, allocated: &allocated, retired: &retired)
+                    writes: &writes, releases: &releases, reserve: &reserve, retired: &retired)
                 volumes.update(id) { $0.root = root }
             }
+            allocated += reserve.finish(pool: self)
             // Folded: the state's `folding` overlays are the only references left.
             start.folds = [:]
 
@@ -143,7 +147,7 @@ extension Pool {
                 // its superblock is durable could hand out live blocks.
                 if !stateSwitched {
                     state.checkpointFolding = false
-                    for block in allocated { state.space.release(block) }
+                    for block in allocated + reserve.taken { state.space.release(block) }
                     var replaced: [PhysicalBlock] = []
                     state.volumes.updateEach { $0.unfreeze(replaced: &replaced) }
                     state.pending.insert(contentsOf: taken, at: 0)

@@ -198,9 +198,20 @@ extension Pool {
     ) throws(PoolError) -> (ciphertext: [UInt8], pointer: BlockPointer) {
         let (salt, counter, sealer) = state.withLock { state in
             let (salt, counter) = reserveMetadataCounters(1, in: &state)
-            return (salt, counter, metadataSealer(salt, in: &state))
+            return (salt, NonceCounter(rawValue: counter), metadataSealer(salt, in: &state))
         }
-        let nonce = NonceCounter(rawValue: counter)
+        return sealMetadata(
+            plaintext, kind: kind, object: object, level: level, firstIndex: firstIndex, at: block, generation: generation,
+            counter: (salt, counter, sealer))
+    }
+
+    /// Seals a metadata block for placement at `block` under a counter
+    /// already reserved (`NodeReserve`).
+    func sealMetadata(
+        _ plaintext: [UInt8], kind: MetadataKind, object: UInt32, level: Int, firstIndex: UInt64, at block: PhysicalBlock,
+        generation: UInt64, counter reserved: (SessionSalt, NonceCounter, BlockSealer)
+    ) -> (ciphertext: [UInt8], pointer: BlockPointer) {
+        let (salt, nonce, sealer) = reserved
         let ad = AssociatedData.metadata(
             pool: poolID, kind: kind, object: object, level: UInt16(level), firstIndex: firstIndex, salt: salt, counter: nonce)
         let sealed = sealer.seal(plaintext, counter: nonce, associatedData: ad)

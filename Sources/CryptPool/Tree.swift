@@ -334,16 +334,15 @@ extension Pool {
     }
 
     /// Rebuilds the part of a tree that `changes` touch, copy-on-write: new
-    /// nodes go to newly allocated blocks (sealed and queued in `writes`),
+    /// nodes go to blocks from `reserve` (sealed and queued in `writes`),
     /// replaced nodes and replaced or cleared units go to `releases`, and
-    /// the blocks allocated for new nodes to `allocated`, and the replaced
-    /// nodes also to `retired`, to leave the node cache once the new tree
-    /// is in use.
+    /// the replaced nodes also to `retired`, to leave the node cache once
+    /// the new tree is in use.
     /// Returns the new pointer for this subtree (null if it became empty).
     func rebuild(
         _ pointer: BlockPointer, tree: TreeIdentity, level: Int, firstIndex: UInt64, changes: TreeChanges,
         generation: UInt64, writes: inout CheckpointWrites, releases: inout [PhysicalBlock],
-        allocated: inout [PhysicalBlock], retired: inout [BlockPointer]
+        reserve: inout NodeReserve, retired: inout [BlockPointer]
     ) throws(PoolError) -> BlockPointer {
         var node = pointer.isNull ? TreeNode() : try loadNode(pointer, tree: tree, level: level, firstIndex: firstIndex)
         let span = childSpan(level: level)
@@ -377,7 +376,7 @@ extension Pool {
                 } else {
                     node.children[slot] = try rebuild(
                         old, tree: tree, level: level - 1, firstIndex: childFirst, changes: inside, generation: generation,
-                        writes: &writes, releases: &releases, allocated: &allocated, retired: &retired)
+                        writes: &writes, releases: &releases, reserve: &reserve, retired: &retired)
                 }
             }
         }
@@ -388,11 +387,10 @@ extension Pool {
             retired.append(pointer)
         }
         if node.isEmpty { return .null }
-        guard let block = state.withLock({ $0.space.allocate(1) })?.first else { throw .noSpace }
-        allocated.append(block)
-        let sealed = try sealMetadata(
+        let block = try reserve.place(from: self)
+        let sealed = sealMetadata(
             node.encoded(), kind: tree.kind, object: tree.object, level: level, firstIndex: firstIndex, at: block,
-            generation: generation)
+            generation: generation, counter: reserve.counter(from: self))
         try writes.add(sealed, kind: tree.kind, object: tree.object, level: level, firstIndex: firstIndex, pool: self)
         nodeCache.put(sealed.pointer, node)
         return sealed.pointer
