@@ -39,6 +39,17 @@ final class NodeCache: Sendable {
             return slot
         }
 
+        fileprivate mutating func remove(_ pointer: BlockPointer) {
+            guard let slot = slots[pointer.block], entries[slot].key == pointer else { return }
+            slots[pointer.block] = nil
+            let last = entries.count - 1
+            if slot != last {
+                entries.swapAt(slot, last)
+                slots[entries[slot].key.block] = slot
+            }
+            entries.removeLast()
+        }
+
         /// The slot to reuse: the first one from the hand on not used since
         /// the hand last passed, clearing the marks it passes.
         fileprivate mutating func victim() -> Int {
@@ -109,17 +120,30 @@ final class NodeCache: Sendable {
 
     /// Drops a node no tree names any more (replaced by a checkpoint).
     func remove(_ pointer: BlockPointer) {
-        entries.withLock { entries in
-            guard let slot = entries.slots[pointer.block], entries.entries[slot].key == pointer else { return }
-            entries.slots[pointer.block] = nil
-            let last = entries.entries.count - 1
-            if slot != last {
-                entries.entries.swapAt(slot, last)
-                entries.slots[entries.entries[slot].key.block] = slot
+        entries.withLock { $0.remove(pointer) }
+    }
+
+    /// Removes `pointers`, taking the lock once per `lockBatch` of them:
+    /// a checkpoint after random writes retires every leaf of a volume,
+    /// and the data path's lookups wait for this lock (`bench/CHAIN.md`,
+    /// session 16).
+    func remove(contentsOf pointers: [BlockPointer]) {
+        for start in stride(from: 0, to: pointers.count, by: Self.lockBatch) {
+            entries.withLock { entries in
+                for pointer in pointers[start..<Swift.min(start + Self.lockBatch, pointers.count)] { entries.remove(pointer) }
             }
-            entries.entries.removeLast()
         }
     }
+
+    /// The elements of `pointers` whose nodes (`pointer` of each) are not
+    /// cached, under one lock; those that are count as used.
+    func missing<S: Sequence>(_ pointers: S, pointer: (S.Element) -> BlockPointer) -> [S.Element] {
+        entries.withLock { entries in pointers.filter { entries.usedSlot(of: pointer($0)) == nil } }
+    }
+
+    /// Entries handled per trip through the lock by the batch operations:
+    /// short enough that a lookup waiting behind them waits a few µs.
+    static let lockBatch = 64
 
     var count: Int { entries.withLock { $0.entries.count } }
 }

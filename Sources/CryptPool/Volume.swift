@@ -386,12 +386,12 @@ public final class Volume: BlockDevice {
         let count = blocks.count
         let blockSize = Int(Self.blockSize)
         precondition(plain.count == count * blockSize)
-        // One trip through the state lock per request: places, counters,
-        // the sealer and the generation the pointers carry.
+        let hint = try placementHint(for: blocks)
+        // One trip through the state lock for places, counters, the sealer
+        // and the generation the pointers carry.
         let (locations, salt, firstCounter, sealer, generation) = try pool.state.withLock {
             (state) throws(PoolError) -> ([PhysicalBlock], SessionSalt, UInt64, BlockSealer, UInt64) in
-            guard let (root, depth) = state.volumes.update(id, { ($0.root, $0.depth) }) else { throw .noSuchVolume(name) }
-            let hint = placementHint(for: blocks, root: root, depth: depth)
+            guard state.volumes.update(id, { _ in () }) != nil else { throw .noSuchVolume(name) }
             let locations = try pool.allocateData(count, near: hint, in: &state)
             let (salt, first) = pool.reserveDataCounters(id, count, in: &state)
             return (locations, salt, first, try pool.dataSealer(id, salt, in: &state), state.generation + 1)
@@ -434,12 +434,20 @@ public final class Volume: BlockDevice {
     /// (placed in free extents), or when no neighbour is known.
     ///
     /// The places come from the checkpointed tree's cached nodes alone
-    /// (`Pool.cachedNeighbourhood`), under the state lock the allocation
-    /// takes anyway: a hint is never worth a storage read, and the overlay
-    /// would cost three more lookups per write for places that differ from
-    /// the tree's only by an overwrite, which went beside them.
-    private func placementHint(for blocks: Range<UInt64>, root: BlockPointer, depth: Int) -> PhysicalBlock? {
+    /// (`Pool.cachedNeighbourhood`): a hint is never worth a storage read,
+    /// and the overlay would cost three more lookups per write for places
+    /// that differ from the tree's only by an overwrite, which went beside
+    /// them. The walk runs outside the state lock, which it used to hold
+    /// while waiting for the node cache's: a checkpoint, rewriting every
+    /// leaf, takes that one thousands of times, and the data path's other
+    /// users of the state lock queued behind (`bench/CHAIN.md`, session 16).
+    /// A root that a checkpoint replaces meanwhile only makes the hint
+    /// older, or nil once its nodes leave the cache.
+    private func placementHint(for blocks: Range<UInt64>) throws(PoolError) -> PhysicalBlock? {
         guard blocks.count < SpaceMap.extentBlocks else { return nil }
+        guard let (root, depth) = pool.state.withLock({ $0.volumes.update(id, { ($0.root, $0.depth) }) }) else {
+            throw .noSuchVolume(name)
+        }
         let tree = pool.cachedNeighbourhood(root: root, depth: depth, index: blocks.lowerBound)
         let previous = blocks.lowerBound > 0 ? tree.previous : nil
         let next = blocks.count == 1 ? tree.next : pool.cachedNeighbourhood(root: root, depth: depth, index: blocks.upperBound).current
