@@ -33,11 +33,23 @@ extension Pool {
         try serialisedCommit { () throws(PoolError) in try commitThenBoundLog(newSuperblock: newSuperblock) }
     }
 
-    /// A commit, then a checkpoint if the log has reached its bound.
+    /// A commit, then a checkpoint if the log has reached its bound; just
+    /// the checkpoint if the records since the last commit would take the
+    /// log there, since a checkpoint takes those records itself (its
+    /// superblock names trees holding them and an empty log). Logging them
+    /// first sealed and wrote a log block per 50 records, only for the
+    /// checkpoint to drop the log a moment later: under sustained 4 KiB
+    /// random writes that commit halved the crypt domain's throughput for
+    /// 100-150 ms every 65,536 writes (`bench/CHAIN.md`, session 16).
     /// Callers serialise commits.
     private func commitThenBoundLog(newSuperblock: Bool = false) throws(PoolError) {
+        let bound = UInt64(configuration.checkpointRecords)
+        if state.withLock({ $0.logRecordCount + UInt64($0.pending.count) >= bound }) {
+            try checkpoint(besideIO: true)
+            return
+        }
         try gate.withShared { () throws(PoolError) in try commit(newSuperblock: newSuperblock) }
-        let needsCheckpoint = state.withLock { $0.logRecordCount >= UInt64(configuration.checkpointRecords) }
+        let needsCheckpoint = state.withLock { $0.logRecordCount >= bound }
         // Beside reads and writes: a checkpoint after a busy interval writes
         // thousands of tree nodes, tens of milliseconds every request would
         // otherwise wait.

@@ -145,14 +145,15 @@ import Testing
 
     // MARK: Checkpoint structures
 
-    /// Generations: 1 format, 2 create vm1, 3 commit of the data, 4 the
-    /// checkpoint that folds it into the tree (checkpointRecords 1).
+    /// Generations: 1 format, 2 create vm1, 3 the checkpoint that folds the
+    /// data's record into the tree (checkpointRecords 1: the FLUSH that
+    /// reaches the bound checkpoints without logging the record first).
     static func checkpointRig(useAnchor: Bool) throws -> TamperRig {
         let rig = try TamperRig(useAnchor: useAnchor, checkpointEveryFlush: true)
         try rig.pool.createVolume(name: "vm1", size: 16 << 20)
         try rig.fill("vm1", from: 0, count: 8, seed: 1)
         try rig.pool.flush()
-        #expect(rig.pool.generation == 4)
+        #expect(rig.pool.generation == 3)
         return rig
     }
 
@@ -191,7 +192,7 @@ import Testing
     }
 
     /// Without an anchor, open does not fall back past the damaged
-    /// checkpoint to generation 3 (whose structures are still intact): only
+    /// checkpoint to generation 2 (whose structures are still intact): only
     /// a torn superblock may be passed over.
     @Test(arguments: Structure.allCases)
     func bitFlipInACheckpointStructureWithoutAnchor(structure: Structure) throws {
