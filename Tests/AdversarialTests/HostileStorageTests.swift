@@ -98,6 +98,13 @@ import Threads
         ) { run in
             let setup = try HostileSetup(seed: 11)
             let slots = PoolLayout.superblockSlots
+            // A commit per slot more, so that every slot's previous version
+            // is an authentic older superblock rather than the blank slot
+            // of a fresh pool (which would only make the pool unreadable).
+            for block in 0..<UInt64(slots.count) {
+                try setup.consumer.write(block, seed: 700 + block)
+                try setup.consumer.flush()
+            }
             setup.storage.device.misbehaviour = .servePreviousVersion(of: slots[0]..<(slots[slots.count - 1] + 1))
             let opened = setup.reopen()
             run.require(opened.poolError?.isRollback == true, "open must be refused as a rollback, got \(opened)")
