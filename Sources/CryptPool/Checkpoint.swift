@@ -136,6 +136,7 @@ extension Pool {
             }
             if besideIO { gate.withExclusive { state.withLock(switchState) } } else { state.withLock(switchState) }
             stateSwitched = true
+            checkpoints.add(1, ordering: .releasing)
             nodeCache.remove(contentsOf: retired)
             try writeSuperblock(superblock)
             state.withLock { state in for block in releases { state.space.release(block) } }

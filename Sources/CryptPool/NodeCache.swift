@@ -77,6 +77,20 @@ final class NodeCache: Sendable {
             }
             return true
         }
+
+        /// Writes the places (`block`) of every child of the cached node
+        /// `pointer` into `places`; false if it is not cached.
+        mutating func childPlaces(of pointer: BlockPointer, into places: UnsafeMutableBufferPointer<PhysicalBlock>) -> Bool {
+            precondition(places.count == PoolLayout.fanOut)
+            guard let slot = usedSlot(of: pointer) else { return false }
+            // SAFETY: `slot` indexes `entries`, and every node has `fanOut` children.
+            entries.withUnsafeBufferPointer { entries in
+                entries[slot].node.children.withUnsafeBufferPointer { children in
+                    for index in 0..<PoolLayout.fanOut { places[index] = children[index].block }
+                }
+            }
+            return true
+        }
     }
 
     private let entries: Guarded<Contents>

@@ -65,6 +65,9 @@ public final class Pool: Sendable {
     /// says whether it is set without taking the lock.
     let failure = Guarded<PoolError?>(nil)
     let failed = Atomic<Bool>(false)
+    /// Checkpoints switched to since the pool opened: the age of a
+    /// volume's remembered placements (`PlacementMemo`).
+    let checkpoints = Atomic<UInt64>(0)
 
     struct HeaderImage {
         var slots: [KeyslotBlock]

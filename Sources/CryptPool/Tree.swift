@@ -126,29 +126,21 @@ extension Pool {
         return result
     }
 
-    /// The pointers of units `index - 1`, `index` and `index + 1` of a
-    /// checkpointed tree, as far as the leaf node holding `index` has them,
-    /// from cached nodes only: nil where a node on the way is not cached or
-    /// a neighbour lies in another leaf. No storage read, no allocation and
-    /// no node copied out: what a placement hint (`Volume.placementHint`)
-    /// is worth.
-    func cachedNeighbourhood(
-        root: BlockPointer, depth: Int, index: UInt64
-    ) -> (previous: BlockPointer?, current: BlockPointer?, next: BlockPointer?) {
-        nodeCache.locked { cache in
-            guard let leaf = cachedLeaf(root: root, depth: depth, index: index, in: &cache) else { return (nil, nil, nil) }
-            // An unwritten subtree: every unit under it is unwritten.
-            if leaf.pointer.isNull { return (.null, .null, .null) }
-            let at = Int(index - leaf.first)
-            let wanted = Swift.max(at - 1, 0)..<Swift.min(at + 2, PoolLayout.fanOut)
-            // The children wanted, copied out of the leaf: on the stack.
-            var found = InlineArray<3, BlockPointer>(repeating: .null)
-            var span = found.mutableSpan
-            return span.withUnsafeMutableBufferPointer { children in
-                guard cache.children(of: leaf.pointer, wanted, into: children) else { return (nil, nil, nil) }
-                let own = at - wanted.lowerBound
-                return (at > 0 ? children[0] : nil, children[own], own + 1 < wanted.count ? children[own + 1] : nil)
+    /// The places of the units of the leaf holding unit `index` of a
+    /// checkpointed tree, in order (0 for an unwritten unit), from cached
+    /// nodes only: false when a node on the way is not cached or `index`
+    /// lies past the tree. No storage read, no allocation and no node
+    /// copied out: what a placement hint (`Volume.placementHint`) is worth,
+    /// and what `PlacementMemo` keeps.
+    func cachedLeafPlaces(root: BlockPointer, depth: Int, index: UInt64, into places: UnsafeMutableBufferPointer<PhysicalBlock>) -> Bool {
+        precondition(places.count == PoolLayout.fanOut)
+        return nodeCache.locked { cache in
+            guard let leaf = cachedLeaf(root: root, depth: depth, index: index, in: &cache) else { return false }
+            if leaf.pointer.isNull {
+                places.update(repeating: 0)
+                return true
             }
+            return cache.childPlaces(of: leaf.pointer, into: places)
         }
     }
 

@@ -19,6 +19,8 @@ public final class Volume: BlockDevice {
     public let name: String
     public let size: UInt64
     let logger = Logger(label: "bulkhead.volume")
+    /// The tree's places of recently hinted leaves (`placementHint`).
+    let placements = PlacementMemo()
 
     init(pool: Pool, info: VolumeInfo) {
         self.pool = pool
@@ -421,56 +423,6 @@ public final class Volume: BlockDevice {
         }
         return write
     }
-
-    /// Where a small write of `blocks` should go: beside its logical
-    /// neighbours, so that random overwrites keep a volume's blocks in
-    /// logical order on the pool (`SpaceMap.allocate(_:near:)`) and a later
-    /// sequential read costs few storage requests. Of three places, right
-    /// after the block before, right before the block after, and where the
-    /// blocks are now, the first that another agrees with (within
-    /// `neighbourhood`) wins: a block put far away by an earlier write
-    /// whose neighbours sit together rejoins them, and a block beside one
-    /// neighbour does not follow the other away. Nil for a large write
-    /// (placed in free extents), or when no neighbour is known.
-    ///
-    /// The places come from the checkpointed tree's cached nodes alone
-    /// (`Pool.cachedNeighbourhood`): a hint is never worth a storage read,
-    /// and the overlay would cost three more lookups per write for places
-    /// that differ from the tree's only by an overwrite, which went beside
-    /// them. The walk runs outside the state lock, which it used to hold
-    /// while waiting for the node cache's: a checkpoint, rewriting every
-    /// leaf, takes that one thousands of times, and the data path's other
-    /// users of the state lock queued behind (`bench/CHAIN.md`, session 16).
-    /// A root that a checkpoint replaces meanwhile only makes the hint
-    /// older, or nil once its nodes leave the cache.
-    private func placementHint(for blocks: Range<UInt64>) throws(PoolError) -> PhysicalBlock? {
-        guard blocks.count < SpaceMap.extentBlocks else { return nil }
-        guard let (root, depth) = pool.state.withLock({ $0.volumes.update(id, { ($0.root, $0.depth) }) }) else {
-            throw .noSuchVolume(name)
-        }
-        let tree = pool.cachedNeighbourhood(root: root, depth: depth, index: blocks.lowerBound)
-        let previous = blocks.lowerBound > 0 ? tree.previous : nil
-        let next = blocks.count == 1 ? tree.next : pool.cachedNeighbourhood(root: root, depth: depth, index: blocks.upperBound).current
-        func place(_ pointer: BlockPointer?) -> PhysicalBlock? {
-            guard let pointer, !pointer.isNull else { return nil }
-            return pointer.block
-        }
-        let after = place(previous).map { $0 &+ 1 }
-        let before = place(next).map { $0 &- UInt64(blocks.count) }
-        let current = place(tree.current)
-        func agree(_ a: PhysicalBlock?, _ b: PhysicalBlock?) -> Bool {
-            guard let a, let b else { return false }
-            return (a > b ? a - b : b - a) <= Self.neighbourhood
-        }
-        if agree(after, before) || agree(after, current) { return after }
-        if agree(before, current) { return current }
-        return after ?? before ?? current
-    }
-
-    /// Blocks apart that two places may lie and still count as one
-    /// neighbourhood for `placementHint`: the span the allocator searches
-    /// around a hint.
-    private static let neighbourhood = UInt64(SpaceMap.hintSearchWords * 64)
 
     /// Gives back the places of a write that did not reach storage.
     func abandon(_ write: SealedWrite) {

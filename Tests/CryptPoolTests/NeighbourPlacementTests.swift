@@ -70,10 +70,10 @@ import Testing
         }
     }
 
-    /// The tree's places of a block and its neighbours, as far as its leaf
-    /// holds them, match the checkpointed tree's lookups; nothing is known
-    /// of a node not cached, and an unwritten subtree is all null.
-    @Test func cachedNeighbourhoodMatchesTheTree() throws {
+    /// The places of a leaf's units, read from the cached nodes, match the
+    /// checkpointed tree's lookups; nothing is known of a node not cached,
+    /// and an unwritten subtree is all zero.
+    @Test func cachedLeafPlacesMatchTheTree() throws {
         let rig = try TamperRig(checkpointEveryFlush: true)
         try rig.pool.createVolume(name: "vm", size: 1 << 30)
         try rig.fill("vm", from: 0, count: 130, seed: 4)
@@ -81,23 +81,52 @@ import Testing
         let state = try rig.volumeState("vm")
         #expect(state.overlay.isEmpty && state.depth >= 2)
         let fanOut = UInt64(PoolLayout.fanOut)
-        func neighbourhood(_ index: UInt64) -> (BlockPointer?, BlockPointer?, BlockPointer?) {
-            rig.pool.cachedNeighbourhood(root: state.root, depth: state.depth, index: index)
+        func places(_ index: UInt64) -> [PhysicalBlock]? {
+            var places = [PhysicalBlock](repeating: 7, count: PoolLayout.fanOut)
+            let found = places.withUnsafeMutableBufferPointer { buffer in
+                rig.pool.cachedLeafPlaces(root: state.root, depth: state.depth, index: index, into: buffer)
+            }
+            return found ? places : nil
         }
-        for index: UInt64 in [0, 1, fanOut - 1, fanOut, fanOut + 1, 2 * fanOut - 1, 129, 130, 131] {
+        for index: UInt64 in [0, fanOut - 1, fanOut, 129, 130] {
+            let first = index / fanOut * fanOut
             // Through the cache, as the engine loads nodes; then without storage reads.
-            _ = try rig.pointer("vm", index)
-            let (previous, current, next) = neighbourhood(index)
-            #expect(current == (try rig.pointer("vm", index)), "block \(index)")
-            #expect(previous == (index % fanOut == 0 ? nil : try rig.pointer("vm", index - 1)), "before block \(index)")
-            #expect(next == (index % fanOut == fanOut - 1 ? nil : try rig.pointer("vm", index + 1)), "after block \(index)")
+            let expected = try (first..<(first + fanOut)).map { try rig.pointer("vm", $0).block }
+            #expect(places(index) == expected, "the leaf of block \(index)")
         }
-        let far = neighbourhood(1 << 17)
-        #expect(far.0 == .null && far.1 == .null && far.2 == .null, "an unwritten subtree")
+        #expect(places(1 << 17) == [PhysicalBlock](repeating: 0, count: PoolLayout.fanOut), "an unwritten subtree")
         let leaf = try rig.treeNode("vm", level: 1, above: 5).pointer
         rig.pool.nodeCache.remove(leaf)
-        let uncached = neighbourhood(5)
-        #expect(uncached.0 == nil && uncached.1 == nil && uncached.2 == nil, "a node not cached")
+        #expect(places(5) == nil, "a node not cached")
+    }
+
+    /// The memo of leaf places answers for the checkpoint it was filled in
+    /// only, gives no place for an unwritten unit or one outside the leaf,
+    /// keeps one leaf per entry, and refuses places too far apart.
+    @Test func placementMemoKeepsALeafUntilTheNextCheckpoint() {
+        let memo = PlacementMemo()
+        let fanOut = PoolLayout.fanOut
+        var places = (0..<fanOut).map { PhysicalBlock(1000 + $0) }
+        places[10] = 0
+        places[20] = 1000 + (1 << 31)
+        places.withUnsafeBufferPointer { memo.remember(leaf: 3, checkpoint: 5, places: $0) }
+        #expect(memo.neighbourhood(leaf: 3, at: 0, checkpoint: 5).map { [$0.previous, $0.current, $0.next] } == [nil, 1000, 1001])
+        #expect(memo.neighbourhood(leaf: 3, at: 11, checkpoint: 5).map { [$0.previous, $0.current, $0.next] } == [nil, 1011, 1012])
+        #expect(memo.neighbourhood(leaf: 3, at: 20, checkpoint: 5).map { [$0.previous, $0.current, $0.next] } == [1019, 1000 + (1 << 31), 1021])
+        #expect(memo.neighbourhood(leaf: 3, at: fanOut - 1, checkpoint: 5)?.next == .some(nil))
+        #expect(memo.neighbourhood(leaf: 3, at: 0, checkpoint: 6) == nil, "kept past a checkpoint")
+        #expect(memo.neighbourhood(leaf: 4, at: 0, checkpoint: 5) == nil, "another leaf")
+
+        // The leaf sharing the entry replaces it.
+        let other = UInt64(3 + PlacementMemo.capacity)
+        places.withUnsafeBufferPointer { memo.remember(leaf: other, checkpoint: 5, places: $0) }
+        #expect(memo.neighbourhood(leaf: 3, at: 0, checkpoint: 5) == nil)
+        #expect(memo.neighbourhood(leaf: other, at: 1, checkpoint: 5)?.current == 1001)
+
+        // Places 2^32 blocks apart do not fit 32-bit offsets.
+        places[30] = 1000 + (1 << 32)
+        places.withUnsafeBufferPointer { memo.remember(leaf: 9, checkpoint: 5, places: $0) }
+        #expect(memo.neighbourhood(leaf: 9, at: 0, checkpoint: 5) == nil)
     }
 
     /// A volume's 64 blocks written in one request, another volume's 512
