@@ -149,10 +149,10 @@ final class NodeCache: Sendable {
         }
     }
 
-    /// The elements of `pointers` whose nodes (`pointer` of each) are not
-    /// cached, under one lock; those that are count as used.
-    func missing<S: Sequence>(_ pointers: S, pointer: (S.Element) -> BlockPointer) -> [S.Element] {
-        entries.withLock { entries in pointers.filter { entries.usedSlot(of: pointer($0)) == nil } }
+    /// The children (each with the first unit it covers) whose nodes are
+    /// written and not cached, under one lock; those cached count as used.
+    func uncached(_ children: [(pointer: BlockPointer, firstIndex: UInt64)]) -> [(pointer: BlockPointer, firstIndex: UInt64)] {
+        entries.withLock { entries in children.filter { !$0.pointer.isNull && entries.usedSlot(of: $0.pointer) == nil } }
     }
 
     /// Entries handled per trip through the lock by the batch operations:

@@ -90,7 +90,7 @@ extension Pool {
     /// the cache, and it read them one at a time while writes waited for
     /// it (`.checkpointBehind`).
     func prefetchNodes(_ children: [(pointer: BlockPointer, firstIndex: UInt64)], tree: TreeIdentity, level: Int) throws(PoolError) {
-        let missing = nodeCache.missing(children.lazy.filter { !$0.pointer.isNull }) { $0.pointer }
+        let missing = nodeCache.uncached(children)
         guard missing.count > 1 else { return }
         for child in missing { try checkPlacement(child.pointer, what: "\(tree.kind) pointer") }
         let blockSize = Self.blockSize
