@@ -4,10 +4,10 @@ import Threads
 /// The places of the units of recently hinted leaves of one volume's
 /// checkpointed tree, so that most small writes find their placement hint
 /// (`Volume.placementHint`) without walking the tree: the walk's cache
-/// misses (the slot table, the entry, the leaf's children) cost about
-/// 1 µs of the crypt domain's 14 per 4 KiB random write, and random writes
-/// on a 1 GiB volume hint each leaf 16 times between checkpoints
-/// (`bench/CHAIN.md`, session 17).
+/// misses (the slot table, the entry, the leaf's children) cost 1 to
+/// 1.5 µs of the crypt domain's 13 to 15 per 4 KiB random write, and
+/// random writes on a 1 GiB volume hint each leaf 16 times between
+/// checkpoints (`bench/CHAIN.md`, session 17).
 ///
 /// The checkpointed tree changes only at a checkpoint, so an entry holds
 /// exactly what the walk would read until then: it is kept with the count
@@ -22,8 +22,10 @@ import Threads
 /// Direct-mapped on the leaf number, with a fixed number of entries, so it
 /// costs the same memory on any volume: every leaf of a 2 GiB volume fits,
 /// and on a larger one, writes to leaves that share an entry take turns
-/// walking. A hint is a preference of the allocator: nothing here can
-/// change which data a read returns.
+/// walking. The entries are made at the first write that hints (a volume
+/// only read, or opened to be verified, costs nothing). A hint is a
+/// preference of the allocator: nothing here can change which data a
+/// read returns.
 final class PlacementMemo: Sendable {
     private struct Leaf {
         /// `PlacementMemo.noLeaf` for none.
@@ -35,9 +37,9 @@ final class PlacementMemo: Sendable {
     }
 
     private struct Contents {
-        var leaves: [Leaf]
+        var leaves = [Leaf](repeating: Leaf(number: PlacementMemo.noLeaf, checkpoint: 0, base: 0), count: PlacementMemo.capacity)
         /// `fanOut` offsets per entry; `unwritten` for a unit with no place.
-        var offsets: [UInt32]
+        var offsets = [UInt32](repeating: PlacementMemo.unwritten, count: PlacementMemo.capacity * PoolLayout.fanOut)
     }
 
     /// Entries: 256 bytes of offsets and 24 of header each, 2.2 MiB per
@@ -46,10 +48,8 @@ final class PlacementMemo: Sendable {
     private static let noLeaf = UInt64.max
     private static let unwritten = UInt32.max
 
-    private let contents = Guarded(
-        Contents(
-            leaves: [Leaf](repeating: Leaf(number: PlacementMemo.noLeaf, checkpoint: 0, base: 0), count: PlacementMemo.capacity),
-            offsets: [UInt32](repeating: PlacementMemo.unwritten, count: PlacementMemo.capacity * PoolLayout.fanOut)))
+    /// Nil until the first `remember`.
+    private let contents = Guarded<Contents?>(nil)
 
     /// The places of units `at - 1`, `at` and `at + 1` of leaf `leaf`, as
     /// far as the leaf has them (nil for a unit with no place or outside
@@ -60,6 +60,7 @@ final class PlacementMemo: Sendable {
         precondition(at >= 0 && at < PoolLayout.fanOut)
         let slot = Self.slot(leaf)
         return contents.withLock { contents in
+            guard let contents else { return nil }
             let entry = contents.leaves[slot]
             guard entry.number == leaf, entry.checkpoint == checkpoint else { return nil }
             let first = slot * PoolLayout.fanOut
@@ -80,11 +81,15 @@ final class PlacementMemo: Sendable {
         guard places.allSatisfy({ $0 == 0 || $0 - base < PhysicalBlock(Self.unwritten) }) else { return }
         let slot = Self.slot(leaf)
         contents.withLock { contents in
-            contents.leaves[slot] = Leaf(number: leaf, checkpoint: checkpoint, base: base)
+            // Moved out and back, so the arrays stay uniquely referenced
+            // and change in place.
+            var kept = contents.take() ?? Contents()
+            kept.leaves[slot] = Leaf(number: leaf, checkpoint: checkpoint, base: base)
             let first = slot * PoolLayout.fanOut
             for (unit, place) in places.enumerated() {
-                contents.offsets[first + unit] = place == 0 ? Self.unwritten : UInt32(place - base)
+                kept.offsets[first + unit] = place == 0 ? Self.unwritten : UInt32(place - base)
             }
+            contents = kept
         }
     }
 

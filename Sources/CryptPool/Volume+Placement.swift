@@ -14,9 +14,8 @@ extension Volume {
     ///
     /// The places come from the checkpointed tree's cached nodes alone
     /// (`Pool.cachedLeafPlaces`), a whole leaf at a time, kept until the
-    /// next checkpoint by `PlacementMemo`: a random 4 KiB write's walk
-    /// down the tree cost about 1 µs of the crypt domain's 14 in cache
-    /// misses (`bench/CHAIN.md`, session 17). A hint is never worth a
+    /// next checkpoint by `PlacementMemo`, which spares most writes the
+    /// walk's cache misses. A hint is never worth a
     /// storage read, and the overlay would cost three more lookups per
     /// write for places that differ from the tree's only by an overwrite,
     /// which went beside them. The walk runs outside the state lock, which
@@ -57,13 +56,16 @@ extension Volume {
         let leaf = index / fanOut
         let at = Int(index % fanOut)
         if let kept = placements.neighbourhood(leaf: leaf, at: at, checkpoint: checkpoint) { return kept }
-        if tree == nil {
+        let (root, depth): (BlockPointer, Int)
+        if let tree {
+            (root, depth) = tree
+        } else {
             guard let found = pool.state.withLock({ $0.volumes.update(id, { ($0.root, $0.depth) }) }) else {
                 throw .noSuchVolume(name)
             }
             tree = found
+            (root, depth) = found
         }
-        guard let (root, depth) = tree else { return (nil, nil, nil) }
         // The leaf's places, copied out to the stack.
         var places = InlineArray<64, PhysicalBlock>(repeating: 0)
         var span = places.mutableSpan

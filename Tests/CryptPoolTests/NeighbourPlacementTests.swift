@@ -105,6 +105,7 @@ import Testing
     /// keeps one leaf per entry, and refuses places too far apart.
     @Test func placementMemoKeepsALeafUntilTheNextCheckpoint() {
         let memo = PlacementMemo()
+        #expect(memo.neighbourhood(leaf: 3, at: 0, checkpoint: 0) == nil, "an empty memo")
         let fanOut = PoolLayout.fanOut
         var places = (0..<fanOut).map { PhysicalBlock(1000 + $0) }
         places[10] = 0
