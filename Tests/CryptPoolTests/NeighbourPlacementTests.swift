@@ -132,7 +132,10 @@ import Testing
 
     /// A volume's 64 blocks written in one request, another volume's 512
     /// after them, of which the first 32 are trimmed and freed; then four
-    /// blocks of the first volume overwritten one at a time.
+    /// blocks of the first volume overwritten one at a time, through one
+    /// `Volume` as the crypt domain serves it: the first overwrite walks
+    /// the tree for its hint, and the leaf's places kept then
+    /// (`PlacementMemo`) place the other three.
     private static func rigWithHolesBesideTheVolume() throws -> (rig: TamperRig, start: PhysicalBlock, overwritten: [UInt64]) {
         let rig = try TamperRig(checkpointEveryFlush: true)
         try rig.pool.createVolume(name: "vm", size: 1 << 20)
@@ -151,7 +154,13 @@ import Testing
         let holes = (start + 64)..<(start + 96)
         try #require(rig.pool.state.withLock { state in holes.allSatisfy { !state.space.isUsed($0) } }, "the trimmed blocks are free")
         let overwritten: [UInt64] = [63, 5, 40, 20]
-        for block in overwritten { try rig.put("vm", block, randomBytes(Self.blockSize, seed: 900 + block)) }
+        for block in overwritten {
+            let data = randomBytes(Self.blockSize, seed: 900 + block)
+            try write(volume, block * UInt64(Self.blockSize), data)
+            rig.expected["vm", default: [:]][block] = data
+        }
+        let checkpoint = rig.pool.checkpoints.load(ordering: .relaxed)
+        #expect(volume.placements.neighbourhood(leaf: 0, at: 5, checkpoint: checkpoint)?.current == start + 5, "the overwrites' leaf was not kept")
         return (rig, start, overwritten)
     }
 
