@@ -64,32 +64,28 @@ final class NodeCache: Sendable {
             }
         }
 
-        /// Copies children `range` of the node cached for `pointer` into
-        /// `into`; false when it is not cached.
-        mutating func children(of pointer: BlockPointer, _ range: Range<Int>, into: UnsafeMutableBufferPointer<BlockPointer>) -> Bool {
-            precondition(range.lowerBound >= 0 && range.upperBound <= PoolLayout.fanOut && range.count <= into.count)
+        /// Runs `body` on the children of the node cached for `pointer`,
+        /// in place (no copy of the node, no retain); false, without
+        /// running it, when it is not cached.
+        mutating func withChildren(of pointer: BlockPointer, _ body: (UnsafeBufferPointer<BlockPointer>) -> Void) -> Bool {
             guard let slot = usedSlot(of: pointer) else { return false }
-            // SAFETY: `slot` indexes `entries`, and every node has `fanOut` children.
+            // SAFETY: `slot` indexes `entries`; the buffers live for the call.
             entries.withUnsafeBufferPointer { entries in
                 entries[slot].node.children.withUnsafeBufferPointer { children in
-                    for (offset, index) in range.enumerated() { into[offset] = children[index] }
+                    precondition(children.count == PoolLayout.fanOut)
+                    body(children)
                 }
             }
             return true
         }
 
-        /// Writes the places (`block`) of every child of the cached node
-        /// `pointer` into `places`; false if it is not cached.
-        mutating func childPlaces(of pointer: BlockPointer, into places: UnsafeMutableBufferPointer<PhysicalBlock>) -> Bool {
-            precondition(places.count == PoolLayout.fanOut)
-            guard let slot = usedSlot(of: pointer) else { return false }
-            // SAFETY: `slot` indexes `entries`, and every node has `fanOut` children.
-            entries.withUnsafeBufferPointer { entries in
-                entries[slot].node.children.withUnsafeBufferPointer { children in
-                    for index in 0..<PoolLayout.fanOut { places[index] = children[index].block }
-                }
+        /// Copies children `range` of the node cached for `pointer` into
+        /// `into`; false when it is not cached.
+        mutating func children(of pointer: BlockPointer, _ range: Range<Int>, into: UnsafeMutableBufferPointer<BlockPointer>) -> Bool {
+            precondition(range.lowerBound >= 0 && range.upperBound <= PoolLayout.fanOut && range.count <= into.count)
+            return withChildren(of: pointer) { children in
+                for (offset, index) in range.enumerated() { into[offset] = children[index] }
             }
-            return true
         }
     }
 

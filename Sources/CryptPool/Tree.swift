@@ -140,7 +140,9 @@ extension Pool {
                 places.update(repeating: 0)
                 return true
             }
-            return cache.childPlaces(of: leaf.pointer, into: places)
+            return cache.withChildren(of: leaf.pointer) { children in
+                for index in children.indices { places[index] = children[index].block }
+            }
         }
     }
 
