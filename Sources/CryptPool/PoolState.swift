@@ -22,7 +22,9 @@ struct Overlay: Sendable {
 
     /// The pointer for a block if the overlay decides it; nil defers to the tree.
     func lookup(_ block: UInt64) -> BlockPointer? {
-        if let pointer = mapped[block] { return pointer }
+        // Checked first: hashing the key cost reads 1.5% of the crypt
+        // domain's time on a volume not written since its checkpoint.
+        if !mapped.isEmpty, let pointer = mapped[block] { return pointer }
         return isUnmapped(block) ? .null : nil
     }
 

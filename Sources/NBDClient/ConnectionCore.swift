@@ -56,7 +56,7 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
     /// Sends every operation back to back, then waits for all replies.
     func perform(_ operations: [NBDOperation]) -> [Result<Void, NBDClientError>] {
         let waiter = ReplyWaiter()
-        let slots = submit(operations) { state, slots in
+        let slots = submit(operations) { state, slots, _ in
             if let refusal = state.refusal {
                 for index in slots.indices where slots[index] == nil { slots[index] = .finished(.failure(refusal)) }
                 return .refuse
@@ -82,28 +82,30 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
     /// is not usable.
     func start(_ operations: [NBDOperation], lending: Bool = false, completion: @escaping BatchCompletion) -> Bool {
         var refused = false
-        var immediate: [Result<Void, NBDClientError>]?
-        _ = submit(operations, gather: true, lending: lending) { state, slots in
+        var immediate: BatchResults?
+        _ = submit(operations, gather: true, lending: lending) { state, slots, deadline in
             guard state.refusal == nil else {
                 refused = true
                 return .refuse
             }
             let unanswered = slots.count(where: { $0 == nil })
             guard unanswered > 0 else {
-                immediate = slots.map { slot in
-                    if case .finished(let result) = slot { result } else { .failure(.closed) }
-                }
+                immediate = BatchResults(
+                    slots.map { slot in
+                        if case .finished(let result) = slot { result } else { .failure(.closed) }
+                    })
                 return .refuse
             }
             let id = state.nextBatch
             state.nextBatch += 1
+            var results = BatchResults(successes: slots.count)
+            if unanswered < slots.count {
+                for (index, slot) in slots.enumerated() {
+                    if case .finished(let result) = slot { results.record(result, at: index) }
+                }
+            }
             state.batches.insert(
-                CallbackBatch(
-                    results: slots.map { slot in
-                        if case .finished(let result) = slot { result } else { .failure(.closed) }
-                    },
-                    unanswered: unanswered, deadline: requestTimeout.map { monotonicSeconds() + $0 }, completion: completion),
-                for: id)
+                CallbackBatch(results: results, unanswered: unanswered, deadline: deadline, completion: completion), for: id)
             return .batch(id)
         }
         if refused { return false }
@@ -117,8 +119,9 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
     /// Registers the operations that pass the local checks, all under one
     /// lock so that none is answered before the rest are registered, then
     /// sends them. `admit` sees the state and the checked slots (nil: to be
-    /// sent) and says who owns the requests, or refuses. In the slots
-    /// returned, nil is a request never sent: it ended with `.closed`.
+    /// sent) and the requests' deadline, and says who owns the requests, or
+    /// refuses. In the slots returned, nil is a request never sent: it
+    /// ended with `.closed`.
     ///
     /// With `gather` (a started batch, whose caller does not wait), small
     /// requests made inside a `SendBatch` are held and sent together when
@@ -126,7 +129,7 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
     /// (`NBDConnection.start(_:lending:completion:)`).
     private func submit(
         _ operations: [NBDOperation], gather: Bool = false, lending: Bool = false,
-        admit: (inout ConnectionState, inout [Slot?]) -> Admission
+        admit: (inout ConnectionState, inout [Slot?], Double?) -> Admission
     ) -> [Slot?] {
         // Held for the end of the caller's `SendBatch`: nothing is sent
         // here, so `sending` is left alone (the batch's end sets it).
@@ -143,8 +146,9 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
             // The headers are made again from the slots' cookies when they
             // are encoded: no array of them per batch.
             var sentCount = 0
+            let deadline = requestTimeout.map { coarseDeadline(after: $0) }
             state.withLock { state in
-                let admission = admit(&state, &slots)
+                let admission = admit(&state, &slots, deadline)
                 if case .refuse = admission { return }
                 func owner(_ index: Int) -> RequestOwner {
                     switch admission {
@@ -153,7 +157,6 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
                     case .refuse: preconditionFailure("a refused batch registers nothing")
                     }
                 }
-                let deadline = requestTimeout.map { monotonicSeconds() + $0 }
                 for (index, operation) in operations.enumerated() where slots[index] == nil {
                     let header = header(operation, state.nextCookie)
                     state.nextCookie += 1

@@ -17,7 +17,7 @@ final class ReplyWaiter: Sendable {
 
 /// Called once with one result per operation of a batch started without
 /// waiting (`NBDConnection.start`).
-typealias BatchCompletion = @Sendable ([Result<Void, NBDClientError>]) -> Void
+typealias BatchCompletion = @Sendable (BatchResults) -> Void
 
 /// Who learns that a request ended.
 enum RequestOwner {
@@ -44,8 +44,8 @@ struct PendingRequest {
 /// A batch started without a waiting thread: its results so far and the
 /// closure that gets them once every operation has one.
 struct CallbackBatch {
-    /// One per operation; `.failure(.closed)` until its reply arrives.
-    var results: [Result<Void, NBDClientError>]
+    /// One per operation, recorded as replies arrive.
+    var results: BatchResults
     /// Operations still without a result.
     var unanswered: Int
     /// When its requests time out (monotonic seconds), if they do.
@@ -137,7 +137,7 @@ struct ConnectionState {
     private mutating func forget(_ cookie: UInt64, outcome: Result<Void, NBDClientError>, into wakeups: inout Wakeups) {
         guard case .batch(let id, let slot) = requests.removeValue(for: cookie)?.owner else { return }
         let answered = batches.update(id) { batch in
-            batch.results[slot] = outcome
+            batch.results.record(outcome, at: slot)
             batch.unanswered -= 1
             return batch.unanswered == 0
         }

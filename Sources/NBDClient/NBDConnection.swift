@@ -140,7 +140,7 @@ public final class NBDConnection: Sendable {
     /// after (`AsynchronousBlockDevice.startLentWrites`).
     public func start(
         _ operations: [NBDOperation], lending: Bool = false,
-        completion: @escaping @Sendable ([Result<Void, NBDClientError>]) -> Void
+        completion: @escaping @Sendable (BatchResults) -> Void
     ) -> Bool {
         core.start(operations, lending: lending, completion: completion)
     }

@@ -103,8 +103,9 @@ extension RemoteBlockDevice: AsynchronousBlockDevice {
 
     /// One outcome for a batch: any connection failure makes it a redo,
     /// otherwise the first final failure (in piece order) fails it.
-    func outcome(_ results: [Result<Void, NBDClientError>], _ command: String, _ operations: [NBDOperation]) -> AsynchronousOutcome {
+    func outcome(_ results: BatchResults, _ command: String, _ operations: [NBDOperation]) -> AsynchronousOutcome {
         var outcome = AsynchronousOutcome.done
+        guard !results.allSucceeded else { return outcome }
         for (index, result) in results.enumerated() {
             guard case .failure(let error) = result else { continue }
             switch error {

@@ -39,6 +39,11 @@ struct ResultMerge: Sendable {
     /// The operation each piece belongs to.
     var owners: [Int] = []
 
+    /// One result per operation, of a started batch's piece results.
+    func results(of pieceResults: BatchResults) -> BatchResults {
+        settled == nil ? pieceResults : BatchResults(results(of: Array(pieceResults)))
+    }
+
     /// One result per operation: its first failure (in piece order), or success.
     func results(of pieceResults: [Result<Void, NBDClientError>]) -> [Result<Void, NBDClientError>] {
         guard var results = settled else { return pieceResults }
@@ -117,7 +122,7 @@ extension RemoteBlockDevice {
         guard let connection = supervisor.currentConnection else { return false }
         let plan = BatchPlan(operations, device: self)
         guard !plan.pieces.isEmpty else {
-            finish(completion, plan.merge.results(of: []), operations)
+            finish(completion, BatchResults(plan.merge.results(of: [])), operations)
             return true
         }
         let supervisor = self.supervisor
@@ -126,12 +131,14 @@ extension RemoteBlockDevice {
         // lengths, for error messages, never the buffers they point to.
         nonisolated(unsafe) let operations = operations
         return connection.start(plan.pieces, lending: lending) { pieceResults in
-            var answered = false
+            var answered = pieceResults.allSucceeded
             var lost: NBDClientError?
-            for result in pieceResults {
-                switch result {
-                case .success, .failure(.server): answered = true
-                case .failure(let error): if error.isConnectionFailure, lost == nil { lost = error }
+            if !answered {
+                for result in pieceResults {
+                    switch result {
+                    case .success, .failure(.server): answered = true
+                    case .failure(let error): if error.isConnectionFailure, lost == nil { lost = error }
+                    }
                 }
             }
             // As `perform` does: an answer resets the reconnect backoff, a
@@ -142,9 +149,9 @@ extension RemoteBlockDevice {
         }
     }
 
-    private func finish(_ completion: StartCompletion, _ results: [Result<Void, NBDClientError>], _ operations: [NBDOperation]) {
+    private func finish(_ completion: StartCompletion, _ results: BatchResults, _ operations: [NBDOperation]) {
         switch completion {
-        case .results(let body): body(results)
+        case .results(let body): body(Array(results))
         case .outcome(let command, let body): body(outcome(results, command, operations))
         }
     }

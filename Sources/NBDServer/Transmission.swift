@@ -24,6 +24,10 @@ final class Transmission: Sendable {
     private struct Flight {
         var requests = 0
         var payloadBytes = 0
+        /// READ reply buffers not in use, most recently used last: kept
+        /// under the flight's lock, so a READ answered from its buffer gives
+        /// both back with one lock (`finished(_:returning:)`).
+        var replyBuffers: [ReplyBuffer] = []
     }
 
     /// What a worker does with a request.
@@ -77,8 +81,6 @@ final class Transmission: Sendable {
     /// The connection's worker threads (`HandOff`), started as needed up
     /// to `workersPerConnection`.
     private let workers: HandOff
-    /// READ reply buffers not in use, most recently used last.
-    private let replyBuffers = Guarded<[ReplyBuffer]>([])
     private let leftover: [UInt8]
 
     init(connection: Connection, session: NegotiatedSession, device: any BlockDevice, leftover: [UInt8]) {
@@ -283,12 +285,15 @@ final class Transmission: Sendable {
         request.header.command == .read ? Int(request.header.length) : request.payload.count
     }
 
-    /// Called once per request after its reply is handed to the channel.
-    private func finished(_ request: IncomingRequest) {
+    /// Called once per request after its reply is handed to the channel;
+    /// with `replyBuffer`, the READ's buffer the reply no longer needs.
+    private func finished(_ request: IncomingRequest, returning replyBuffer: ReplyBuffer? = nil) {
         let bytes = Self.payloadBytes(request)
+        replyBuffer?.trim()
         flight.update { flight in
             flight.requests -= 1
             flight.payloadBytes -= bytes
+            if let replyBuffer { flight.replyBuffers.append(replyBuffer) }
         }
     }
 
@@ -349,12 +354,12 @@ final class Transmission: Sendable {
                     structured: self.session.structuredReplies)
                 let bytes = UnsafeRawBufferPointer(reply)
                 if self.replies.gather(bytes) {
-                    self.returnReplyBuffer(replyBuffer)
+                    self.finished(request, returning: replyBuffer)
                 } else {
                     // Lent, not copied, if the client is slow to take it.
                     self.replies.send(bytes) { self.returnReplyBuffer(replyBuffer) }
+                    self.finished(request)
                 }
-                self.finished(request)
                 return
             case .failed(let error):
                 self.sendFailure(header, error)
@@ -363,8 +368,7 @@ final class Transmission: Sendable {
                 self.enqueue(.perform(request))
                 return
             }
-            self.returnReplyBuffer(replyBuffer)
-            self.finished(request)
+            self.finished(request, returning: replyBuffer)
         }
         if !started { returnReplyBuffer(replyBuffer) }
         return started
@@ -407,12 +411,12 @@ final class Transmission: Sendable {
 
     private func takeReplyBuffer() -> ReplyBuffer {
         // The buffer used last is the one most likely still in the CPU cache.
-        replyBuffers.withLock { $0.popLast() } ?? ReplyBuffer(alignment: Int(device.minimumBlockSize))
+        flight.withLock { $0.replyBuffers.popLast() } ?? ReplyBuffer(alignment: Int(device.minimumBlockSize))
     }
 
     private func returnReplyBuffer(_ buffer: ReplyBuffer) {
         buffer.trim()
-        replyBuffers.withLock { $0.append(buffer) }
+        flight.withLock { $0.replyBuffers.append(buffer) }
     }
 
     // MARK: Workers

@@ -94,7 +94,7 @@ struct DirectReadTests {
         defer { buffer.deallocate() }
         let recorder = CompletionRecorder()
         let begin = Date()
-        #expect(connection.start([.read(offset: 0, into: buffer)], completion: recorder.completion))
+        #expect(connection.start([.read(offset: 0, into: buffer)], completion: recorder.batchCompletion))
         let results = try #require(recorder.wait(timeout: 5), "the read never timed out")
         let elapsed = Date().timeIntervalSince(begin)
         #expect(results.map(\.failure) == [.timedOut(.reply)])

@@ -25,6 +25,12 @@ final class CompletionRecorder: Sendable {
     }
 
     var count: Int { calls.value.count }
+
+    /// The completion `NBDConnection.start` takes.
+    var batchCompletion: @Sendable (BatchResults) -> Void {
+        let completion = self.completion
+        return { results in completion(Array(results)) }
+    }
 }
 
 extension Result where Success == Void {
