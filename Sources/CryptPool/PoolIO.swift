@@ -177,10 +177,18 @@ extension Pool {
     }
 
     func reserveDataCounters(_ volume: VolumeID, _ count: Int, in state: inout PoolState) -> (SessionSalt, UInt64) {
-        if state.dataCounters[volume, default: 0] + UInt64(count) > maxSealsPerSessionKey { startSession(in: &state) }
-        let first = state.dataCounters[volume, default: 0]
-        state.dataCounters[volume] = first + UInt64(count)
-        return (state.session, first)
+        let count = UInt64(count)
+        // One access to the volume's counter, so one hash of its key per
+        // write, where reading and writing it apart took three.
+        func take(_ counter: inout UInt64) -> UInt64? {
+            guard counter + count <= maxSealsPerSessionKey else { return nil }
+            defer { counter += count }
+            return counter
+        }
+        if let first = take(&state.dataCounters[volume, default: 0]) { return (state.session, first) }
+        startSession(in: &state)
+        state.dataCounters[volume] = count
+        return (state.session, 0)
     }
 
     /// Begins a new session: a fresh random salt, so every key derived from
