@@ -146,7 +146,9 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
             // The headers are made again from the slots' cookies when they
             // are encoded: no array of them per batch.
             var sentCount = 0
-            let deadline = requestTimeout.map { coarseDeadline(after: $0) }
+            // Read once for the batch and its requests: reading the clock
+            // twice per 4 KiB READ took 1.3% of the crypt domain's time.
+            let deadline = requestTimeout.map { monotonicSeconds() + $0 }
             state.withLock { state in
                 let admission = admit(&state, &slots, deadline)
                 if case .refuse = admission { return }

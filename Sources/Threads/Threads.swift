@@ -128,25 +128,6 @@ public func monotonicSeconds() -> Double {
     return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }
 
-/// A deadline `seconds` from now, for one set per request: read from
-/// CLOCK_MONOTONIC_COARSE (the time of the last clock tick, read without
-/// the clock source), since reading the full clock twice per 4 KiB READ
-/// took 1.3% of the crypt domain's time. One tick is added, so the
-/// deadline never falls before `monotonicSeconds() + seconds` and at most
-/// a tick (a few milliseconds) after it.
-public func coarseDeadline(after seconds: Double) -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9 + coarseClockTick + seconds
-}
-
-/// The resolution of CLOCK_MONOTONIC_COARSE, in seconds.
-private let coarseClockTick: Double = {
-    var resolution = timespec()
-    guard clock_getres(CLOCK_MONOTONIC_COARSE, &resolution) == 0 else { return 0.01 }
-    return Double(resolution.tv_sec) + Double(resolution.tv_nsec) / 1e9
-}()
-
 private func monotonicDeadline(after seconds: Double) -> timespec {
     var now = timespec()
     clock_gettime(CLOCK_MONOTONIC, &now)
