@@ -88,22 +88,18 @@ final class ConnectionCore: Sendable, SendBatch.Sender {
                 refused = true
                 return .refuse
             }
+            // The operations the local checks ended; the rest are recorded as their replies arrive.
+            var results = BatchResults(successes: slots.count)
+            for (index, slot) in slots.enumerated() {
+                if case .finished(let result) = slot { results.record(result, at: index) }
+            }
             let unanswered = slots.count(where: { $0 == nil })
             guard unanswered > 0 else {
-                immediate = BatchResults(
-                    slots.map { slot in
-                        if case .finished(let result) = slot { result } else { .failure(.closed) }
-                    })
+                immediate = results
                 return .refuse
             }
             let id = state.nextBatch
             state.nextBatch += 1
-            var results = BatchResults(successes: slots.count)
-            if unanswered < slots.count {
-                for (index, slot) in slots.enumerated() {
-                    if case .finished(let result) = slot { results.record(result, at: index) }
-                }
-            }
             state.batches.insert(
                 CallbackBatch(results: results, unanswered: unanswered, deadline: deadline, completion: completion), for: id)
             return .batch(id)
