@@ -53,7 +53,8 @@ final class Connection: Sendable {
     /// Returns the session and the bytes already received after it, or
     /// nil if the connection is to be closed.
     private func negotiate() -> (NegotiatedSession, [UInt8])? {
-        var handshake = ServerHandshake(catalog: server.catalog)
+        var handshake = ServerHandshake(
+            catalog: server.catalog, offersStructuredReplies: server.configuration.offersStructuredReplies)
         let deadline = monotonicSeconds() + server.configuration.handshakeTimeout
         var buffer = [UInt8](repeating: 0, count: Self.handshakeReadSize)
         do throws(SocketError) {

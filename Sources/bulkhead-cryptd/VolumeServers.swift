@@ -30,7 +30,11 @@ final class VolumeServers: Sendable {
     /// Starts serving the volume `name`.
     func serve(_ name: String) throws {
         let volume = try pool.volume(named: name)
-        var configuration = NBDServerConfiguration(workersPerConnection: workersPerConnection)
+        // A volume sends neither holes nor block status, so structured
+        // replies would only cost its consumers receive calls per READ
+        // (NBDServerConfiguration.offersStructuredReplies).
+        var configuration = NBDServerConfiguration(
+            workersPerConnection: workersPerConnection, offersStructuredReplies: false)
         let allowed = access.uids(for: name)
         if !allowed.isEmpty {
             configuration.acceptPeer = { socket in

@@ -85,7 +85,7 @@ import Testing
         }
     }
 
-    @Test("nbdinfo --list on each volume socket shows that volume alone, with its size")
+    @Test("nbdinfo --list on each volume socket shows that volume alone, with its size, over simple replies")
     func nbdinfoList() throws {
         let chain = try Chain(volumes: [
             VolumeSpec(name: "vm1", size: 64 * mebibyte), VolumeSpec(name: "vm2", size: 40 * mebibyte + 4096),
@@ -96,6 +96,8 @@ import Testing
             #expect(result.succeeded, "\(result)\n\(chain.logs)")
             let json = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any]
             let exports = json?["exports"] as? [[String: Any]] ?? []
+            // NBDServerConfiguration.offersStructuredReplies: a volume declines them.
+            #expect(json?["structured"] as? Bool == false, "\(result.output)")
             #expect(exports.map { $0["export-name"] as? String } == [volume.name], "\(result.output)")
             #expect((exports.first?["export-size"] as? NSNumber)?.intValue == volume.size, "\(result.output)")
             let direct = try run(["nbdinfo", "--size", chain.uri(volume.name)])

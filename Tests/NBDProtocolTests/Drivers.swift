@@ -30,10 +30,11 @@ extension ClientHandshakeEvent {
 
 /// Feeds the client's byte stream to a fresh `ServerHandshake`.
 func runServer(
-    _ catalog: ExportCatalog, _ input: [UInt8], sourceLocation: SourceLocation = #_sourceLocation
+    _ catalog: ExportCatalog, _ input: [UInt8], offersStructuredReplies: Bool = true,
+    sourceLocation: SourceLocation = #_sourceLocation
 ) -> Decoded<ServerHandshakeEvent> {
     feedThreeWays(input, sourceLocation: sourceLocation) { chunks in
-        var handshake = ServerHandshake(catalog: catalog)
+        var handshake = ServerHandshake(catalog: catalog, offersStructuredReplies: offersStructuredReplies)
         return runHandshake(chunks, receive: { handshake.receive($0) }, ends: \.endsHandshake, takeLeftover: { handshake.takeLeftover() })
     }
 }

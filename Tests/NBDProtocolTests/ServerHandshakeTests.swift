@@ -92,6 +92,16 @@ import Testing
         #expect(outcome.events.last == session(Fixtures.disk, structured: false))
     }
 
+    @Test func structuredReplyNotOfferedIsUnsupportedAndGoStillServesSimpleReplies() {
+        let outcome = runServer(
+            catalog, fixed + Wire.option(.structuredReply) + Wire.go("disk"), offersStructuredReplies: false)
+        #expect(outcome.events.count == 3)
+        let replies = parseOptionReplies(sent(outcome.events))
+        #expect(replies.first?.option == .structuredReply)
+        #expect(replies.first?.type == .errUnsupported)
+        #expect(outcome.events.last == session(Fixtures.disk, structured: false))
+    }
+
     // MARK: NBD_OPT_INFO
 
     @Test func infoDescribesAKnownExportAndHaggleContinues() {

@@ -37,14 +37,19 @@ public struct ServerHandshake: Sendable {
     }
 
     private let catalog: ExportCatalog
+    private let offersStructuredReplies: Bool
     private var state: State = .awaitingClientFlags
     private var input = InputBuffer()
     private var clientFlags: ClientFlags = []
     private var structuredReplies = false
     private var optionsSeen = 0
 
-    public init(catalog: ExportCatalog) {
+    /// `offersStructuredReplies: false` answers NBD_OPT_STRUCTURED_REPLY
+    /// with NBD_REP_ERR_UNSUP, which the spec lets a server do; the client
+    /// then gets simple replies (proto.md, "Structured reply chunk message").
+    public init(catalog: ExportCatalog, offersStructuredReplies: Bool = true) {
         self.catalog = catalog
+        self.offersStructuredReplies = offersStructuredReplies
     }
 
     /// The 18 bytes the server sends as soon as a client connects.
@@ -178,6 +183,10 @@ public struct ServerHandshake: Sendable {
         case .structuredReply:
             guard data.isEmpty else {
                 events.append(.send(Self.optionReply(option, .errInvalid, message: "NBD_OPT_STRUCTURED_REPLY takes no data")))
+                return true
+            }
+            guard offersStructuredReplies else {
+                events.append(.send(Self.optionReply(option, .errUnsupported, message: "structured replies are not offered")))
                 return true
             }
             structuredReplies = true
