@@ -23,7 +23,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done;
 trap cleanup EXIT
 vbytes=$((512 << 20))
 mkdir -p "$W/state" "$W/vols"; bh_keyfile "$W/key"
-truncate -s "$(bh_pool_bytes "$vbytes" 300 256)" "$W/pool.img"
+bh_pool_image "$W/pool.img" "$(bh_pool_bytes "$vbytes" 300 256)"
 bh_format "$W/pool.img" "$W/key" "$W/state"
 bh_create "$W/pool.img" "$W/key" "$W/state" v "$vbytes"
 "$A/bulkhead-storaged" --listen "unix:$W/st.sock" --export "pool=$W/pool.img" --log-level warning &

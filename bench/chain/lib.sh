@@ -63,6 +63,20 @@ bh_pool_bytes() {
   echo $(( (v / 100 * pct + extra * 1048576) / 4096 * 4096 ))
 }
 
+# bh_pool_image FILE BYTES: a pool image of BYTES, every page of it written
+# (zeros), as the peers' images are before they are measured (peers.sh's fio
+# writes them whole). Neither a sparse file nor fallocate(1) does that on
+# this VM's tmpfs: the first write into a page never written costs the
+# storage domain a page fault the hypervisor serves (the guest reports free
+# pages to the host, page_reporting), which no disk partition costs. With a
+# fallocated 3.25 GiB pool, the first 1 MiB sequential writes into its
+# never-written part cost storaged 2605 µs per MiB, against 227 once written
+# (session 19, bench/CHAIN.md).
+bh_pool_image() {
+  rm -f "$1"
+  head -c "$2" /dev/zero > "$1"
+}
+
 # bh_keyfile FILE: writes the benchmark passphrase (mode 0600).
 bh_keyfile() { ( umask 077; printf '%s' "$BH_PASSPHRASE" > "$1" ); }
 

@@ -30,12 +30,8 @@ state="$RUNDIR/state"
 storage="nbd:unix:$SOCK1"
 
 if [ ! -e "$RUNDIR/ready" ]; then
-  rm -f "$img"
-  # Allocated up front, as the peers' images are (fio writes them whole
-  # first): a sparse pool on tmpfs would make the storage domain allocate
-  # and zero a page on every first write, which no disk partition costs.
-  pool_bytes=$(bh_pool_bytes "$SIZE_BYTES" "${BH_POOL_PCT:-300}" "${BH_POOL_EXTRA_MIB:-256}")
-  fallocate -l "$pool_bytes" "$img" 2>/dev/null || truncate -s "$pool_bytes" "$img"
+  # Written whole up front, as the peers' images are (bh_pool_image).
+  bh_pool_image "$img" "$(bh_pool_bytes "$SIZE_BYTES" "${BH_POOL_PCT:-300}" "${BH_POOL_EXTRA_MIB:-256}")"
   bh_keyfile "$key"
   mkdir -p "$state"
 fi

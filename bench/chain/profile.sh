@@ -52,7 +52,7 @@ trap 'exit 130' INT TERM
 
 vbytes=$(numfmt --from=iec "${SIZE%B}")
 mkdir -p "$W/state" "$W/vols"; bh_keyfile "$W/key"
-truncate -s "$(bh_pool_bytes "$vbytes" 300 256)" "$W/pool.img"
+bh_pool_image "$W/pool.img" "$(bh_pool_bytes "$vbytes" 300 256)"
 bh_format "$W/pool.img" "$W/key" "$W/state"
 bh_create "$W/pool.img" "$W/key" "$W/state" v "$vbytes"
 # shellcheck disable=SC2086
