@@ -119,7 +119,7 @@ emit "SCALEMETA config small $SMALL big $BIG chunks $chunks stride_bytes $stride
 
 bh_log "scale: pool of $pool_b bytes in $W; volumes small ($SMALL), big ($BIG), m0..m$((MULTI - 1)) ($MSIZE)"
 mkdir -p "$W/state" "$W/vols"; bh_keyfile "$W/key"
-truncate -s "$pool_b" "$W/pool.img"
+bh_pool_image "$W/pool.img" "$pool_b"
 bh_format "$W/pool.img" "$W/key" "$W/state"
 bh_create "$W/pool.img" "$W/key" "$W/state" small "$small_b"
 bh_create "$W/pool.img" "$W/key" "$W/state" big "$big_b"
