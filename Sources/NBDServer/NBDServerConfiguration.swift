@@ -41,12 +41,14 @@ public struct NBDServerConfiguration: Sendable {
     public var readChunkSize: Int
     public var shutdownTimeout: Double
     /// Whether NBD_OPT_STRUCTURED_REPLY is accepted. A server that sends
-    /// no holes and no block status gains nothing from structured replies,
-    /// while a READ's costs its client more: libnbd 1.14 takes four
-    /// receive calls per structured READ reply (16 bytes, the other 4 of the
-    /// chunk header, the 8-byte offset, the data) against two per simple
-    /// one. fio against nbdkit's file plugin, 4 KiB random reads at QD32:
-    /// 112k-120k IOPS with structured replies, 133k-151k with `--no-sr`.
+    /// no holes and no block status gains only error messages from
+    /// structured replies (without them an error is its errno alone),
+    /// while each READ reply costs its client more: libnbd 1.14 takes four
+    /// receive calls per structured READ reply (16 bytes, the other 4 of
+    /// the chunk header, the 8-byte offset, the data) against two per
+    /// simple one. fio against nbdkit's file plugin, 4 KiB random reads at
+    /// QD32: 112k-120k IOPS with structured replies, 133k-151k with
+    /// `--no-sr`.
     public var offersStructuredReplies: Bool
     /// Decides whether an accepted peer may talk to the server at all, e.g.
     /// from its SO_PEERCRED credentials; nil admits everyone.
